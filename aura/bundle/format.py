@@ -1,0 +1,157 @@
+"""The artifact bundle format: file names, Arrow schemas and the manifest (see docs/bundle.md)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from aura.errors import BundleError
+
+FORMAT_VERSION = 1
+EMBEDDING_DIM = 384
+EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+GLOBAL_SEGMENT = "seg_global"
+
+MANIFEST = "manifest.json"
+CONTENT = "content.parquet"
+SEGMENTS = "segments.parquet"
+POSTERIORS = "posteriors.parquet"
+USER_SEGMENTS = "user_segments.parquet"
+COLD_START = "cold_start.parquet"
+INDEX = "content_index.hnsw"
+INDEX_IDS = "content_index_ids.parquet"
+
+_STRINGS = pa.list_(pa.string())
+_TIME = pa.timestamp("ms", tz="UTC")
+
+SCHEMAS: dict[str, pa.Schema] = {
+    CONTENT: pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("title", pa.string(), nullable=False),
+            pa.field("url", pa.string(), nullable=False),
+            pa.field("summary", pa.string()),
+            pa.field("body", pa.string()),
+            pa.field("content_type", pa.string(), nullable=False),
+            pa.field("topics", _STRINGS),
+            pa.field("personas", _STRINGS),
+            pa.field("industries", _STRINGS),
+            pa.field("sentiment", pa.float32()),
+            pa.field("complexity", pa.float32()),
+            pa.field("published_at", _TIME, nullable=False),
+            pa.field("updated_at", _TIME),
+            pa.field("freshness_score", pa.float32()),
+            pa.field("quality_score", pa.float32()),
+            pa.field("embedding", pa.list_(pa.float32(), EMBEDDING_DIM), nullable=False),
+            pa.field("jurisdictions", _STRINGS),
+            pa.field("policy_flags", _STRINGS),
+            pa.field("device_suitability", _STRINGS),
+            pa.field("topic_cluster", pa.int32(), nullable=False),
+        ]
+    ),
+    SEGMENTS: pa.schema(
+        [
+            pa.field("segment_id", pa.string(), nullable=False),
+            pa.field("name", pa.string(), nullable=False),
+            pa.field("intent", pa.string()),
+            pa.field("features_json", pa.string()),
+        ]
+    ),
+    POSTERIORS: pa.schema(
+        [
+            pa.field("surface_id", pa.string(), nullable=False),
+            pa.field("segment_id", pa.string(), nullable=False),
+            pa.field("content_id", pa.string(), nullable=False),
+            pa.field("alpha", pa.float64(), nullable=False),
+            pa.field("beta", pa.float64(), nullable=False),
+            pa.field("propensity", pa.float32()),
+        ]
+    ),
+    USER_SEGMENTS: pa.schema(
+        [
+            pa.field("user_id", pa.string(), nullable=False),
+            pa.field("segment_id", pa.string(), nullable=False),
+            pa.field("confidence", pa.float32(), nullable=False),
+            pa.field("assigned_at", _TIME),
+        ]
+    ),
+    COLD_START: pa.schema(
+        [
+            pa.field("device", pa.string()),
+            pa.field("referrer_class", pa.string()),
+            pa.field("page_type", pa.string()),
+            pa.field("country", pa.string()),
+            pa.field("time_of_day", pa.string()),
+            pa.field("campaign", pa.string()),
+            pa.field("segment_id", pa.string(), nullable=False),
+            pa.field("confidence", pa.float32(), nullable=False),
+        ]
+    ),
+    INDEX_IDS: pa.schema(
+        [
+            pa.field("label", pa.int64(), nullable=False),
+            pa.field("content_id", pa.string(), nullable=False),
+        ]
+    ),
+}
+
+COLD_START_KEYS: tuple[str, ...] = ("device", "referrer_class", "page_type", "country", "time_of_day", "campaign")
+"""Request dimensions of the cold-start table, in the order the lookup key uses; null means any."""
+
+REQUIRED_FILES: tuple[str, ...] = (*SCHEMAS, INDEX)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """Checksum and size of one bundle file."""
+
+    sha256: str
+    rows: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """`manifest.json`: what a bundle is, where it came from and how to verify it."""
+
+    bundle_version: str
+    created_at: str
+    policy_version: str
+    parent_version: str | None
+    files: dict[str, FileEntry]
+    format_version: int = FORMAT_VERSION
+    embedding_model: str = EMBEDDING_MODEL
+    embedding_dim: int = EMBEDDING_DIM
+    stats: dict[str, Any] = field(default_factory=dict)
+    reports: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """Serialize the manifest with sorted keys, as it is written to disk."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def read(cls, bundle_dir: str | Path) -> Manifest:
+        """Read and structurally validate `manifest.json` of a bundle directory."""
+        path = Path(bundle_dir) / MANIFEST
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise BundleError(f"bundle {Path(bundle_dir).name}: {MANIFEST} is missing.") from None
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"bundle {Path(bundle_dir).name}: {MANIFEST} is not valid JSON: {exc}.") from None
+        if not isinstance(data, dict):
+            raise BundleError(f"bundle {Path(bundle_dir).name}: {MANIFEST} must hold a JSON object.")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise BundleError(
+                f"bundle {Path(bundle_dir).name}: format_version {data.get('format_version')!r} is not supported; "
+                f"this build reads format {FORMAT_VERSION}."
+            )
+        try:
+            files = {name: FileEntry(**entry) for name, entry in data.pop("files").items()}
+            return cls(files=files, **data)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise BundleError(f"bundle {Path(bundle_dir).name}: {MANIFEST} is malformed: {exc}.") from None

@@ -1,0 +1,317 @@
+"""Verifies a bundle directory and loads it into the immutable in-memory form the edge serves from."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aura.bundle.format import (
+    COLD_START,
+    COLD_START_KEYS,
+    CONTENT,
+    EMBEDDING_DIM,
+    GLOBAL_SEGMENT,
+    INDEX,
+    INDEX_IDS,
+    POSTERIORS,
+    REQUIRED_FILES,
+    SCHEMAS,
+    SEGMENTS,
+    USER_SEGMENTS,
+    Manifest,
+)
+from aura.bundle.writer import sha256_file
+from aura.errors import BundleError
+
+
+@dataclass(frozen=True)
+class ContentTable:
+    """Columns of the content table as arrays and tuples, indexed by content row."""
+
+    ids: tuple[str, ...]
+    index_of: dict[str, int]
+    titles: tuple[str, ...]
+    urls: tuple[str, ...]
+    content_types: tuple[str, ...]
+    topics: tuple[tuple[str, ...], ...]
+    personas: tuple[tuple[str, ...], ...]
+    industries: tuple[tuple[str, ...], ...]
+    jurisdictions: tuple[tuple[str, ...], ...]
+    policy_flags: tuple[tuple[str, ...], ...]
+    device_suitability: tuple[tuple[str, ...], ...]
+    published_at: np.ndarray
+    """Publication time, seconds since the epoch (float64)."""
+    freshness_score: np.ndarray
+    quality_score: np.ndarray
+    topic_cluster: np.ndarray
+    embeddings: np.ndarray
+    """Unit-normalized embeddings, float32, shape (n, 384)."""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """One segment of the bundle's catalogue."""
+
+    id: str
+    name: str
+    intent: str
+    features: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A precomputed visitor-to-segment assignment."""
+
+    segment_id: str
+    confidence: float
+    assigned_at: str
+
+
+@dataclass(frozen=True)
+class CellSpan:
+    """Where one surface x segment cell's rows sit in the flat posterior arrays."""
+
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class LoadedBundle:
+    """A verified bundle in memory. Immutable: online learning lives in a separate posterior state."""
+
+    path: Path
+    manifest: Manifest
+    content: ContentTable
+    segments: dict[str, SegmentInfo]
+    surfaces: tuple[str, ...]
+    cells: dict[tuple[str, str], CellSpan]
+    cell_items: np.ndarray
+    """Content row of every posterior row (int32), sorted by row within each cell."""
+    alpha: np.ndarray
+    beta: np.ndarray
+    propensity: np.ndarray
+    assignments: dict[str, Assignment]
+    cold_start: dict[tuple[str | None, ...], tuple[str, float]]
+    cold_start_patterns: tuple[tuple[bool, ...], ...]
+    """Which cold-start keys each rule pattern uses, most specific first."""
+    index: hnswlib.Index
+
+    @property
+    def version(self) -> str:
+        """The bundle version."""
+        return self.manifest.bundle_version
+
+    @property
+    def created_at(self) -> datetime:
+        """When the batch built the bundle."""
+        return datetime.fromisoformat(self.manifest.created_at.replace("Z", "+00:00"))
+
+
+def verify_bundle(bundle_dir: str | Path) -> Manifest:
+    """Check manifest, file presence, checksums and row counts; return the manifest or raise BundleError."""
+    bundle_dir = Path(bundle_dir)
+    manifest = Manifest.read(bundle_dir)
+    name = manifest.bundle_version
+    if bundle_dir.name != name:
+        raise BundleError(f"bundle directory {bundle_dir.name} holds manifest version {name}.")
+    for file_name in REQUIRED_FILES:
+        entry = manifest.files.get(file_name)
+        if entry is None:
+            raise BundleError(f"bundle {name}: the manifest lists no {file_name}.")
+        path = bundle_dir / file_name
+        if not path.is_file():
+            raise BundleError(f"bundle {name}: {file_name} is missing.")
+        if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
+            raise BundleError(f"bundle {name}: {file_name} does not match its checksum; the bundle is corrupt.")
+    return manifest
+
+
+def load_bundle(bundle_dir: str | Path) -> LoadedBundle:
+    """Verify and load a bundle; every array the hot path reads is built here, once."""
+    bundle_dir = Path(bundle_dir)
+    manifest = verify_bundle(bundle_dir)
+    name = manifest.bundle_version
+    if manifest.embedding_dim != EMBEDDING_DIM:
+        raise BundleError(f"bundle {name}: embedding_dim {manifest.embedding_dim} is not {EMBEDDING_DIM}.")
+    tables = {file_name: _read_table(bundle_dir, manifest, file_name) for file_name in SCHEMAS}
+
+    content = _content_table(name, tables[CONTENT])
+    ids = tables[INDEX_IDS].column("content_id").to_pylist()
+    labels = tables[INDEX_IDS].column("label").to_numpy()
+    if ids != list(content.ids) or not np.array_equal(labels, np.arange(len(ids))):
+        raise BundleError(f"bundle {name}: {INDEX_IDS} does not map labels to content rows in order.")
+
+    segments = _segments(name, tables[SEGMENTS])
+    surfaces, cells, cell_items, alpha, beta, propensity = _posteriors(name, tables[POSTERIORS], content, segments)
+    assignments = _assignments(name, tables[USER_SEGMENTS], segments)
+    cold_start, patterns = _cold_start(name, tables[COLD_START], segments)
+
+    index = hnswlib.Index(space="cosine", dim=EMBEDDING_DIM)
+    try:
+        index.load_index(str(bundle_dir / INDEX), max_elements=max(1, len(content)))
+    except RuntimeError as exc:
+        raise BundleError(f"bundle {name}: {INDEX} cannot be read: {exc}.") from None
+    if index.get_current_count() != len(content):
+        raise BundleError(f"bundle {name}: the index holds {index.get_current_count()} items, content {len(content)}.")
+    index.set_ef(64)
+
+    return LoadedBundle(
+        path=bundle_dir,
+        manifest=manifest,
+        content=content,
+        segments=segments,
+        surfaces=surfaces,
+        cells=cells,
+        cell_items=cell_items,
+        alpha=alpha,
+        beta=beta,
+        propensity=propensity,
+        assignments=assignments,
+        cold_start=cold_start,
+        cold_start_patterns=patterns,
+        index=index,
+    )
+
+
+def _read_table(bundle_dir: Path, manifest: Manifest, file_name: str) -> pa.Table:
+    name = manifest.bundle_version
+    try:
+        table = pq.read_table(bundle_dir / file_name)
+    except (OSError, pa.ArrowException) as exc:
+        raise BundleError(f"bundle {name}: {file_name} is not readable Parquet: {exc}.") from None
+    expected = SCHEMAS[file_name]
+    if not table.schema.remove_metadata().equals(expected, check_metadata=False):
+        got = {f.name: str(f.type) for f in table.schema}
+        want = {f.name: str(f.type) for f in expected}
+        raise BundleError(f"bundle {name}: {file_name} has schema {got}, expected {want}.")
+    if table.num_rows != manifest.files[file_name].rows:
+        raise BundleError(
+            f"bundle {name}: {file_name} has {table.num_rows} rows, the manifest says {manifest.files[file_name].rows}."
+        )
+    return table
+
+
+def _tuples(table: pa.Table, column: str) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(v or ()) for v in table.column(column).to_pylist())
+
+
+def _content_table(name: str, table: pa.Table) -> ContentTable:
+    ids = tuple(table.column("id").to_pylist())
+    index_of = {cid: i for i, cid in enumerate(ids)}
+    if len(index_of) != len(ids):
+        raise BundleError(f"bundle {name}: content ids are not unique.")
+    embeddings = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32).reshape(len(ids), EMBEDDING_DIM)
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    if len(ids) and (not np.all(np.isfinite(embeddings)) or np.any(norms == 0)):
+        raise BundleError(f"bundle {name}: content embeddings must be finite and non-zero.")
+    published = table.column("published_at").cast(pa.int64()).to_numpy().astype(np.float64) / 1000.0
+    return ContentTable(
+        ids=ids,
+        index_of=index_of,
+        titles=tuple(table.column("title").to_pylist()),
+        urls=tuple(table.column("url").to_pylist()),
+        content_types=tuple(table.column("content_type").to_pylist()),
+        topics=_tuples(table, "topics"),
+        personas=_tuples(table, "personas"),
+        industries=_tuples(table, "industries"),
+        jurisdictions=_tuples(table, "jurisdictions"),
+        policy_flags=_tuples(table, "policy_flags"),
+        device_suitability=_tuples(table, "device_suitability"),
+        published_at=published,
+        freshness_score=table.column("freshness_score").fill_null(0.0).to_numpy().astype(np.float32),
+        quality_score=table.column("quality_score").fill_null(0.0).to_numpy().astype(np.float32),
+        topic_cluster=table.column("topic_cluster").to_numpy().astype(np.int32),
+        embeddings=embeddings / np.where(norms == 0, 1, norms),
+    )
+
+
+def _segments(name: str, table: pa.Table) -> dict[str, SegmentInfo]:
+    segments = {}
+    for row in table.to_pylist():
+        try:
+            features = json.loads(row["features_json"] or "{}")
+        except ValueError:
+            raise BundleError(f"bundle {name}: segment {row['segment_id']} has invalid features_json.") from None
+        segments[row["segment_id"]] = SegmentInfo(
+            id=row["segment_id"],
+            name=row["name"],
+            intent=row["intent"] or "",
+            features={k: str(v) for k, v in features.items()},
+        )
+    if GLOBAL_SEGMENT not in segments:
+        raise BundleError(f"bundle {name}: the segment catalogue lacks {GLOBAL_SEGMENT}.")
+    return segments
+
+
+def _posteriors(name: str, table: pa.Table, content: ContentTable, segments: dict[str, SegmentInfo]):
+    rows = table.to_pydict()
+    n = table.num_rows
+    surface_col, segment_col, content_col = rows["surface_id"], rows["segment_id"], rows["content_id"]
+    unknown_segments = set(segment_col) - set(segments)
+    if unknown_segments:
+        raise BundleError(f"bundle {name}: posteriors name unknown segment {sorted(unknown_segments)[0]}.")
+    try:
+        items = np.fromiter((content.index_of[c] for c in content_col), dtype=np.int32, count=n)
+    except KeyError as exc:
+        raise BundleError(f"bundle {name}: posteriors name unknown content {exc.args[0]}.") from None
+    alpha = np.asarray(rows["alpha"], dtype=np.float64)
+    beta = np.asarray(rows["beta"], dtype=np.float64)
+    if n and not (np.all(np.isfinite(alpha)) and np.all(np.isfinite(beta)) and alpha.min() > 0 and beta.min() > 0):
+        raise BundleError(f"bundle {name}: posterior alpha and beta must be finite and positive.")
+    propensity = np.asarray([p if p is not None else np.nan for p in rows["propensity"]], dtype=np.float64)
+
+    keys = list(zip(surface_col, segment_col, strict=True))
+    order = sorted(range(n), key=lambda i: (keys[i], items[i]))
+    order_arr = np.asarray(order, dtype=np.int64)
+    items, alpha, beta, propensity = items[order_arr], alpha[order_arr], beta[order_arr], propensity[order_arr]
+    cells: dict[tuple[str, str], CellSpan] = {}
+    start = 0
+    for pos in range(1, n + 1):
+        if pos == n or keys[order[pos]] != keys[order[start]]:
+            key = keys[order[start]]
+            if np.any(np.diff(items[start:pos]) == 0):
+                raise BundleError(f"bundle {name}: cell {key} lists a content item twice.")
+            cells[key] = CellSpan(start, pos)
+            start = pos
+    surfaces = tuple(sorted({s for s, _ in cells}))
+    for surface in surfaces:
+        if (surface, GLOBAL_SEGMENT) not in cells:
+            raise BundleError(f"bundle {name}: surface {surface} has no {GLOBAL_SEGMENT} cell.")
+    return surfaces, cells, items, alpha, beta, propensity
+
+
+def _assignments(name: str, table: pa.Table, segments: dict[str, SegmentInfo]) -> dict[str, Assignment]:
+    rows = table.to_pydict()
+    stamps = [t.isoformat(timespec="seconds").replace("+00:00", "Z") if t else "" for t in rows["assigned_at"]]
+    result = {}
+    for user, segment, confidence, stamp in zip(
+        rows["user_id"], rows["segment_id"], rows["confidence"], stamps, strict=True
+    ):
+        if segment not in segments:
+            raise BundleError(f"bundle {name}: user {user} is assigned to unknown segment {segment}.")
+        result[user] = Assignment(segment, float(confidence), stamp)
+    return result
+
+
+def _cold_start(name: str, table: pa.Table, segments: dict[str, SegmentInfo]):
+    rules: dict[tuple[str | None, ...], tuple[str, float]] = {}
+    patterns: set[tuple[bool, ...]] = set()
+    for row in table.to_pylist():
+        if row["segment_id"] not in segments:
+            raise BundleError(f"bundle {name}: a cold-start rule names unknown segment {row['segment_id']}.")
+        key = tuple(row[k] for k in COLD_START_KEYS)
+        rules[key] = (row["segment_id"], float(row["confidence"]))
+        patterns.add(tuple(v is not None for v in key))
+    ordered = tuple(sorted(patterns, key=lambda p: (-sum(p), p)))
+    return rules, ordered

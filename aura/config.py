@@ -1,0 +1,433 @@
+"""Typed configuration: `config/policies.yaml`, `config/surfaces.yaml` and environment variables.
+
+Everything is validated once, at start-up. Unknown keys, wrong types and out-of-range values raise
+`ConfigError` with a sentence naming the offending key, e.g.
+``policies.yaml: decisioning.exploration.global_budget must be a number in [0, 1], got 1.5.``
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from aura.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ExplorationPolicy:
+    """How much of the traffic may be spent on exploration beyond Thompson sampling's own."""
+
+    global_budget: float = 0.08
+    per_user_cap: float = 0.15
+    throttle_high_traffic: bool = True
+    throttle_rps: float = 500.0
+
+    def _validate(self, where: str) -> None:
+        _check_range(where, "global_budget", self.global_budget, 0.0, 1.0)
+        _check_range(where, "per_user_cap", self.per_user_cap, 0.0, 1.0)
+        _check_range(where, "throttle_rps", self.throttle_rps, 1.0, 1e9)
+
+
+@dataclass(frozen=True)
+class DiversityPolicy:
+    """Diversity constraints applied to the top of every ranking."""
+
+    max_per_topic_cluster: int = 1
+    min_topic_distance: float = 0.3
+    enforce_in_top_n: int = 5
+
+    def _validate(self, where: str) -> None:
+        _check_range(where, "max_per_topic_cluster", self.max_per_topic_cluster, 1, 1000)
+        _check_range(where, "min_topic_distance", self.min_topic_distance, 0.0, 2.0)
+        _check_range(where, "enforce_in_top_n", self.enforce_in_top_n, 0, 1000)
+
+
+@dataclass(frozen=True)
+class FreshnessPolicy:
+    """Exponential decay of a score with content age; `minimum_score` is the decay's floor."""
+
+    decay_function: Literal["exponential"] = "exponential"
+    half_life_days: float = 14.0
+    minimum_score: float = 0.3
+
+    def _validate(self, where: str) -> None:
+        _check_range(where, "half_life_days", self.half_life_days, 0.01, 36500.0)
+        _check_range(where, "minimum_score", self.minimum_score, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class EligibilityPolicy:
+    """Which eligibility rules run; `flag_consents` maps a policy flag to the consent it needs."""
+
+    check_jurisdiction: bool = True
+    check_consent: bool = True
+    check_policy_flags: bool = True
+    check_device: bool = True
+    flag_consents: dict[str, str] = field(default_factory=lambda: {"age_restricted": "age_verified"})
+
+
+@dataclass(frozen=True)
+class DecisioningPolicy:
+    """The decision policy of the edge server."""
+
+    exploration: ExplorationPolicy = field(default_factory=ExplorationPolicy)
+    diversity: DiversityPolicy = field(default_factory=DiversityPolicy)
+    freshness: FreshnessPolicy = field(default_factory=FreshnessPolicy)
+    eligibility: EligibilityPolicy = field(default_factory=EligibilityPolicy)
+
+
+@dataclass(frozen=True)
+class ColdStartPolicy:
+    """How visitors without enough history are segmented."""
+
+    use_rules: bool = True
+    use_popularity: bool = True
+    min_events: int = 3
+
+    def _validate(self, where: str) -> None:
+        _check_range(where, "min_events", self.min_events, 0, 1_000_000)
+
+
+@dataclass(frozen=True)
+class ConfidencePolicy:
+    """Assignments below `assignment_threshold` fall back to cold start; below `holdout_below`, holdout."""
+
+    assignment_threshold: float = 0.7
+    holdout_below: float = 0.5
+
+    def _validate(self, where: str) -> None:
+        _check_range(where, "assignment_threshold", self.assignment_threshold, 0.0, 1.0)
+        _check_range(where, "holdout_below", self.holdout_below, 0.0, 1.0)
+        if self.holdout_below > self.assignment_threshold:
+            raise ConfigError(
+                f"{where}.holdout_below ({self.holdout_below}) must not exceed "
+                f"{where}.assignment_threshold ({self.assignment_threshold})."
+            )
+
+
+@dataclass(frozen=True)
+class FairnessPolicy:
+    """Privacy floor of segments and the ban on protected attributes."""
+
+    k_anonymity_threshold: int = 50
+    exclude_protected_attributes: bool = True
+
+    def _validate(self, where: str) -> None:
+        _check_range(where, "k_anonymity_threshold", self.k_anonymity_threshold, 1, 1_000_000_000)
+
+
+@dataclass(frozen=True)
+class SegmentationPolicy:
+    """Segmentation settings shared by the batch and the edge."""
+
+    cold_start: ColdStartPolicy = field(default_factory=ColdStartPolicy)
+    confidence: ConfidencePolicy = field(default_factory=ConfidencePolicy)
+    fairness: FairnessPolicy = field(default_factory=FairnessPolicy)
+
+
+@dataclass(frozen=True)
+class Policies:
+    """The whole of `config/policies.yaml`."""
+
+    policy_version: str = "2025-10-01"
+    decisioning: DecisioningPolicy = field(default_factory=DecisioningPolicy)
+    segmentation: SegmentationPolicy = field(default_factory=SegmentationPolicy)
+
+
+@dataclass(frozen=True)
+class Surface:
+    """One surface of `config/surfaces.yaml`; empty `eligible_content_types` admits every type."""
+
+    id: str
+    type: Literal["ranking"] = "ranking"
+    max_items: int = 10
+    diversity: bool = True
+    freshness_boost: float = 1.0
+    eligible_content_types: tuple[str, ...] = ()
+    allowed_policy_flags: tuple[str, ...] = ()
+    cache_ttl: int = 300
+
+    def _validate(self, where: str) -> None:
+        _check_range(where, "max_items", self.max_items, 1, 100)
+        _check_range(where, "freshness_boost", self.freshness_boost, 0.0, 1.0)
+        _check_range(where, "cache_ttl", self.cache_ttl, 0, 86400)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process settings from environment variables (names in `ENV_NAMES`)."""
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_workers: int = 4
+    api_log_level: Literal["debug", "info", "warning", "error"] = "info"
+    grpc_address: str = "127.0.0.1:50051"
+    config_dir: str = "config"
+    state_dir: str = "var/edge"
+    bundle_store: str = "var/bundle-store"
+    s3_endpoint_url: str = ""
+    bundle_poll_seconds: float = 30.0
+    admin_token: str = ""
+    request_id_secret: str = "aura-dev-secret-change-me"
+    rate_limit_rps: float = 200.0
+    rate_limit_burst: int = 400
+    max_body_bytes: int = 65536
+    event_batch_size: int = 1000
+    event_flush_interval: float = 5.0
+    bandit_algorithm: Literal["thompson_sampling"] = "thompson_sampling"
+    exploration_rate: float | None = None
+    diversity_constraint: str | None = None
+    freshness_half_life: float | None = None
+    segment_confidence_threshold: float | None = None
+    segment_refresh_interval: int = 3600
+    consent_required: bool = True
+    cmp_provider: str = "onetrust"
+    pii_scrubbing: Literal["enabled", "disabled"] = "enabled"
+    event_retention_days: int = 395
+    feature_retention_days: int = 90
+    model_retention_versions: int = 5
+
+    def _validate(self, where: str) -> None:
+        _check_range(where, "api_port", self.api_port, 0, 65535)
+        _check_range(where, "api_workers", self.api_workers, 1, 256)
+        _check_range(where, "model_retention_versions", self.model_retention_versions, 1, 1000)
+        _check_range(where, "bundle_poll_seconds", self.bundle_poll_seconds, 0.05, 86400.0)
+        _check_range(where, "rate_limit_rps", self.rate_limit_rps, 0.001, 1e9)
+        _check_range(where, "max_body_bytes", self.max_body_bytes, 256, 64 * 1024 * 1024)
+        _check_range(where, "event_batch_size", self.event_batch_size, 1, 1_000_000)
+        _check_range(where, "event_flush_interval", self.event_flush_interval, 0.01, 3600.0)
+        if self.diversity_constraint is not None:
+            _parse_diversity_constraint(self.diversity_constraint)
+
+
+ENV_NAMES: dict[str, str] = {
+    "api_host": "API_HOST",
+    "api_port": "API_PORT",
+    "api_workers": "API_WORKERS",
+    "api_log_level": "API_LOG_LEVEL",
+    "grpc_address": "AURA_GRPC_ADDRESS",
+    "config_dir": "AURA_CONFIG_DIR",
+    "state_dir": "AURA_STATE_DIR",
+    "bundle_store": "AURA_BUNDLE_STORE",
+    "s3_endpoint_url": "AURA_S3_ENDPOINT_URL",
+    "bundle_poll_seconds": "AURA_BUNDLE_POLL_SECONDS",
+    "admin_token": "AURA_ADMIN_TOKEN",
+    "request_id_secret": "AURA_REQUEST_ID_SECRET",
+    "rate_limit_rps": "AURA_RATE_LIMIT_RPS",
+    "rate_limit_burst": "AURA_RATE_LIMIT_BURST",
+    "max_body_bytes": "AURA_MAX_BODY_BYTES",
+    "event_batch_size": "EVENT_BATCH_SIZE",
+    "event_flush_interval": "EVENT_FLUSH_INTERVAL",
+    "bandit_algorithm": "BANDIT_ALGORITHM",
+    "exploration_rate": "EXPLORATION_RATE",
+    "diversity_constraint": "DIVERSITY_CONSTRAINT",
+    "freshness_half_life": "FRESHNESS_HALF_LIFE",
+    "segment_confidence_threshold": "SEGMENT_CONFIDENCE_THRESHOLD",
+    "segment_refresh_interval": "SEGMENT_REFRESH_INTERVAL",
+    "consent_required": "CONSENT_REQUIRED",
+    "cmp_provider": "CMP_PROVIDER",
+    "pii_scrubbing": "PII_SCRUBBING",
+    "event_retention_days": "EVENT_RETENTION_DAYS",
+    "feature_retention_days": "FEATURE_RETENTION_DAYS",
+    "model_retention_versions": "MODEL_RETENTION_VERSIONS",
+}
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Everything a process needs: settings, policies (env overrides applied) and surfaces."""
+
+    settings: Settings
+    policies: Policies
+    surfaces: Mapping[str, Surface]
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build `Settings` from environment variables; unset variables keep their defaults."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    for name, env in ENV_NAMES.items():
+        if env in environ and environ[env] != "":
+            raw[name] = environ[env]
+    return _build(Settings, raw, "environment", env_names=ENV_NAMES)
+
+
+def load_policies(path: str | Path) -> Policies:
+    """Read and validate `policies.yaml`; a missing file means the seed's defaults."""
+    data = _read_yaml(path)
+    return _build(Policies, data, "policies.yaml")
+
+
+def load_surfaces(path: str | Path) -> dict[str, Surface]:
+    """Read and validate `surfaces.yaml` (a top-level `surfaces:` mapping of id to settings)."""
+    data = _read_yaml(path)
+    unknown = set(data) - {"surfaces"}
+    if unknown:
+        raise ConfigError(f"surfaces.yaml: unknown top-level key {sorted(unknown)[0]!r}; expected 'surfaces'.")
+    surfaces = data.get("surfaces") or {}
+    if not isinstance(surfaces, dict) or not surfaces:
+        raise ConfigError("surfaces.yaml: 'surfaces' must be a non-empty mapping of surface id to settings.")
+    result = {}
+    for surface_id, body in surfaces.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"surfaces.yaml: surfaces.{surface_id} must be a mapping.")
+        result[str(surface_id)] = _build(
+            Surface, {**body, "id": str(surface_id)}, f"surfaces.yaml: surfaces.{surface_id}"
+        )
+    return result
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> AppConfig:
+    """Load settings, policies and surfaces, and apply the seed's env overrides to the policies."""
+    settings = load_settings(environ)
+    config_dir = Path(settings.config_dir)
+    policies = apply_env_overrides(load_policies(config_dir / "policies.yaml"), settings)
+    surfaces = load_surfaces(config_dir / "surfaces.yaml")
+    return AppConfig(settings=settings, policies=policies, surfaces=surfaces)
+
+
+def apply_env_overrides(policies: Policies, settings: Settings) -> Policies:
+    """Apply EXPLORATION_RATE, DIVERSITY_CONSTRAINT, FRESHNESS_HALF_LIFE and SEGMENT_CONFIDENCE_THRESHOLD."""
+    decisioning = policies.decisioning
+    segmentation = policies.segmentation
+    if settings.exploration_rate is not None:
+        _check_range("environment", "EXPLORATION_RATE", settings.exploration_rate, 0.0, 1.0)
+        decisioning = dataclasses.replace(
+            decisioning,
+            exploration=dataclasses.replace(decisioning.exploration, global_budget=settings.exploration_rate),
+        )
+    if settings.diversity_constraint is not None:
+        per_topic = _parse_diversity_constraint(settings.diversity_constraint)
+        decisioning = dataclasses.replace(
+            decisioning,
+            diversity=dataclasses.replace(decisioning.diversity, max_per_topic_cluster=per_topic),
+        )
+    if settings.freshness_half_life is not None:
+        _check_range("environment", "FRESHNESS_HALF_LIFE", settings.freshness_half_life, 0.01, 36500.0)
+        decisioning = dataclasses.replace(
+            decisioning,
+            freshness=dataclasses.replace(decisioning.freshness, half_life_days=settings.freshness_half_life),
+        )
+    if settings.segment_confidence_threshold is not None:
+        confidence = dataclasses.replace(
+            segmentation.confidence, assignment_threshold=settings.segment_confidence_threshold
+        )
+        confidence._validate("environment: SEGMENT_CONFIDENCE_THRESHOLD")
+        segmentation = dataclasses.replace(segmentation, confidence=confidence)
+    return dataclasses.replace(policies, decisioning=decisioning, segmentation=segmentation)
+
+
+def _parse_diversity_constraint(value: str) -> int:
+    parts = value.split("_")
+    shape_ok = len(parts) == 4 and parts[0] == "max" and parts[2:] == ["per", "topic"] and parts[1].isdigit()
+    if shape_ok and int(parts[1]) >= 1:
+        return int(parts[1])
+    raise ConfigError(f"environment: DIVERSITY_CONSTRAINT must look like 'max_1_per_topic', got {value!r}.")
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path.name}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path.name}: the top level must be a mapping.")
+    return data
+
+
+def _check_range(where: str, key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{where}: {key} must be in [{low}, {high}], got {value}.")
+
+
+_TRUE = {"true", "1", "yes", "on", "enabled"}
+_FALSE = {"false", "0", "no", "off", "disabled"}
+
+
+def _build(cls: type, data: Mapping[str, Any], where: str, env_names: Mapping[str, str] | None = None) -> Any:
+    """Build the frozen dataclass `cls` from `data`, rejecting unknown keys and wrong types."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}.")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys are {', '.join(sorted(names))}.")
+    values = {}
+    for key, raw in data.items():
+        if env_names:
+            label = f"{where}: {env_names[key]}"
+        else:
+            label = f"{where}.{key}" if ": " in where else f"{where}: {key}"
+        values[key] = _coerce(hints[key], raw, label, from_env=env_names is not None)
+    try:
+        instance = cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}.") from None
+    validate = getattr(instance, "_validate", None)
+    if validate is not None:
+        validate(where)
+    return instance
+
+
+def _coerce(hint: Any, raw: Any, label: str, from_env: bool) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if raw is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], raw, label, from_env)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, raw if raw is not None else {}, label)
+    if origin is Literal:
+        if raw not in args:
+            raise ConfigError(f"{label} must be one of {', '.join(map(repr, args))}, got {raw!r}.")
+        return raw
+    if hint is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in _TRUE | _FALSE:
+            return raw.lower() in _TRUE
+        raise ConfigError(f"{label} must be true or false, got {raw!r}.")
+    if hint is int:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{label} must be a whole number, got {raw!r}.")
+        if isinstance(raw, int) or (from_env and isinstance(raw, str) and raw.strip().lstrip("-").isdigit()):
+            return int(raw)
+        raise ConfigError(f"{label} must be a whole number, got {raw!r}.")
+    if hint is float:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{label} must be a number, got {raw!r}.")
+        if isinstance(raw, int | float):
+            return float(raw)
+        if from_env and isinstance(raw, str):
+            try:
+                return float(raw)
+            except ValueError:
+                pass
+        raise ConfigError(f"{label} must be a number, got {raw!r}.")
+    if hint is str:
+        if isinstance(raw, str):
+            return raw
+        raise ConfigError(f"{label} must be a string, got {raw!r}.")
+    if origin is tuple:
+        if not isinstance(raw, list | tuple) or not all(isinstance(v, str) for v in raw):
+            raise ConfigError(f"{label} must be a list of strings, got {raw!r}.")
+        return tuple(raw)
+    if origin is dict:
+        if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+            raise ConfigError(f"{label} must be a mapping of strings to strings, got {raw!r}.")
+        return dict(raw)
+    raise ConfigError(f"{label}: unsupported setting type {hint!r}.")
