@@ -1,0 +1,344 @@
+"""Durable, append-only event logs: what the edge decided, the feedback it acknowledged, SDK events.
+
+Each process appends to its own open segment, an Arrow IPC stream under `<root>/<stream>/_open/`.
+A writer thread batches appends, writes them and fsyncs (group commit): `append_durable` returns only
+after its records are on disk, which is what "acknowledged" means. A segment is closed after
+`rotate_seconds` or `rotate_rows` (and at shutdown) into Hive-partitioned Parquet,
+`<root>/<stream>/date=YYYY-MM-DD/hour=HH/<segment>.parquet`, the form the batch reads. Segments left
+open by a crashed process are recovered (their readable prefix closed into Parquet) when a log of the
+same stream starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+_TIME = pa.timestamp("ms", tz="UTC")
+_STRINGS = pa.list_(pa.string())
+
+DECISION_ITEM = pa.struct(
+    [
+        pa.field("content_id", pa.string()),
+        pa.field("position", pa.int32()),
+        pa.field("score", pa.float64()),
+        pa.field("propensity", pa.float64()),
+        pa.field("explored", pa.bool_()),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "decisions": pa.schema(
+        [
+            pa.field("event_id", pa.string(), nullable=False),
+            pa.field("ts", _TIME, nullable=False),
+            pa.field("node_id", pa.string()),
+            pa.field("bundle_version", pa.string()),
+            pa.field("policy_version", pa.string()),
+            pa.field("surface_id", pa.string()),
+            pa.field("segment_id", pa.string()),
+            pa.field("segment_source", pa.string()),
+            pa.field("segment_confidence", pa.float64()),
+            pa.field("holdout", pa.bool_()),
+            pa.field("anon_id", pa.string()),
+            pa.field("session_id", pa.string()),
+            pa.field("device", pa.string()),
+            pa.field("referrer_host", pa.string()),
+            pa.field("page_type", pa.string()),
+            pa.field("country", pa.string()),
+            pa.field("region", pa.string()),
+            pa.field("consent", _STRINGS),
+            pa.field("context_json", pa.string()),
+            pa.field("seed", pa.uint64()),
+            pa.field("exploration_rate", pa.float64()),
+            pa.field("eligible_count", pa.int32()),
+            pa.field("items", pa.list_(DECISION_ITEM)),
+        ]
+    ),
+    "feedback": pa.schema(
+        [
+            pa.field("event_id", pa.string(), nullable=False),
+            pa.field("ts", _TIME, nullable=False),
+            pa.field("reward_ts", _TIME),
+            pa.field("node_id", pa.string()),
+            pa.field("request_id", pa.string()),
+            pa.field("decided_at", _TIME),
+            pa.field("bundle_tag", pa.string()),
+            pa.field("surface_id", pa.string()),
+            pa.field("segment_id", pa.string()),
+            pa.field("item_id", pa.string()),
+            pa.field("reward_type", pa.string()),
+            pa.field("reward_value", pa.float64()),
+            pa.field("position", pa.int32()),
+            pa.field("dwell_time", pa.float64()),
+            pa.field("scroll_depth", pa.float64()),
+        ]
+    ),
+    "events": pa.schema(
+        [
+            pa.field("event_id", pa.string(), nullable=False),
+            pa.field("ts", _TIME, nullable=False),
+            pa.field("received_at", _TIME),
+            pa.field("type", pa.string()),
+            pa.field("anon_id", pa.string()),
+            pa.field("session_id", pa.string()),
+            pa.field("surface_id", pa.string()),
+            pa.field("content_id", pa.string()),
+            pa.field("request_id", pa.string()),
+            pa.field("url", pa.string()),
+            pa.field("referrer", pa.string()),
+            pa.field("props_json", pa.string()),
+        ]
+    ),
+    "admin": pa.schema(
+        [
+            pa.field("event_id", pa.string(), nullable=False),
+            pa.field("ts", _TIME, nullable=False),
+            pa.field("node_id", pa.string()),
+            pa.field("action", pa.string()),
+            pa.field("subject", pa.string()),
+            pa.field("note", pa.string()),
+        ]
+    ),
+}
+"""The documented event schema of every stream (docs/events.md describes each field)."""
+
+
+class EventLog:
+    """Append-only log of one stream for one process; see the module docstring for the layout."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        stream: str,
+        *,
+        node_id: str,
+        flush_interval: float = 1.0,
+        rotate_seconds: float = 300.0,
+        rotate_rows: int = 200_000,
+    ) -> None:
+        if stream not in SCHEMAS:
+            raise ValueError(f"unknown event stream {stream!r}; known: {', '.join(SCHEMAS)}.")
+        self.stream = stream
+        self.schema = SCHEMAS[stream]
+        self.directory = Path(root) / stream
+        self._open_dir = self.directory / "_open"
+        self._open_dir.mkdir(parents=True, exist_ok=True)
+        self._node_id = node_id
+        self._flush_interval = flush_interval
+        self._rotate_seconds = rotate_seconds
+        self._rotate_rows = rotate_rows
+        self._pending: list[dict[str, Any]] = []
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._cond = threading.Condition()
+        self._closing = False
+        self._failure: BaseException | None = None
+        self._segment: _Segment | None = None
+        self._sequence = 0
+        recover_open_segments(self.directory)
+        self._thread = threading.Thread(target=self._run, name=f"eventlog-{stream}", daemon=True)
+        self._thread.start()
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Queue a record; it is written within `flush_interval` (no durability promise to the caller)."""
+        with self._cond:
+            self._pending.append(record)
+            if len(self._pending) >= 4096:
+                self._cond.notify()
+
+    async def append_durable(self, records: Iterable[dict[str, Any]]) -> None:
+        """Queue records and return once they are fsynced; raises OSError if the write failed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._cond:
+            if self._failure is not None:
+                raise OSError(f"event log {self.stream} cannot write: {self._failure}")
+            self._pending.extend(records)
+            self._waiters.append((loop, future))
+            self._cond.notify()
+        await future
+
+    def flush(self) -> None:
+        """Write and fsync everything queued so far (blocking)."""
+        done = threading.Event()
+        with self._cond:
+            self._waiters.append((None, done))  # type: ignore[arg-type]
+            self._cond.notify()
+        done.wait()
+
+    def close(self) -> None:
+        """Flush, close the open segment into Parquet and stop the writer thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not (self._waiters or self._closing):
+                    self._cond.wait(timeout=self._flush_interval)
+                records, self._pending = self._pending, []
+                waiters, self._waiters = self._waiters, []
+                closing = self._closing
+            error: BaseException | None = None
+            try:
+                if records:
+                    self._write(records)
+                if self._segment is not None and (
+                    closing or self._segment.due(self._rotate_seconds, self._rotate_rows)
+                ):
+                    self._segment.close_into_parquet()
+                    self._segment = None
+            except Exception as exc:  # a failed write must fail the waiting callers, not kill the thread
+                log.error("event log %s: write failed: %s", self.stream, exc)
+                error = exc
+                with self._cond:
+                    self._failure = exc
+            for loop, waiter in waiters:
+                if loop is None:
+                    waiter.set()
+                else:
+                    loop.call_soon_threadsafe(_settle, waiter, error)
+            if closing:
+                return
+
+    def _write(self, records: list[dict[str, Any]]) -> None:
+        if self._segment is None:
+            self._sequence += 1
+            name = f"{self._node_id}-{os.getpid()}-{time.time_ns()}-{self._sequence}"
+            self._segment = _Segment(self._open_dir / f"{name}.arrow", self.directory, self.schema)
+        self._segment.write(pa.RecordBatch.from_pylist(records, schema=self.schema))
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(OSError(f"event log write failed: {error}"))
+
+
+class _Segment:
+    """One open Arrow IPC stream file and its rows."""
+
+    def __init__(self, path: Path, stream_dir: Path, schema: pa.Schema) -> None:
+        self.path = path
+        self.stream_dir = stream_dir
+        self.opened = time.monotonic()
+        self.first_ts = datetime.now(UTC)
+        self.rows = 0
+        self._file = path.open("wb")
+        self._writer = pa.ipc.new_stream(self._file, schema)
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._writer.write_batch(batch)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.rows += batch.num_rows
+
+    def due(self, rotate_seconds: float, rotate_rows: int) -> bool:
+        return self.rows >= rotate_rows or time.monotonic() - self.opened >= rotate_seconds
+
+    def close_into_parquet(self) -> None:
+        self._writer.close()
+        self._file.close()
+        _close_segment(self.path, self.stream_dir)
+
+
+def _partition_of(table: pa.Table) -> str:
+    if table.num_rows:
+        first = table.column("ts")[0].as_py()
+        if first is not None:
+            return f"date={first:%Y-%m-%d}/hour={first:%H}"
+    now = datetime.now(UTC)
+    return f"date={now:%Y-%m-%d}/hour={now:%H}"
+
+
+def _read_stream_prefix(path: Path) -> pa.Table | None:
+    """Read every complete record batch of an Arrow IPC stream, tolerating a torn tail."""
+    batches = []
+    schema = None
+    try:
+        with pa.OSFile(str(path)) as source:
+            reader = pa.ipc.open_stream(source)
+            schema = reader.schema
+            while True:
+                try:
+                    batches.append(reader.read_next_batch())
+                except StopIteration:
+                    break
+    except (pa.ArrowInvalid, OSError) as exc:
+        if schema is None:
+            log.warning("event log: segment %s has no readable header (%s); it holds no acknowledged data", path, exc)
+            return None
+    return pa.Table.from_batches(batches, schema=schema)
+
+
+def _close_segment(path: Path, stream_dir: Path) -> None:
+    table = _read_stream_prefix(path)
+    if table is not None and table.num_rows:
+        target_dir = stream_dir / _partition_of(table)
+        target_dir.mkdir(parents=True, exist_ok=True)
+        tmp = target_dir / f".{path.stem}.parquet.tmp"
+        pq.write_table(table, tmp, compression="zstd")
+        with tmp.open("rb") as handle:
+            os.fsync(handle.fileno())
+        tmp.rename(target_dir / f"{path.stem}.parquet")
+    path.unlink()
+
+
+def _owner_alive(path: Path) -> bool:
+    parts = path.stem.split("-")
+    try:
+        pid = int(parts[-3])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_open_segments(stream_dir: str | Path) -> int:
+    """Close into Parquet the open segments of processes that are gone; return how many were recovered."""
+    open_dir = Path(stream_dir) / "_open"
+    recovered = 0
+    for path in sorted(open_dir.glob("*.arrow")):
+        if not _owner_alive(path):
+            _close_segment(path, Path(stream_dir))
+            recovered += 1
+    return recovered
+
+
+def read_log(root: str | Path, stream: str, *, include_open: bool = True) -> pa.Table:
+    """Read a whole stream (closed Parquet segments, and the readable part of open ones) as one table."""
+    directory = Path(root) / stream
+    schema = SCHEMAS[stream]
+    tables = [pq.read_table(p, schema=schema) for p in sorted(directory.glob("date=*/hour=*/*.parquet"))]
+    if include_open:
+        for path in sorted((directory / "_open").glob("*.arrow")):
+            table = _read_stream_prefix(path)
+            if table is not None:
+                tables.append(table)
+    if not tables:
+        return schema.empty_table()
+    return pa.concat_tables(tables)

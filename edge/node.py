@@ -1,0 +1,199 @@
+"""The edge node: gRPC decision server processes (one per core, sharing the port) plus the HTTP gateway.
+
+This is the composition root: it wires the bundle store and sync (edge), the serving state and
+servicers (server) and the durable logs, and supervises the processes. `aura-edge` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+from aura.bundle.store import open_store
+from aura.config import AppConfig, load_config
+from aura.edge.sync import BundleSync
+from aura.embedding import default_embedder
+from aura.errors import ConfigError
+from aura.eventlog import EventLog
+from aura.server.app import create_server
+from aura.server.erasure import ErasedUsers
+from aura.server.posterior_state import FeedbackDedupe
+from aura.server.request_id import RequestIdCodec
+from aura.server.servicer import ServerDeps
+from aura.server.state import ServingHolder, prepare_serving
+
+log = logging.getLogger("aura.edge")
+
+RESTART_BACKOFF_SECONDS = 1.0
+STOP_GRACE_SECONDS = 5.0
+
+
+def node_id() -> str:
+    """This node's id in logs: AURA_NODE_ID, else the host name."""
+    return os.environ.get("AURA_NODE_ID") or socket.gethostname()
+
+
+async def serve_decisions(config: AppConfig, stop: asyncio.Event | None = None, bound: list[int] | None = None) -> None:
+    """Run one decision server process until SIGTERM/SIGINT (or `stop`), then drain and flush its logs."""
+    settings = config.settings
+    state_dir = Path(settings.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # Outside the main thread (a test running the server in-process) there are no signal handlers.
+        with contextlib.suppress(RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+
+    holder = ServingHolder()
+    store = open_store(settings.bundle_store, settings.s3_endpoint_url or None)
+    sync = BundleSync(
+        store,
+        state_dir,
+        loader=partial(prepare_serving, config=config, state_dir=state_dir),
+        on_swap=holder.swap,
+        keep=settings.model_retention_versions,
+        poll_seconds=settings.bundle_poll_seconds,
+    )
+    logs_root = state_dir / "logs"
+    node = node_id()
+    flush = min(1.0, settings.event_flush_interval)
+    decisions = EventLog(logs_root, "decisions", node_id=node, flush_interval=flush)
+    feedback = EventLog(logs_root, "feedback", node_id=node, flush_interval=flush)
+    admin_log = EventLog(logs_root, "admin", node_id=node, flush_interval=flush)
+    embedder = await loop.run_in_executor(None, default_embedder)
+    deps = ServerDeps(
+        config=config,
+        holder=holder,
+        codec=RequestIdCodec(settings.request_id_secret),
+        decisions=decisions,
+        feedback=feedback,
+        admin_log=admin_log,
+        dedupe=FeedbackDedupe(state_dir / "feedback-seen.u64"),
+        erased=ErasedUsers(state_dir / "erased-users.txt"),
+        embed_query=embedder.embed_query,
+        control=sync,
+        node_id=node,
+    )
+    server, port = await create_server(settings.grpc_address, deps)
+    await server.start()
+    if bound is not None:
+        bound.append(port)
+    log.info("decision server pid %d listening on port %d", os.getpid(), port)
+    await loop.run_in_executor(None, sync.sync_once)
+    sync.start()
+    try:
+        await stop.wait()
+    finally:
+        log.info("decision server pid %d stopping", os.getpid())
+        await server.stop(STOP_GRACE_SECONDS)
+        sync.stop()
+        for event_log in (decisions, feedback, admin_log):
+            event_log.close()
+
+
+def _decision_worker() -> None:
+    _configure_logging(load_config().settings.api_log_level)
+    asyncio.run(serve_decisions(load_config()))
+
+
+def _gateway_worker() -> None:
+    from aura.edge.gateway.app import run_gateway
+
+    settings = load_config().settings
+    _configure_logging(settings.api_log_level)
+    run_gateway(settings)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+class Supervisor:
+    """Starts the worker processes, restarts any that die, and stops them all on SIGTERM/SIGINT."""
+
+    def __init__(self, targets: list[tuple[str, object]]) -> None:
+        self._context = multiprocessing.get_context("spawn")
+        self._targets = targets
+        self._processes: dict[str, multiprocessing.process.BaseProcess] = {}
+        self._stopping = False
+
+    def _start(self, name: str, target) -> None:
+        process = self._context.Process(target=target, name=name, daemon=False)
+        process.start()
+        self._processes[name] = process
+
+    def run(self) -> int:
+        """Run until a signal; return the exit code."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for name, target in self._targets:
+            self._start(name, target)
+        while not self._stopping:
+            time.sleep(0.2)
+            for name, target in self._targets:
+                process = self._processes[name]
+                if not process.is_alive() and not self._stopping:
+                    log.warning("%s exited with code %s; restarting", name, process.exitcode)
+                    time.sleep(RESTART_BACKOFF_SECONDS)
+                    self._start(name, target)
+        for process in self._processes.values():
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS + 5
+        for process in self._processes.values():
+            process.join(max(0.1, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+        return 0
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._stopping = True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `aura-edge`."""
+    parser = argparse.ArgumentParser(prog="aura-edge", description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, help="decision server processes (default: API_WORKERS)")
+    parser.add_argument("--gateway-workers", type=int, default=1, help="HTTP gateway processes (default 1)")
+    parser.add_argument("--no-gateway", action="store_true", help="run only the gRPC decision servers")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(f"aura-edge: configuration error: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(config.settings.api_log_level)
+    workers = args.workers or config.settings.api_workers
+    if workers < 1 or args.gateway_workers < 0:
+        print("aura-edge: --workers must be at least 1 and --gateway-workers at least 0.", file=sys.stderr)
+        return 2
+    targets: list[tuple[str, object]] = [(f"decision-{i}", _decision_worker) for i in range(workers)]
+    if not args.no_gateway:
+        targets += [(f"gateway-{i}", _gateway_worker) for i in range(args.gateway_workers)]
+    log.info(
+        "edge node %s: %d decision server(s) on %s, gateway on %s:%d, bundle store %s",
+        node_id(),
+        workers,
+        config.settings.grpc_address,
+        config.settings.api_host,
+        config.settings.api_port,
+        config.settings.bundle_store,
+    )
+    return Supervisor(targets).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Online learning between bundles: posterior counts shared by a node's processes through mmap files.
+
+The bundle's Beta parameters are copied once per node into `<state_dir>/posteriors/<version>.f64`;
+every server process maps the same file, so a reward applied by one process is seen by all. Writes
+are unsynchronized float adds: a rare lost increment under contention is accepted, because the
+durable feedback log, not this cache, is what the batch learns from.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from aura.bundle.loader import LoadedBundle
+
+
+def examination_weight(position: int) -> float:
+    """Probability-like weight that a visitor examined position `position` (1-based): 1 / log2(position + 1)."""
+    return 1.0 / float(np.log2(position + 1))
+
+
+class PosteriorState:
+    """Alpha and beta of every posterior row of one bundle, as writable views of a shared file."""
+
+    def __init__(self, alpha: np.ndarray, beta: np.ndarray, beta_floor: np.ndarray) -> None:
+        self.alpha = alpha
+        self.beta = beta
+        self._beta_floor = beta_floor
+
+    @classmethod
+    def in_memory(cls, bundle: LoadedBundle) -> PosteriorState:
+        """A private copy, for tests and single-process tools."""
+        return cls(bundle.alpha.copy(), bundle.beta.copy(), bundle.beta)
+
+    @classmethod
+    def shared(cls, state_dir: str | Path, bundle: LoadedBundle) -> PosteriorState:
+        """Map (creating on first use) the node-wide posterior file of `bundle`."""
+        directory = Path(state_dir) / "posteriors"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{bundle.version}.f64"
+        n = len(bundle.alpha)
+        if not path.exists():
+            tmp = directory / f".{bundle.version}.{os.getpid()}.tmp"
+            np.concatenate([bundle.alpha, bundle.beta]).astype(np.float64).tofile(tmp)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        data = np.memmap(path, dtype=np.float64, mode="r+", shape=(2 * n,))
+        return cls(data[:n], data[n:], bundle.beta)
+
+    def record_impressions(self, rows: np.ndarray, weights: np.ndarray) -> None:
+        """Count the items of a decision as (position-weighted) impressions: beta += weight."""
+        self.beta[rows] += weights
+
+    def record_reward(self, row: int, value: float, weight: float) -> None:
+        """Turn an impression into a success: alpha += value, beta -= weight, never below the bundle's beta."""
+        self.alpha[row] += value
+        self.beta[row] = max(self.beta[row] - weight * value, self._beta_floor[row])
+
+
+class FeedbackDedupe:
+    """A node-wide, bounded set of feedback fingerprints, so retries are applied once.
+
+    A memory-mapped table of 64-bit fingerprints in 4-way buckets, replaced round robin; the file lock
+    makes check-and-insert atomic across processes. Retries arrive within seconds, far inside the
+    table's reach (2**20 entries by default).
+    """
+
+    _WAYS = 4
+
+    def __init__(self, path: str | Path, buckets: int = 1 << 18) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        size = buckets * (self._WAYS + 1) * 8
+        with path.open("ab") as handle:
+            if handle.tell() < size:
+                handle.truncate(size)
+        self._table = np.memmap(path, dtype=np.uint64, mode="r+", shape=(buckets, self._WAYS + 1))
+        self._lock_file = path.open("rb")
+        self._buckets = buckets
+
+    @staticmethod
+    def fingerprint(*parts: str) -> int:
+        """A non-zero 64-bit fingerprint of the joined parts."""
+        digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") or 1
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the node-wide lock for a check-then-insert sequence."""
+        fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+
+    def contains(self, fingerprint: int) -> bool:
+        """True when the fingerprint was added (and not yet evicted)."""
+        bucket = self._table[fingerprint % self._buckets]
+        return bool(np.any(bucket[: self._WAYS] == np.uint64(fingerprint)))
+
+    def add(self, fingerprint: int) -> None:
+        """Insert a fingerprint, evicting the bucket's oldest entry when full."""
+        bucket = self._table[fingerprint % self._buckets]
+        slot = int(bucket[self._WAYS]) % self._WAYS
+        bucket[slot] = np.uint64(fingerprint)
+        bucket[self._WAYS] = np.uint64(slot + 1)

@@ -1,0 +1,451 @@
+"""gRPC servicers: thin adapters from protos to the decision core and back, plus the admin surface."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+
+from aura.bundle.format import EMBEDDING_DIM, EMBEDDING_MODEL
+from aura.config import AppConfig
+from aura.context import referrer_host
+from aura.errors import InvalidRequest, NotFound
+from aura.eventlog import EventLog
+from aura.server.decision import HOLDOUT_VARIANT, Decision, Traffic, decide
+from aura.server.erasure import ErasedUsers
+from aura.server.posterior_state import FeedbackDedupe, examination_weight
+from aura.server.request_id import DecisionRef, RequestIdCodec, item_fingerprint
+from aura.server.search import search
+from aura.server.state import ExplorationTracker, RateMeter, Serving, ServingHolder
+from aura.server.validation import check_id, feedback_reward, parse_timestamp, rank_query, search_limit
+from aura.v1 import admin_service_pb2 as admin_pb
+from aura.v1 import admin_service_pb2_grpc as admin_grpc
+from aura.v1 import common_pb2
+from aura.v1 import decision_service_pb2 as pb
+from aura.v1 import decision_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+FEEDBACK_WINDOW_SECONDS = 30 * 86400
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class BundleControl(Protocol):
+    """What the admin service needs from the node's bundle sync (implemented by aura.edge.sync.BundleSync)."""
+
+    def status(self) -> Any: ...
+    def activate(self, version: str) -> Any: ...
+    def rollback(self) -> Any: ...
+    def refresh(self) -> bool: ...
+
+
+@dataclasses.dataclass
+class ServerDeps:
+    """Everything the servicers need, built by the process's composition root."""
+
+    config: AppConfig
+    holder: ServingHolder
+    codec: RequestIdCodec
+    decisions: EventLog
+    feedback: EventLog
+    admin_log: EventLog
+    dedupe: FeedbackDedupe
+    erased: ErasedUsers
+    embed_query: Callable[[str], np.ndarray]
+    control: BundleControl | None = None
+    node_id: str = "edge"
+
+
+class DecisionService(pb_grpc.DecisionServiceServicer):
+    """Rank, Feedback, GetSegments and Search."""
+
+    def __init__(self, deps: ServerDeps) -> None:
+        self._deps = deps
+        self._config = deps.config
+        self._exploration = ExplorationTracker()
+        self._rate = RateMeter()
+        self._random = random.Random()
+        self._variant = deps.config.settings.bandit_algorithm
+
+    async def Rank(self, request: pb.RankRequest, context: Any) -> pb.RankResponse:
+        """Rank content for one surface and visitor, and log the decision."""
+        serving = self._deps.holder.require()
+        query = rank_query(request, self._config.surfaces)
+        if query.anon_id and query.anon_id in self._deps.erased:
+            query = dataclasses.replace(query, anon_id="")
+        now = time.time()
+        traffic = Traffic(self._exploration.share(query.anon_id), self._rate.tick(time.monotonic()))
+        seed = self._random.getrandbits(63)
+        decision = decide(
+            serving.index,
+            serving.posteriors.alpha,
+            serving.posteriors.beta,
+            query,
+            self._config.policies,
+            traffic,
+            np.random.Generator(np.random.PCG64(seed)),
+            consent_required=self._config.settings.consent_required,
+        )
+        items = decision.items
+        if items:
+            rows = np.fromiter((item.posterior_row for item in items), dtype=np.int64, count=len(items))
+            weights = np.fromiter((examination_weight(item.position) for item in items), np.float64, len(items))
+            serving.posteriors.record_impressions(rows, weights)
+        self._exploration.record(query.anon_id, any(item.explored for item in items))
+        index = serving.index
+        ref = DecisionRef(
+            decided_at_ms=int(now * 1000),
+            bundle_tag=serving.bundle_tag,
+            surface_index=index.surface_index[query.surface_id],
+            segment_index=index.segment_index[decision.cell_segment_id],
+            item_fingerprints=tuple(item_fingerprint(index.bundle.content.ids[i.content_row]) for i in items),
+        )
+        request_id = self._deps.codec.encode(ref, self._random.getrandbits(48).to_bytes(6, "big"))
+        response = self._response(request_id, serving, decision, seed, query.explain)
+        self._log_decision(request_id, now, request, serving, decision, seed)
+        return response
+
+    def _response(
+        self, request_id: str, serving: Serving, decision: Decision, seed: int, explain: bool
+    ) -> pb.RankResponse:
+        content_ids = serving.index.bundle.content.ids
+        resolution = decision.resolution
+        surface = self._config.surfaces[decision.surface_id]
+        response = pb.RankResponse(
+            request_id=request_id,
+            surface=decision.surface_id,
+            items=[
+                pb.RankedItem(
+                    content_id=content_ids[item.content_row],
+                    score=round(item.score, 6),
+                    reason=item.reason,
+                    metadata=serving.metadata[item.content_row],
+                    position=item.position,
+                    propensity=round(item.propensity, 6),
+                    explored=item.explored,
+                )
+                for item in decision.items
+            ],
+            segment=common_pb2.Segment(
+                id=resolution.segment.id, confidence=round(resolution.confidence, 4), intent=resolution.segment.intent
+            ),
+            experiment=common_pb2.Experiment(
+                variant=HOLDOUT_VARIANT if resolution.holdout else self._variant, holdout=resolution.holdout
+            ),
+            policy_version=self._config.policies.policy_version,
+            cache_ttl=surface.cache_ttl,
+            bundle_version=serving.version,
+            seed=seed,
+        )
+        if explain:
+            response.explanation.CopyFrom(self._explanation(serving, decision))
+        return response
+
+    def _explanation(self, serving: Serving, decision: Decision) -> pb.Explanation:
+        content_ids = serving.index.bundle.content.ids
+        return pb.Explanation(
+            removed=[pb.RemovedCandidate(content_id=content_ids[row], rule=rule) for row, rule in decision.removed],
+            scores=[
+                pb.ScoreExplanation(
+                    content_id=content_ids[item.content_row],
+                    posterior_alpha=item.alpha,
+                    posterior_beta=item.beta,
+                    posterior_mean=item.alpha / (item.alpha + item.beta),
+                    sampled_value=item.sample,
+                    freshness_multiplier=item.freshness,
+                )
+                for item in decision.items
+            ],
+            segment_source=decision.resolution.source,
+            exploration_rate=decision.exploration_rate,
+        )
+
+    def _log_decision(
+        self, request_id: str, now: float, request: pb.RankRequest, serving: Serving, decision: Decision, seed: int
+    ) -> None:
+        ctx = request.user_ctx
+        content_ids = serving.index.bundle.content.ids
+        personalized = decision.resolution.source != "no_consent"
+        self._deps.decisions.append(
+            {
+                "event_id": request_id,
+                "ts": datetime.fromtimestamp(now, UTC),
+                "node_id": self._deps.node_id,
+                "bundle_version": serving.version,
+                "policy_version": self._config.policies.policy_version,
+                "surface_id": decision.surface_id,
+                "segment_id": decision.cell_segment_id,
+                "segment_source": decision.resolution.source,
+                "segment_confidence": decision.resolution.confidence,
+                "holdout": decision.resolution.holdout,
+                "anon_id": ctx.anon_id if personalized else "",
+                "session_id": ctx.session_id if personalized else "",
+                "device": ctx.device,
+                "referrer_host": referrer_host(ctx.referrer),
+                "page_type": ctx.page_type,
+                "country": ctx.geo.country,
+                "region": ctx.geo.region,
+                "consent": list(ctx.consent),
+                "context_json": orjson.dumps(dict(request.context)).decode() if request.context else "",
+                "seed": seed,
+                "exploration_rate": decision.exploration_rate,
+                "eligible_count": decision.eligible_count,
+                "items": [
+                    {
+                        "content_id": content_ids[item.content_row],
+                        "position": item.position,
+                        "score": item.score,
+                        "propensity": item.propensity,
+                        "explored": item.explored,
+                    }
+                    for item in decision.items
+                ],
+            }
+        )
+
+    async def Feedback(self, request: pb.FeedbackRequest, context: Any) -> pb.FeedbackResponse:
+        """Validate feedback, make it durable, then apply it to the node's posteriors once."""
+        reward_type, value = feedback_reward(request)
+        ref = self._deps.codec.decode(request.request_id)
+        position = ref.position_of(request.item_id)
+        if position == 0:
+            raise InvalidRequest(f"item_id {request.item_id!r} was not part of decision {request.request_id}.")
+        now = time.time()
+        if now - ref.decided_at_ms / 1000 > FEEDBACK_WINDOW_SECONDS:
+            raise InvalidRequest("the decision is older than the 30-day feedback window.")
+        dedupe = self._deps.dedupe
+        fingerprint = dedupe.fingerprint(request.request_id, request.item_id, reward_type)
+        feedback_id = f"fb_{fingerprint:016x}"
+        with dedupe.locked():
+            seen = dedupe.contains(fingerprint)
+        if seen:
+            return pb.FeedbackResponse(status="accepted", feedback_id=feedback_id)
+
+        serving = self._deps.holder.current
+        cell_key = None
+        if serving is not None and serving.bundle_tag == ref.bundle_tag:
+            index = serving.index
+            if ref.surface_index < len(index.surface_ids) and ref.segment_index < len(index.segment_ids):
+                cell_key = (index.surface_ids[ref.surface_index], index.segment_ids[ref.segment_index])
+        reward_ts = parse_timestamp("reward.timestamp", request.reward.timestamp) if request.reward.timestamp else None
+        await self._deps.feedback.append_durable(
+            [
+                {
+                    "event_id": feedback_id,
+                    "ts": datetime.fromtimestamp(now, UTC),
+                    "reward_ts": reward_ts,
+                    "node_id": self._deps.node_id,
+                    "request_id": request.request_id,
+                    "decided_at": datetime.fromtimestamp(ref.decided_at_ms / 1000, UTC),
+                    "bundle_tag": f"{ref.bundle_tag:08x}",
+                    "surface_id": cell_key[0] if cell_key else None,
+                    "segment_id": cell_key[1] if cell_key else None,
+                    "item_id": request.item_id,
+                    "reward_type": reward_type,
+                    "reward_value": value,
+                    "position": position,
+                    "dwell_time": request.context.dwell_time,
+                    "scroll_depth": request.context.scroll_depth,
+                }
+            ]
+        )
+        with dedupe.locked():
+            if not dedupe.contains(fingerprint):
+                dedupe.add(fingerprint)
+                if cell_key is not None and reward_type != "dismiss":
+                    self._apply_reward(serving, cell_key, request.item_id, value, position)
+        return pb.FeedbackResponse(status="accepted", feedback_id=feedback_id)
+
+    @staticmethod
+    def _apply_reward(serving: Serving, cell_key: tuple[str, str], item_id: str, value: float, position: int) -> None:
+        cell = serving.index.cells.get(cell_key)
+        row = serving.index.bundle.content.index_of.get(item_id)
+        if cell is None or row is None:
+            return
+        cell_pos = int(np.searchsorted(cell.items, row))
+        if cell_pos < cell.items.size and cell.items[cell_pos] == row:
+            serving.posteriors.record_reward(cell.start + cell_pos, value, examination_weight(position))
+
+    async def GetSegments(self, request: pb.GetSegmentsRequest, context: Any) -> pb.GetSegmentsResponse:
+        """Return the visitor's precomputed segment assignment."""
+        serving = self._deps.holder.require()
+        user_id = check_id("user_id", request.user_id)
+        assignment = None if user_id in self._deps.erased else serving.index.bundle.assignments.get(user_id)
+        if assignment is None:
+            raise NotFound(
+                f"user {user_id} has no segment assignment in bundle {serving.version}; "
+                "visitors without one are segmented per request from their context."
+            )
+        segment = serving.index.bundle.segments[assignment.segment_id]
+        return pb.GetSegmentsResponse(
+            user_id=user_id,
+            segments=[
+                pb.SegmentAssignment(
+                    id=segment.id,
+                    name=segment.name,
+                    confidence=round(assignment.confidence, 4),
+                    features=segment.features,
+                    assigned_at=assignment.assigned_at,
+                )
+            ],
+        )
+
+    async def Search(self, request: pb.SearchRequest, context: Any) -> pb.SearchResponse:
+        """Semantic k-NN search over the bundle's content index, with filters."""
+        serving = self._deps.holder.require()
+        limit = search_limit(request)
+        vector = await asyncio.get_running_loop().run_in_executor(None, self._deps.embed_query, request.query)
+        filters = request.filters
+        hits = search(
+            serving.search,
+            vector,
+            topics=tuple(filters.topics),
+            personas=tuple(filters.personas),
+            jurisdictions=tuple(filters.jurisdictions),
+            limit=limit,
+        )
+        content = serving.index.bundle.content
+        return pb.SearchResponse(
+            results=[
+                pb.SearchResult(
+                    content_id=hit.content_id,
+                    title=content.titles[hit.row],
+                    url=content.urls[hit.row],
+                    similarity=hit.similarity,
+                    topics=content.topics[hit.row],
+                    freshness_score=round(float(content.freshness_score[hit.row]), 4),
+                )
+                for hit in hits
+            ]
+        )
+
+
+class AdminService(admin_grpc.AdminServiceServicer):
+    """Bundle status, activation, rollback, refresh, retraining requests and erasure."""
+
+    def __init__(self, deps: ServerDeps) -> None:
+        self._deps = deps
+
+    def _control(self) -> BundleControl:
+        if self._deps.control is None:
+            raise NotFound("this server runs without bundle sync; bundle admin is unavailable.")
+        return self._deps.control
+
+    async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def GetBundleStatus(self, request: admin_pb.GetBundleStatusRequest, context: Any):
+        """Report the serving bundle and the versions available."""
+        serving = self._deps.holder.current
+        response = admin_pb.GetBundleStatusResponse()
+        if serving is not None:
+            manifest = serving.index.bundle.manifest
+            response.active_version = serving.version
+            response.loaded_at = _iso(serving.loaded_at)
+            response.age_seconds = round(time.time() - serving.index.bundle.created_at.timestamp(), 3)
+            response.bundles.append(
+                admin_pb.BundleInfo(
+                    version=manifest.bundle_version,
+                    created_at=manifest.created_at,
+                    policy_version=manifest.policy_version,
+                    parent_version=manifest.parent_version or "",
+                    active=True,
+                )
+            )
+        if self._deps.control is not None:
+            status = await self._blocking(self._deps.control.status)
+            response.pinned = status.pinned is not None
+            response.store_version = status.store_version or ""
+            response.last_error = status.last_error or ""
+            for info in status.available:
+                if info.version == response.active_version:
+                    continue
+                manifest = info.manifest
+                response.bundles.append(
+                    admin_pb.BundleInfo(
+                        version=info.version,
+                        created_at=manifest.created_at if manifest else "",
+                        policy_version=manifest.policy_version if manifest else "",
+                        parent_version=(manifest.parent_version or "") if manifest else "",
+                        active=False,
+                    )
+                )
+        return response
+
+    async def ActivateBundle(self, request: admin_pb.ActivateBundleRequest, context: Any):
+        """Pin this node to a version and load it now."""
+        version = check_id("version", request.version)
+        previous = self._active()
+        await self._blocking(self._control().activate, version)
+        return admin_pb.ActivateBundleResponse(active_version=self._active(), previous_version=previous)
+
+    async def RollbackBundle(self, request: admin_pb.RollbackBundleRequest, context: Any):
+        """Pin this node to the version served before the current one."""
+        previous = self._active()
+        await self._blocking(self._control().rollback)
+        return admin_pb.RollbackBundleResponse(active_version=self._active(), previous_version=previous)
+
+    async def RefreshContentIndex(self, request: admin_pb.RefreshContentIndexRequest, context: Any):
+        """Check the store for a newer bundle now."""
+        changed = await self._blocking(self._control().refresh)
+        return admin_pb.RefreshContentIndexResponse(active_version=self._active(), changed=bool(changed))
+
+    async def GetIndexerStatus(self, request: admin_pb.GetIndexerStatusRequest, context: Any):
+        """Describe the serving content index."""
+        serving = self._deps.holder.require()
+        bundle = serving.index.bundle
+        newest = float(bundle.content.published_at.max()) if len(bundle.content) else 0.0
+        return admin_pb.GetIndexerStatusResponse(
+            bundle_version=bundle.version,
+            content_items=len(bundle.content),
+            embedding_dim=EMBEDDING_DIM,
+            embedding_model=EMBEDDING_MODEL,
+            built_at=bundle.manifest.created_at,
+            newest_content_at=_iso(newest) if newest else "",
+        )
+
+    async def TriggerRetraining(self, request: admin_pb.TriggerRetrainingRequest, context: Any):
+        """Queue a retraining request for the batch, durably."""
+        if len(request.reason) > 1000:
+            raise InvalidRequest("reason must be at most 1000 characters.")
+        job_id = f"job_{uuid.uuid4().hex[:16]}"
+        await self._admin_event("retrain", job_id, request.reason)
+        return admin_pb.TriggerRetrainingResponse(job_id=job_id, status="queued")
+
+    async def EraseUser(self, request: admin_pb.EraseUserRequest, context: Any):
+        """Forget a visitor on this node now and queue erasure of stored history for the batch."""
+        user_id = check_id("user_id", request.user_id)
+        erasure_id = f"er_{uuid.uuid4().hex[:16]}"
+        await self._admin_event("erase_user", user_id, erasure_id)
+        await self._blocking(self._deps.erased.add, user_id)
+        return admin_pb.EraseUserResponse(user_id=user_id, status="erased", erasure_id=erasure_id)
+
+    async def _admin_event(self, action: str, subject: str, note: str) -> None:
+        await self._deps.admin_log.append_durable(
+            [
+                {
+                    "event_id": uuid.uuid4().hex,
+                    "ts": datetime.now(UTC),
+                    "node_id": self._deps.node_id,
+                    "action": action,
+                    "subject": subject,
+                    "note": note,
+                }
+            ]
+        )
+
+    def _active(self) -> str:
+        serving = self._deps.holder.current
+        return serving.version if serving is not None else ""

@@ -1,0 +1,165 @@
+"""What the hot path reads: per surface x segment arrays built once when a bundle is loaded."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from aura.bundle.format import GLOBAL_SEGMENT
+from aura.bundle.loader import LoadedBundle
+from aura.config import Policies, Surface
+from aura.errors import BundleError
+
+DEVICE_BITS: dict[str, int] = {"mobile": 1, "desktop": 2, "tablet": 4}
+_SECONDS_PER_DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class CellView:
+    """One surface x segment cell: posterior rows [start, stop) and per-item arrays aligned with them."""
+
+    surface_id: str
+    segment_id: str
+    start: int
+    stop: int
+    items: np.ndarray
+    """Content rows, ascending."""
+    type_ok: np.ndarray
+    """The item's content type is eligible on the surface."""
+    blocked_flags: np.ndarray
+    """Bits of the item's policy flags the surface does not allow (uint32)."""
+    jurisdictions: np.ndarray
+    """Bits of the item's jurisdictions (uint64); 0 means available everywhere."""
+    devices: np.ndarray
+    """Bits of the devices the item suits (uint8); 0 means every device."""
+    freshness: np.ndarray
+    """Freshness multiplier with the surface's boost applied (float64)."""
+    clusters: np.ndarray
+    propensity: np.ndarray
+    """Batch-estimated probability that Thompson sampling puts the item in the slate (NaN if unknown)."""
+
+
+@dataclass(frozen=True)
+class ServingIndex:
+    """A loaded bundle plus everything precomputed for one configuration."""
+
+    bundle: LoadedBundle
+    surfaces: Mapping[str, Surface]
+    cells: dict[tuple[str, str], CellView]
+    surface_ids: tuple[str, ...]
+    surface_index: dict[str, int]
+    segment_ids: tuple[str, ...]
+    segment_index: dict[str, int]
+    jurisdiction_bits: dict[str, int]
+    flag_bits: dict[str, int]
+    consent_unlocks: dict[str, int]
+    """Consent scope -> bits of the policy flags it unlocks."""
+    consent_flag_bits: int
+    """Bits of every flag some consent unlocks: removing such an item is the consent rule's doing."""
+    built_at: float
+
+    @property
+    def version(self) -> str:
+        """The bundle version."""
+        return self.bundle.version
+
+    def cell(self, surface_id: str, segment_id: str) -> CellView:
+        """The cell of a segment on a surface, falling back to the surface's global cell."""
+        view = self.cells.get((surface_id, segment_id))
+        return view if view is not None else self.cells[(surface_id, GLOBAL_SEGMENT)]
+
+    def jurisdiction_mask(self, codes: tuple[str, ...]) -> int:
+        """Bits of the given jurisdiction codes (unknown codes have none)."""
+        bits = 0
+        for code in codes:
+            bits |= self.jurisdiction_bits.get(code, 0)
+        return bits
+
+
+def _bits(vocabulary: list[str], limit: int, what: str, version: str) -> dict[str, int]:
+    if len(vocabulary) > limit:
+        raise BundleError(f"bundle {version}: {len(vocabulary)} distinct {what}; at most {limit} are supported.")
+    return {value: 1 << i for i, value in enumerate(vocabulary)}
+
+
+def freshness_multiplier(age_days: np.ndarray, half_life_days: float, minimum: float, boost: float) -> np.ndarray:
+    """Exponential decay with a floor, blended by the surface's boost: (1 - boost) + boost * max(min, 2^-age/h)."""
+    decay = np.maximum(minimum, np.exp2(-np.maximum(age_days, 0.0) / half_life_days))
+    return (1.0 - boost) + boost * decay
+
+
+def build_serving_index(
+    bundle: LoadedBundle, surfaces: Mapping[str, Surface], policies: Policies, now: float | None = None
+) -> ServingIndex:
+    """Precompute per-cell arrays for the configured surfaces; raises BundleError if they cannot be served."""
+    now = time.time() if now is None else now
+    content = bundle.content
+    version = bundle.version
+    jurisdiction_bits = _bits(sorted({j for js in content.jurisdictions for j in js}), 64, "jurisdictions", version)
+    flag_bits = _bits(sorted({f for fs in content.policy_flags for f in fs}), 32, "policy flags", version)
+    item_jurisdictions = np.array(
+        [sum(jurisdiction_bits[j] for j in set(js)) for js in content.jurisdictions], dtype=np.uint64
+    )
+    item_flags = np.array([sum(flag_bits[f] for f in set(fs)) for fs in content.policy_flags], dtype=np.uint32)
+    item_devices = np.array(
+        [sum(DEVICE_BITS.get(d, 0) for d in set(ds)) for ds in content.device_suitability], dtype=np.uint8
+    )
+    age_days = (now - content.published_at) / _SECONDS_PER_DAY
+    freshness_policy = policies.decisioning.freshness
+
+    consent_unlocks: dict[str, int] = {}
+    for flag, scope in policies.decisioning.eligibility.flag_consents.items():
+        consent_unlocks[scope] = consent_unlocks.get(scope, 0) | flag_bits.get(flag, 0)
+    consent_flag_bits = 0
+    for bits in consent_unlocks.values():
+        consent_flag_bits |= bits
+
+    missing = [s for s in surfaces if s not in bundle.surfaces]
+    if missing:
+        raise BundleError(f"bundle {version} has no rankings for configured surface(s) {', '.join(missing)}.")
+
+    cells: dict[tuple[str, str], CellView] = {}
+    for (surface_id, segment_id), span in bundle.cells.items():
+        surface = surfaces.get(surface_id)
+        if surface is None:
+            continue
+        items = bundle.cell_items[span.start : span.stop]
+        types = surface.eligible_content_types
+        type_ok = np.array([not types or content.content_types[i] in types for i in items], dtype=bool)
+        allowed = sum(flag_bits.get(f, 0) for f in surface.allowed_policy_flags)
+        freshness = freshness_multiplier(
+            age_days[items], freshness_policy.half_life_days, freshness_policy.minimum_score, surface.freshness_boost
+        )
+        cells[(surface_id, segment_id)] = CellView(
+            surface_id=surface_id,
+            segment_id=segment_id,
+            start=span.start,
+            stop=span.stop,
+            items=items,
+            type_ok=type_ok,
+            blocked_flags=item_flags[items] & np.uint32(~allowed & 0xFFFFFFFF),
+            jurisdictions=item_jurisdictions[items],
+            devices=item_devices[items],
+            freshness=freshness,
+            clusters=content.topic_cluster[items],
+            propensity=bundle.propensity[span.start : span.stop],
+        )
+    surface_ids = tuple(sorted(surfaces))
+    segment_ids = tuple(sorted(bundle.segments))
+    return ServingIndex(
+        bundle=bundle,
+        surfaces=surfaces,
+        cells=cells,
+        surface_ids=surface_ids,
+        surface_index={s: i for i, s in enumerate(surface_ids)},
+        segment_ids=segment_ids,
+        segment_index={s: i for i, s in enumerate(segment_ids)},
+        jurisdiction_bits=jurisdiction_bits,
+        flag_bits=flag_bits,
+        consent_unlocks=consent_unlocks,
+        consent_flag_bits=consent_flag_bits,
+        built_at=now,
+    )

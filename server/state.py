@@ -1,0 +1,136 @@
+"""The serving state of one process: the loaded bundle with its precomputed views, swapped atomically."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from aura.bundle.loader import load_bundle
+from aura.config import AppConfig
+from aura.errors import NotReady
+from aura.server.posterior_state import PosteriorState
+from aura.server.request_id import bundle_tag
+from aura.server.search import SearchIndex, build_search_index
+from aura.server.serving import ServingIndex, build_serving_index
+from aura.v1 import common_pb2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """Everything a request reads, for one bundle version."""
+
+    index: ServingIndex
+    posteriors: PosteriorState
+    search: SearchIndex
+    metadata: tuple[common_pb2.ItemMetadata, ...]
+    """Prebuilt response metadata per content row."""
+    bundle_tag: int
+    loaded_at: float
+
+    @property
+    def version(self) -> str:
+        """The bundle version."""
+        return self.index.version
+
+
+def prepare_serving(bundle_dir: Path, config: AppConfig, state_dir: Path | None) -> Serving:
+    """Load, verify and precompute a bundle for serving (the slow part of a swap, off the request path)."""
+    bundle = load_bundle(bundle_dir)
+    index = build_serving_index(bundle, config.surfaces, config.policies)
+    content = bundle.content
+    metadata = tuple(
+        common_pb2.ItemMetadata(title=content.titles[i], url=content.urls[i], topics=content.topics[i])
+        for i in range(len(content))
+    )
+    posteriors = PosteriorState.in_memory(bundle) if state_dir is None else PosteriorState.shared(state_dir, bundle)
+    return Serving(
+        index=index,
+        posteriors=posteriors,
+        search=build_search_index(bundle),
+        metadata=metadata,
+        bundle_tag=bundle_tag(bundle.version),
+        loaded_at=time.time(),
+    )
+
+
+class ServingHolder:
+    """Holds the current `Serving`; readers take one reference per request, a swap replaces it whole."""
+
+    def __init__(self) -> None:
+        self._current: Serving | None = None
+        self._listeners: list = []
+
+    @property
+    def current(self) -> Serving | None:
+        """The serving state, or None before the first bundle."""
+        return self._current
+
+    def require(self) -> Serving:
+        """The serving state; NotReady (UNAVAILABLE) before the first bundle is loaded."""
+        current = self._current
+        if current is None:
+            raise NotReady("no bundle is loaded yet; the node is still starting.")
+        return current
+
+    def swap(self, serving: Serving) -> None:
+        """Make `serving` current and notify listeners (e.g. the health service)."""
+        previous = self._current
+        self._current = serving
+        log.info("serving bundle %s (previous %s)", serving.version, previous.version if previous else "none")
+        for listener in self._listeners:
+            listener(serving)
+
+    def on_swap(self, listener) -> None:
+        """Call `listener(serving)` after every swap."""
+        self._listeners.append(listener)
+
+
+class ExplorationTracker:
+    """Per-visitor share of exploratory decisions, bounded LRU, per process."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._counts: OrderedDict[str, list[int]] = OrderedDict()
+        self._capacity = capacity
+
+    def share(self, anon_id: str) -> float:
+        """The visitor's explored / total decisions so far (0 for unknown visitors)."""
+        counts = self._counts.get(anon_id)
+        return counts[1] / counts[0] if counts else 0.0
+
+    def record(self, anon_id: str, explored: bool) -> None:
+        """Count one decision for the visitor."""
+        if not anon_id:
+            return
+        counts = self._counts.get(anon_id)
+        if counts is None:
+            counts = self._counts[anon_id] = [0, 0]
+            if len(self._counts) > self._capacity:
+                self._counts.popitem(last=False)
+        else:
+            self._counts.move_to_end(anon_id)
+        counts[0] += 1
+        counts[1] += explored
+
+
+class RateMeter:
+    """Requests per second of this process, over the last completed one-second window."""
+
+    def __init__(self) -> None:
+        self._window = int(time.monotonic())
+        self._count = 0
+        self._rate = 0.0
+
+    def tick(self, now: float) -> float:
+        """Count a request at monotonic time `now` and return the current rate."""
+        second = int(now)
+        if second != self._window:
+            self._rate = self._count if second == self._window + 1 else 0.0
+            self._window = second
+            self._count = 0
+        self._count += 1
+        return self._rate
