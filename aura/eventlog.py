@@ -144,7 +144,6 @@ class EventLog:
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._cond = threading.Condition()
         self._closing = False
-        self._failure: BaseException | None = None
         self._segment: _Segment | None = None
         self._sequence = 0
         recover_open_segments(self.directory)
@@ -159,12 +158,10 @@ class EventLog:
                 self._cond.notify()
 
     async def append_durable(self, records: Iterable[dict[str, Any]]) -> None:
-        """Queue records and return once they are fsynced; raises OSError if the write failed."""
+        """Queue records and return once they are fsynced; raises OSError if their write failed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._cond:
-            if self._failure is not None:
-                raise OSError(f"event log {self.stream} cannot write: {self._failure}")
             self._pending.extend(records)
             self._waiters.append((loop, future))
             self._cond.notify()
@@ -205,8 +202,6 @@ class EventLog:
             except Exception as exc:  # a failed write must fail the waiting callers, not kill the thread
                 log.error("event log %s: write failed: %s", self.stream, exc)
                 error = exc
-                with self._cond:
-                    self._failure = exc
             for loop, waiter in waiters:
                 if loop is None:
                     waiter.set()

@@ -300,7 +300,7 @@ def _assignments(name: str, table: pa.Table, segments: dict[str, SegmentInfo]) -
     ):
         if segment not in segments:
             raise BundleError(f"bundle {name}: user {user} is assigned to unknown segment {segment}.")
-        result[user] = Assignment(segment, float(confidence), stamp)
+        result[user] = Assignment(segment, round(float(confidence), 6), stamp)
     return result
 
 
@@ -311,7 +311,7 @@ def _cold_start(name: str, table: pa.Table, segments: dict[str, SegmentInfo]):
         if row["segment_id"] not in segments:
             raise BundleError(f"bundle {name}: a cold-start rule names unknown segment {row['segment_id']}.")
         key = tuple(row[k] for k in COLD_START_KEYS)
-        rules[key] = (row["segment_id"], float(row["confidence"]))
+        rules[key] = (row["segment_id"], round(float(row["confidence"]), 6))
         patterns.add(tuple(v is not None for v in key))
     ordered = tuple(sorted(patterns, key=lambda p: (-sum(p), p)))
     return rules, ordered

@@ -1,0 +1,322 @@
+"""Edge bundle sync against real stores: hot swap, failures that keep serving, pins, rollback, retention."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from moto.server import ThreadedMotoServer
+
+from aura.bundle.loader import LoadedBundle, load_bundle
+from aura.bundle.store import BundleStore, LocalBundleStore, open_store
+from aura.edge.sync import BundleSync, SwapResult
+from aura.errors import BundleError, InvalidRequest, NotFound
+from tests.bundle_factory import corrupt_file, make_tiny_bundle
+
+pytest_plugins = ["tests.moto_fixture"]
+
+VERSIONS = tuple(f"v{i:03d}" for i in range(1, 8))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("built")
+    for seed, version in enumerate(VERSIONS):
+        make_tiny_bundle(out, version, seed=seed)
+    return out
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalBundleStore:
+    (tmp_path / "store").mkdir()
+    return LocalBundleStore(tmp_path / "store")
+
+
+class Node:
+    """One edge server process under test: a BundleSync and the bundles it swapped in, in order."""
+
+    def __init__(
+        self, store: BundleStore, state_dir: Path, loader: Callable[[Path], LoadedBundle] = load_bundle, **kwargs
+    ) -> None:
+        self.served: list[str] = []
+        self.sync: BundleSync[LoadedBundle] = BundleSync(
+            store, state_dir, loader, lambda bundle: self.served.append(bundle.version), **kwargs
+        )
+
+    @property
+    def serving(self) -> str | None:
+        return self.served[-1] if self.served else None
+
+
+def publish(store: BundleStore, built: Path, version: str) -> None:
+    store.push(built / version)
+    store.promote(version)
+
+
+def cached(state_dir: Path) -> list[str]:
+    return sorted(p.name for p in (state_dir / "bundles").iterdir())
+
+
+def history(state_dir: Path) -> list[str]:
+    return [entry["version"] for entry in json.loads((state_dir / "history.json").read_text())]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not hold in time"
+        time.sleep(0.02)
+
+
+def test_sync_loads_the_promoted_bundle_then_swaps_on_promotion(
+    store: LocalBundleStore, built: Path, tmp_path: Path
+) -> None:
+    node = Node(store, tmp_path / "state")
+    assert node.sync.sync_once() is False
+    assert node.sync.status().last_error is None
+
+    publish(store, built, "v001")
+    assert node.sync.sync_once() is True
+    assert node.sync.sync_once() is False
+    publish(store, built, "v002")
+    assert node.sync.refresh() is True
+    assert node.served == ["v001", "v002"]
+    assert node.sync.active_version == "v002"
+    assert cached(tmp_path / "state") == ["v001", "v002"]
+    assert history(tmp_path / "state") == ["v002", "v001"]
+
+
+def test_a_corrupt_bundle_in_the_store_is_refused_and_the_current_keeps_serving(
+    store: LocalBundleStore, built: Path, tmp_path: Path
+) -> None:
+    node = Node(store, tmp_path / "state")
+    publish(store, built, "v001")
+    node.sync.sync_once()
+    store.push(built / "v002")
+    corrupt_file(store.root / "bundles" / "v002" / "content_index.hnsw")
+    store.promote("v002")
+
+    assert node.sync.sync_once() is False
+    assert node.served == ["v001"]
+    assert node.sync.status().last_error == (
+        "bundle v002: content_index.hnsw does not match its checksum; the bundle is corrupt."
+    )
+    assert cached(tmp_path / "state") == ["v001"]
+
+
+def test_a_corrupt_cached_copy_is_refused_then_downloaded_afresh(
+    store: LocalBundleStore, built: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    node = Node(store, state)
+    publish(store, built, "v001")
+    node.sync.sync_once()
+    store.push(built / "v002")
+    corrupt_file(store.download("v002", state / "bundles") / "posteriors.parquet")
+    store.promote("v002")
+
+    assert node.sync.sync_once() is False
+    assert node.served == ["v001"]
+    assert node.sync.status().last_error == (
+        "bundle v002: posteriors.parquet does not match its checksum; the bundle is corrupt."
+    )
+    assert cached(state) == ["v001"]
+    assert node.sync.sync_once() is True
+    assert node.served == ["v001", "v002"]
+    assert node.sync.status().last_error is None
+
+
+def test_a_loader_failure_keeps_the_current_bundle(store: LocalBundleStore, built: Path, tmp_path: Path) -> None:
+    def loader(path: Path) -> LoadedBundle:
+        if path.name == "v002":
+            raise ValueError("precompute ran out of patience")
+        return load_bundle(path)
+
+    node = Node(store, tmp_path / "state", loader=loader)
+    publish(store, built, "v001")
+    node.sync.sync_once()
+    publish(store, built, "v002")
+    assert node.sync.sync_once() is False
+    assert node.served == ["v001"]
+    assert node.sync.status().last_error == "bundle v002 failed to load: ValueError: precompute ran out of patience"
+
+
+def test_an_unreachable_store_keeps_the_current_bundle(store: LocalBundleStore, built: Path, tmp_path: Path) -> None:
+    node = Node(store, tmp_path / "state")
+    publish(store, built, "v001")
+    node.sync.sync_once()
+    store.root.rename(tmp_path / "unmounted")
+
+    assert node.sync.sync_once() is False
+    assert node.served == ["v001"]
+    assert node.sync.status().last_error == f"bundle store {store.root} is unreachable: the directory does not exist."
+
+    (tmp_path / "unmounted").rename(store.root)
+    assert node.sync.sync_once() is False
+    assert node.sync.status().last_error is None
+
+
+def test_a_restart_while_the_store_is_unreachable_serves_the_cached_bundle(
+    store: LocalBundleStore, built: Path, tmp_path: Path
+) -> None:
+    publish(store, built, "v001")
+    Node(store, tmp_path / "state").sync.sync_once()
+    store.root.rename(tmp_path / "unmounted")
+
+    restarted = Node(store, tmp_path / "state")
+    assert restarted.sync.sync_once() is True
+    assert restarted.served == ["v001"]
+    assert "is unreachable" in (restarted.sync.status().last_error or "")
+
+
+def test_an_unreachable_s3_store_keeps_the_current_bundle(
+    built: Path, s3_bucket: str, moto_endpoint: str, moto_server: ThreadedMotoServer, tmp_path: Path
+) -> None:
+    s3 = open_store(f"s3://{s3_bucket}/prod", endpoint_url=moto_endpoint)
+    node = Node(s3, tmp_path / "state")
+    publish(s3, built, "v001")
+    assert node.sync.sync_once() is True
+    moto_server.stop()
+
+    assert node.sync.sync_once() is False
+    assert node.served == ["v001"]
+    assert node.sync.status().last_error.startswith(f"bundle store s3://{s3_bucket}/prod is unreachable:")
+
+
+def test_retention_keeps_five_versions(store: LocalBundleStore, built: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    node = Node(store, state)
+    for version in VERSIONS:
+        publish(store, built, version)
+        node.sync.sync_once()
+    assert cached(state) == ["v003", "v004", "v005", "v006", "v007"]
+    assert history(state) == list(reversed(VERSIONS))
+
+    node.sync.activate("v001")
+    assert cached(state) == ["v001", "v004", "v005", "v006", "v007"]
+
+
+def test_pin_activate_and_rollback(store: LocalBundleStore, built: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    node = Node(store, state)
+    for version in ("v001", "v002", "v003"):
+        publish(store, built, version)
+        node.sync.sync_once()
+
+    assert node.sync.activate("v001") == SwapResult(active_version="v001", previous_version="v003")
+    assert json.loads((state / "pin.json").read_text()) == {"version": "v001"}
+    publish(store, built, "v004")
+    assert node.sync.sync_once() is False
+    status = node.sync.status()
+    assert (status.active_version, status.pinned, status.store_version) == ("v001", "v001", "v004")
+
+    assert node.sync.activate("v004") == SwapResult(active_version="v004", previous_version="v001")
+    assert not (state / "pin.json").exists()
+    assert history(state) == ["v004", "v001", "v003", "v002", "v001"]
+
+    walked = [node.sync.rollback().active_version for _ in range(4)]
+    assert walked == ["v001", "v003", "v002", "v001"]
+    assert history(state) == ["v001"]
+    assert node.sync.status().pinned == "v001"
+    with pytest.raises(NotFound, match="this node served no version before v001; there is nothing to roll back to"):
+        node.sync.rollback()
+    assert node.served == ["v001", "v002", "v003", "v001", "v004", "v001", "v003", "v002", "v001"]
+
+
+def test_rollback_before_any_bundle_is_not_found(store: LocalBundleStore, tmp_path: Path) -> None:
+    with pytest.raises(NotFound, match="no bundle is active"):
+        Node(store, tmp_path / "state").sync.rollback()
+
+
+@pytest.mark.parametrize(
+    ("version", "error", "message"),
+    [
+        ("v009", NotFound, "bundle version v009 is not in the store"),
+        ("../v001", InvalidRequest, "is not a valid version name"),
+        ("v002", BundleError, "bundle v002 was not activated, v001 keeps serving: bundle v002: segments.parquet does"),
+    ],
+)
+def test_activation_errors_leave_the_node_unchanged(
+    store: LocalBundleStore, built: Path, tmp_path: Path, version: str, error: type, message: str
+) -> None:
+    state = tmp_path / "state"
+    node = Node(store, state)
+    publish(store, built, "v001")
+    node.sync.sync_once()
+    store.push(built / "v002")
+    corrupt_file(store.root / "bundles" / "v002" / "segments.parquet")
+
+    with pytest.raises(error, match=message):
+        node.sync.activate(version)
+    assert node.served == ["v001"]
+    assert not (state / "pin.json").exists()
+
+
+def test_status_lists_cached_and_store_versions(store: LocalBundleStore, built: Path, tmp_path: Path) -> None:
+    node = Node(store, tmp_path / "state")
+    publish(store, built, "v001")
+    node.sync.sync_once()
+    store.push(built / "v002")
+
+    status = node.sync.status()
+    assert (status.active_version, status.pinned, status.store_version, status.last_error) == (
+        "v001",
+        None,
+        "v001",
+        None,
+    )
+    assert status.loaded_at is not None
+    assert [(v.version, v.cached, v.in_store, v.active) for v in status.available] == [
+        ("v002", False, True, False),
+        ("v001", True, True, True),
+    ]
+    assert [v.manifest.bundle_version for v in status.available if v.manifest] == ["v002", "v001"]
+
+
+def test_two_processes_sharing_a_state_dir_converge(store: LocalBundleStore, built: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = Node(store, state, poll_seconds=0.1)
+    second = Node(store, state, poll_seconds=0.1)
+    first.sync.start()
+    second.sync.start()
+    try:
+        publish(store, built, "v001")
+        wait_until(lambda: first.serving == second.serving == "v001")
+        publish(store, built, "v002")
+        wait_until(lambda: first.serving == second.serving == "v002")
+
+        first.sync.activate("v001")
+        wait_until(lambda: second.serving == "v001")
+        first.sync.activate("v002")
+        wait_until(lambda: second.serving == "v002")
+    finally:
+        first.sync.stop()
+        second.sync.stop()
+    assert first.served == second.served == ["v001", "v002", "v001", "v002"]
+    assert cached(state) == ["v001", "v002"]
+    assert history(state) == ["v002", "v001", "v002", "v001"]
+
+
+def test_simultaneous_first_syncs_share_one_cached_copy(store: LocalBundleStore, built: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    nodes = [Node(store, state) for _ in range(2)]
+    publish(store, built, "v001")
+    barrier = threading.Barrier(len(nodes))
+    results: list[bool] = []
+
+    def sync(node: Node) -> None:
+        barrier.wait()
+        results.append(node.sync.sync_once())
+
+    threads = [threading.Thread(target=sync, args=(node,)) for node in nodes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [True, True]
+    assert [node.served for node in nodes] == [["v001"], ["v001"]]
+    assert [p.name for p in (state / "bundles").iterdir()] == ["v001"]

@@ -1,0 +1,107 @@
+from pathlib import Path
+
+import pytest
+
+from aura.config import load_config, load_policies, load_settings, load_surfaces
+from aura.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_repo_config_loads_with_the_seed_defaults() -> None:
+    config = load_config({"AURA_CONFIG_DIR": str(REPO / "config")})
+    decisioning = config.policies.decisioning
+    assert decisioning.exploration.global_budget == 0.08
+    assert decisioning.exploration.per_user_cap == 0.15
+    assert decisioning.diversity.max_per_topic_cluster == 1
+    assert decisioning.freshness.half_life_days == 14
+    assert config.policies.segmentation.confidence.assignment_threshold == 0.7
+    assert config.policies.segmentation.fairness.k_anonymity_threshold == 50
+    assert config.settings.api_port == 8000
+    assert config.settings.consent_required is True
+    assert set(config.surfaces) == {"homepage.hero", "blog.index", "product_listing", "promo.banner"}
+
+
+def test_seed_env_vars_override_the_policies() -> None:
+    config = load_config(
+        {
+            "AURA_CONFIG_DIR": str(REPO / "config"),
+            "EXPLORATION_RATE": "0.05",
+            "DIVERSITY_CONSTRAINT": "max_2_per_topic",
+            "FRESHNESS_HALF_LIFE": "7",
+            "SEGMENT_CONFIDENCE_THRESHOLD": "0.6",
+            "CONSENT_REQUIRED": "false",
+        }
+    )
+    decisioning = config.policies.decisioning
+    assert decisioning.exploration.global_budget == 0.05
+    assert decisioning.diversity.max_per_topic_cluster == 2
+    assert decisioning.freshness.half_life_days == 7
+    assert config.policies.segmentation.confidence.assignment_threshold == 0.6
+    assert config.settings.consent_required is False
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"API_PORT": "eighty"}, "API_PORT must be a whole number"),
+        ({"API_PORT": "70000"}, r"api_port must be in \[0, 65535\]"),
+        ({"EXPLORATION_RATE": "1.5"}, r"EXPLORATION_RATE must be in \[0.0, 1.0\]"),
+        ({"DIVERSITY_CONSTRAINT": "one_per_topic"}, "DIVERSITY_CONSTRAINT must look like 'max_1_per_topic'"),
+        ({"BANDIT_ALGORITHM": "epsilon_greedy"}, "BANDIT_ALGORITHM must be one of 'thompson_sampling'"),
+        ({"CONSENT_REQUIRED": "maybe"}, "CONSENT_REQUIRED must be true or false"),
+        ({"API_LOG_LEVEL": "loud"}, "API_LOG_LEVEL must be one of"),
+        ({"SEGMENT_CONFIDENCE_THRESHOLD": "0.2"}, "holdout_below .* must not exceed"),
+    ],
+)
+def test_bad_environment_is_rejected_with_the_variable_named(env: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config({"AURA_CONFIG_DIR": str(REPO / "config"), **env})
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("decisioning:\n  exploration:\n    global_budget: 1.5\n", r"global_budget must be in \[0.0, 1.0\]"),
+        ("decisioning:\n  exploraton: {}\n", "unknown key 'exploraton'"),
+        ("decisioning:\n  freshness:\n    decay_function: linear\n", "decay_function must be one of 'exponential'"),
+        ("decisioning:\n  diversity:\n    max_per_topic_cluster: two\n", "max_per_topic_cluster must be a whole"),
+        ("segmentation:\n  fairness:\n    exclude_protected_attributes: 3\n", "must be true or false"),
+        ("decisioning:\n  eligibility:\n    flag_consents: [a]\n", "flag_consents must be a mapping"),
+        ("[1, 2]\n", "top level must be a mapping"),
+        ("a: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_policies_are_rejected_with_the_key_named(tmp_path: Path, yaml_text: str, message: str) -> None:
+    path = tmp_path / "policies.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=message):
+        load_policies(path)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("surfaces: {}\n", "non-empty mapping"),
+        ("surface: {}\n", "unknown top-level key 'surface'"),
+        ("surfaces:\n  hero:\n    max_items: 0\n", r"surfaces.hero: max_items must be in \[1, 100\]"),
+        ("surfaces:\n  hero:\n    colour: red\n", "unknown key 'colour'"),
+        ("surfaces:\n  hero:\n    eligible_content_types: article\n", "must be a list of strings"),
+    ],
+)
+def test_bad_surfaces_are_rejected(tmp_path: Path, yaml_text: str, message: str) -> None:
+    path = tmp_path / "surfaces.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=message):
+        load_surfaces(path)
+
+
+def test_settings_defaults_follow_the_seed() -> None:
+    settings = load_settings({})
+    assert (settings.event_batch_size, settings.event_flush_interval) == (1000, 5.0)
+    assert (settings.event_retention_days, settings.feature_retention_days, settings.model_retention_versions) == (
+        395,
+        90,
+        5,
+    )
+    assert settings.grpc_address == "127.0.0.1:50051"

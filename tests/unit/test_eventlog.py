@@ -1,0 +1,95 @@
+import asyncio
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from aura.eventlog import EventLog, read_log, recover_open_segments
+
+
+def _admin(i: int) -> dict:
+    return {"event_id": f"e{i}", "ts": datetime(2026, 11, 27, 15, 30, tzinfo=UTC), "node_id": "n1", "action": "a"}
+
+
+def test_durable_append_is_on_disk_before_it_returns(tmp_path: Path) -> None:
+    log = EventLog(tmp_path, "admin", node_id="n1", flush_interval=60)
+
+    async def go() -> None:
+        await log.append_durable([_admin(1), _admin(2)])
+
+    asyncio.run(go())
+    # Read from a fresh process's point of view: the open segment on disk already holds both rows.
+    assert read_log(tmp_path, "admin")["event_id"].to_pylist() == ["e1", "e2"]
+    log.close()
+
+
+def test_close_writes_hive_partitioned_parquet(tmp_path: Path) -> None:
+    log = EventLog(tmp_path, "admin", node_id="n1", flush_interval=0.05)
+    for i in range(5):
+        log.append(_admin(i))
+    log.close()
+    files = list((tmp_path / "admin").glob("date=2026-11-27/hour=15/*.parquet"))
+    assert len(files) == 1
+    assert pq.read_table(files[0]).num_rows == 5
+    assert list((tmp_path / "admin" / "_open").glob("*.arrow")) == []
+
+
+def test_rotation_by_rows_closes_segments(tmp_path: Path) -> None:
+    log = EventLog(tmp_path, "admin", node_id="n1", flush_interval=0.01, rotate_rows=2)
+    for i in range(6):
+        log.append(_admin(i))
+        log.flush()
+    log.close()
+    assert len(list((tmp_path / "admin").glob("date=*/hour=*/*.parquet"))) == 3
+    assert sorted(read_log(tmp_path, "admin", include_open=False)["event_id"].to_pylist()) == [
+        f"e{i}" for i in range(6)
+    ]
+
+
+def test_segment_of_a_killed_process_is_recovered(tmp_path: Path) -> None:
+    script = f"""
+import asyncio, os, signal
+from datetime import UTC, datetime
+from aura.eventlog import EventLog
+log = EventLog({str(tmp_path)!r}, "admin", node_id="dead", flush_interval=60)
+async def go():
+    await log.append_durable([{{"event_id": "acked", "ts": datetime.now(UTC), "action": "x"}}])
+asyncio.run(go())
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    subprocess.run([sys.executable, "-c", script], check=False)
+    assert len(list((tmp_path / "admin" / "_open").glob("*.arrow"))) == 1
+    assert recover_open_segments(tmp_path / "admin") == 1
+    assert read_log(tmp_path, "admin", include_open=False)["event_id"].to_pylist() == ["acked"]
+
+
+def test_torn_tail_keeps_the_complete_batches(tmp_path: Path) -> None:
+    log = EventLog(tmp_path, "admin", node_id="n1", flush_interval=60)
+    asyncio.run(_append(log, [_admin(1)]))
+    asyncio.run(_append(log, [_admin(2)]))
+    segment = next((tmp_path / "admin" / "_open").glob("*.arrow"))
+    with segment.open("ab") as handle:
+        handle.write(b"\xff\xff\xff\xff\x10\x00garbage")
+    assert read_log(tmp_path, "admin")["event_id"].to_pylist() == ["e1", "e2"]
+    log.close()
+
+
+async def _append(log: EventLog, records: list[dict]) -> None:
+    await log.append_durable(records)
+
+
+def test_unknown_stream_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown event stream"):
+        EventLog(tmp_path, "nope", node_id="n1")
+
+
+def test_a_failed_write_fails_its_caller_and_the_log_goes_on(tmp_path: Path) -> None:
+    log = EventLog(tmp_path, "admin", node_id="n1", flush_interval=60)
+    with pytest.raises(OSError, match="write failed"):
+        asyncio.run(_append(log, [{"event_id": "bad", "ts": "not a time"}]))
+    asyncio.run(_append(log, [_admin(3)]))
+    log.close()
+    assert read_log(tmp_path, "admin")["event_id"].to_pylist() == ["e3"]
