@@ -1,0 +1,51 @@
+"""`make demo`: print requests that work as written against the demo bundle, then run the edge node."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from aura.bundle.format import USER_SEGMENTS
+from aura.bundle.store import open_store
+from aura.config import load_config
+from aura.edge import node
+
+EXAMPLES = (Path(__file__).parent / "demo_requests.txt").read_text()
+
+
+def assigned_visitor(bundle_dir: Path) -> tuple[str, str]:
+    """An anon id with a confident precomputed segment, and its segment's device, for the examples."""
+    table = pq.read_table(bundle_dir / USER_SEGMENTS, columns=["user_id", "segment_id", "confidence"])
+    best = max(table.to_pylist(), key=lambda row: (row["confidence"], row["user_id"]))
+    device = next((d for d in ("mobile", "tablet", "desktop") if d in best["segment_id"]), "mobile")
+    return best["user_id"], device
+
+
+def main() -> int:
+    """Print the examples for the promoted demo bundle, then run `aura-edge` in the foreground."""
+    settings = load_config().settings
+    store = open_store(settings.bundle_store, settings.s3_endpoint_url or None)
+    version = store.current()
+    if version is None:
+        print(f"aura demo: the store {settings.bundle_store} has no promoted bundle; run `make demo`.", file=sys.stderr)
+        return 2
+    bundle_dir = Path(settings.bundle_store) / "bundles" / version
+    anon, device = assigned_visitor(bundle_dir)
+    print(
+        EXAMPLES.format(
+            grpc=settings.grpc_address,
+            http=f"http://{settings.api_host}:{settings.api_port}",
+            version=version,
+            anon=anon,
+            device=device,
+            token=settings.admin_token or "<set AURA_ADMIN_TOKEN>",
+        ),
+        flush=True,
+    )
+    return node.main([])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
