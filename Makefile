@@ -29,6 +29,21 @@ $(STUBS): $(PROTOS) $(STAMP)
 
 proto: $(STUBS) ## Regenerate the Python stubs from proto/aura/v1
 
+SDK_STAMP := sdk/node_modules/.installed
+SDK_SOURCES := $(wildcard sdk/src/*.js sdk/types/*.ts) sdk/build.mjs sdk/package.json
+
+sdk: sdk/dist/aura.min.js ## Install the SDK's build tools (npm ci) and build it
+
+$(SDK_STAMP): sdk/package.json sdk/package-lock.json
+	npm --prefix sdk ci --no-audit --no-fund
+	touch $@
+
+sdk/dist/aura.min.js: $(SDK_STAMP) $(SDK_SOURCES)
+	npm --prefix sdk run build
+
+browser: ## Install Debian's Chromium for the browser tests if it is missing
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
 lint: install ## buf lint, ruff check and ruff format --check
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/ruff check .
@@ -38,8 +53,14 @@ format: install ## Format the Python code
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: install ## Run lint and the whole test suite
+test: install sdk browser ## Lint, then run the SDK's unit tests and the whole Python suite (incl. browser e2e)
 	$(MAKE) lint
+	npm --prefix sdk run typecheck
+	node --test sdk/test/
 	$(PY) -m pytest -q
 
-.PHONY: help install proto lint format test
+demo: install sdk ## Build a demo bundle (first run) and run the edge node with the demo site until Ctrl-C
+	test -f var/bundle-store/CURRENT.json || $(VENV)/bin/aura demo-bundle --store var/bundle-store
+	AURA_ADMIN_TOKEN="$${AURA_ADMIN_TOKEN:-demo-admin-token}" API_WORKERS="$${API_WORKERS:-2}" $(PY) -m aura.edge.demo
+
+.PHONY: help install proto sdk browser lint format test demo

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -23,6 +27,23 @@ def assigned_visitor(bundle_dir: Path) -> tuple[str, str]:
     return best["user_id"], device
 
 
+SDK_DIR = Path(__file__).resolve().parent.parent / "sdk"
+DEMO_SITE_PORT = int(os.environ.get("AURA_DEMO_SITE_PORT", "8080"))
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def serve_demo_site(host: str, port: int) -> str:
+    """Serve `sdk/` (the demo pages beside the SDK build) on a daemon thread; return the site's origin."""
+    handler = functools.partial(_QuietHandler, directory=str(SDK_DIR))
+    server = ThreadingHTTPServer((host, port), handler)
+    threading.Thread(target=server.serve_forever, name="demo-site", daemon=True).start()
+    return f"http://{host}:{port}"
+
+
 def main() -> int:
     """Print the examples for the promoted demo bundle, then run `aura-edge` in the foreground."""
     settings = load_config().settings
@@ -33,6 +54,9 @@ def main() -> int:
         return 2
     bundle_dir = Path(settings.bundle_store) / "bundles" / version
     anon, device = assigned_visitor(bundle_dir)
+    site = serve_demo_site(settings.api_host, DEMO_SITE_PORT)
+    # The worker processes read their settings from the environment: let the demo site call the API.
+    os.environ.setdefault("AURA_CORS_ORIGINS", site)
     print(
         EXAMPLES.format(
             grpc=settings.grpc_address,
@@ -41,6 +65,7 @@ def main() -> int:
             anon=anon,
             device=device,
             token=settings.admin_token or "<set AURA_ADMIN_TOKEN>",
+            site=site,
         ),
         flush=True,
     )
