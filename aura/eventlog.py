@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -114,6 +115,11 @@ SCHEMAS: dict[str, pa.Schema] = {
     ),
 }
 """The documented event schema of every stream (docs/events.md describes each field)."""
+
+
+def default_node_id() -> str:
+    """This node's id in log records and segment names: AURA_NODE_ID, else the host name."""
+    return os.environ.get("AURA_NODE_ID") or socket.gethostname()
 
 
 class EventLog:

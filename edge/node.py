@@ -13,7 +13,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import socket
 import sys
 import time
 from functools import partial
@@ -24,7 +23,7 @@ from aura.config import AppConfig, load_config
 from aura.edge.sync import BundleSync
 from aura.embedding import default_embedder
 from aura.errors import ConfigError
-from aura.eventlog import EventLog
+from aura.eventlog import EventLog, default_node_id
 from aura.server.app import create_server
 from aura.server.erasure import ErasedUsers
 from aura.server.posterior_state import FeedbackDedupe
@@ -36,11 +35,6 @@ log = logging.getLogger("aura.edge")
 
 RESTART_BACKOFF_SECONDS = 1.0
 STOP_GRACE_SECONDS = 5.0
-
-
-def node_id() -> str:
-    """This node's id in logs: AURA_NODE_ID, else the host name."""
-    return os.environ.get("AURA_NODE_ID") or socket.gethostname()
 
 
 async def serve_decisions(config: AppConfig, stop: asyncio.Event | None = None, bound: list[int] | None = None) -> None:
@@ -66,7 +60,7 @@ async def serve_decisions(config: AppConfig, stop: asyncio.Event | None = None, 
         poll_seconds=settings.bundle_poll_seconds,
     )
     logs_root = state_dir / "logs"
-    node = node_id()
+    node = default_node_id()
     flush = min(1.0, settings.event_flush_interval)
     decisions = EventLog(logs_root, "decisions", node_id=node, flush_interval=flush)
     feedback = EventLog(logs_root, "feedback", node_id=node, flush_interval=flush)
@@ -185,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         targets += [(f"gateway-{i}", _gateway_worker) for i in range(args.gateway_workers)]
     log.info(
         "edge node %s: %d decision server(s) on %s, gateway on %s:%d, bundle store %s",
-        node_id(),
+        default_node_id(),
         workers,
         config.settings.grpc_address,
         config.settings.api_host,

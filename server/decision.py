@@ -176,69 +176,103 @@ def decide(
     explored_slot = -1
     if chosen and positions.size > len(chosen) and exploration_rate > 0 and rng.random() < exploration_rate:
         in_slate = set(chosen)
-        pool = [i for i in range(positions.size) if i not in in_slate]
         explored_slot = int(rng.integers(len(chosen)))
-        chosen[explored_slot] = pool[int(rng.integers(len(pool)))]
+        pick = int(rng.integers(positions.size))
+        while pick in in_slate:  # rejection sampling: the slate is a small part of the eligible set
+            pick = int(rng.integers(positions.size))
+        chosen[explored_slot] = pick
     pool_size = max(1, positions.size - len(chosen) + 1)
 
-    items = []
-    for slot, i in enumerate(chosen):
-        cell_pos = int(positions[i])
-        content_row = int(cell.items[cell_pos])
-        items.append(
-            ChosenItem(
-                content_row=content_row,
-                posterior_row=cell.start + cell_pos,
-                position=slot + 1,
-                score=float(scores[i]),
-                propensity=_slate_propensity(
-                    float(cell.propensity[cell_pos]), exploration_rate, len(chosen), pool_size, positions.size
-                ),
-                explored=slot == explored_slot,
-                reason=_reason(index, content_row, query, resolution, slot == explored_slot),
-                alpha=float(a[i]),
-                beta=float(b[i]),
-                sample=float(samples[i]),
-                freshness=float(freshness[i]),
+    slate = np.asarray(chosen, dtype=np.intp)
+    cell_positions = positions[slate]
+    propensities = _slate_propensities(
+        cell.propensity[cell_positions], exploration_rate, len(chosen), pool_size, positions.size
+    )
+    reason_tail = _reason_tail(query, resolution)
+    items = tuple(
+        ChosenItem(
+            content_row=content_row,
+            posterior_row=cell.start + cell_pos,
+            position=slot + 1,
+            score=score,
+            propensity=propensity,
+            explored=slot == explored_slot,
+            reason=index.reason_heads[content_row]
+            + (reason_tail if slot != explored_slot else _reason_tail(query, resolution, explored=True)),
+            alpha=alpha_value,
+            beta=beta_value,
+            sample=sample,
+            freshness=fresh,
+        )
+        for slot, (content_row, cell_pos, score, propensity, alpha_value, beta_value, sample, fresh) in enumerate(
+            zip(
+                cell.items[cell_positions].tolist(),
+                cell_positions.tolist(),
+                scores[slate].tolist(),
+                propensities.tolist(),
+                a[slate].tolist(),
+                b[slate].tolist(),
+                samples[slate].tolist(),
+                freshness[slate].tolist(),
+                strict=True,
             )
         )
-    return Decision(
-        query.surface_id, resolution, cell.segment_id, tuple(items), exploration_rate, int(positions.size), removed
     )
+    return Decision(
+        query.surface_id, resolution, cell.segment_id, items, exploration_rate, int(positions.size), removed
+    )
+
+
+ELIGIBILITY_CACHE_SIZE = 4096
 
 
 def _eligibility(
     index: ServingIndex, cell: CellView, query: RankQuery, policies: Policies
 ) -> tuple[np.ndarray, tuple[tuple[int, str], ...]]:
-    """Return the eligible mask over the cell and, when explaining, which rule removed which candidate."""
+    """Return the eligible mask over the cell and, when explaining, which rule removed which candidate.
+
+    The rules depend on few request values (consent scopes that unlock flags, jurisdiction, device),
+    so their combined mask is memoized per cell and combination.
+    """
     rules = policies.decisioning.eligibility
+    unlocked = 0
+    for scope in query.consent:
+        unlocked |= index.consent_unlocks.get(scope, 0)
+    jurisdiction_bits = index.jurisdiction_mask(jurisdictions_of(query.country)) if rules.check_jurisdiction else -1
+    device = query.device if rules.check_device else ""
+    key = (cell.surface_id, cell.segment_id, unlocked, jurisdiction_bits, device)
+    cache = index.eligibility_cache
+    rule_mask = None if query.explain else cache.get(key)
+    failures: list[tuple[str, np.ndarray]] = []
+    if rule_mask is None:
+        if rules.check_policy_flags or rules.check_consent:
+            blocked = cell.blocked_flags & np.uint32(~unlocked & 0xFFFFFFFF)
+            if rules.check_consent:
+                failures.append(("consent", (blocked & np.uint32(index.consent_flag_bits)) != 0))
+            if rules.check_policy_flags:
+                failures.append(("policy_flag", (blocked & np.uint32(~index.consent_flag_bits & 0xFFFFFFFF)) != 0))
+        if rules.check_jurisdiction:
+            wanted = np.uint64(jurisdiction_bits)
+            failures.append(("jurisdiction", (cell.jurisdictions != 0) & ((cell.jurisdictions & wanted) == 0)))
+        if device:
+            device_bit = np.uint8(DEVICE_BITS[device])
+            failures.append(("device", (cell.devices != 0) & ((cell.devices & device_bit) == 0)))
+        rule_mask = cell.type_ok.copy()
+        for _, failed in failures:
+            rule_mask &= ~failed
+        rule_mask.flags.writeable = False
+        if len(cache) >= ELIGIBILITY_CACHE_SIZE:
+            cache.clear()
+        cache[key] = rule_mask
+
     considered = cell.type_ok
     if query.candidates:
-        wanted = np.array(
+        wanted_rows = np.array(
             sorted(r for c in query.candidates if (r := index.bundle.content.index_of.get(c)) is not None),
             dtype=np.int32,
         )
-        considered = considered & np.isin(cell.items, wanted, assume_unique=True)
-    failures: list[tuple[str, np.ndarray]] = []
-    if rules.check_policy_flags or rules.check_consent:
-        unlocked = 0
-        for scope in query.consent:
-            unlocked |= index.consent_unlocks.get(scope, 0)
-        blocked = cell.blocked_flags & np.uint32(~unlocked & 0xFFFFFFFF)
-        if rules.check_consent:
-            failures.append(("consent", (blocked & np.uint32(index.consent_flag_bits)) != 0))
-        if rules.check_policy_flags:
-            failures.append(("policy_flag", (blocked & np.uint32(~index.consent_flag_bits & 0xFFFFFFFF)) != 0))
-    if rules.check_jurisdiction:
-        wanted_bits = np.uint64(index.jurisdiction_mask(jurisdictions_of(query.country)))
-        failures.append(("jurisdiction", (cell.jurisdictions != 0) & ((cell.jurisdictions & wanted_bits) == 0)))
-    if rules.check_device and query.device:
-        device_bit = np.uint8(DEVICE_BITS[query.device])
-        failures.append(("device", (cell.devices != 0) & ((cell.devices & device_bit) == 0)))
-
-    eligible = considered.copy()
-    for _, failed in failures:
-        eligible &= ~failed
+        considered = considered & np.isin(cell.items, wanted_rows, assume_unique=True)
+    eligible = rule_mask & considered if query.candidates else rule_mask
     if not query.explain:
         return eligible, ()
     removed = []
@@ -248,34 +282,48 @@ def _eligibility(
     return eligible, tuple(removed)
 
 
+DIVERSITY_SCAN_PER_SLOT = 8
+"""How many candidates per top-N slot the diversity pass examines before it stops looking."""
+
+
 def _diversify(
     index: ServingIndex, cell: CellView, positions: np.ndarray, order: np.ndarray, limit: int, policies: Policies
 ) -> tuple[list[int], list[int]]:
     """Greedy diversity over the score order: within the top N, at most `max_per_topic_cluster` per
-    cluster and a minimum cosine distance between items; what is skipped moves below the top N."""
+    cluster and a minimum cosine distance between items; what is skipped moves below the top N.
+
+    The scan is bounded (DIVERSITY_SCAN_PER_SLOT candidates per slot), so a cell that cannot be
+    diversified costs no more than one that can.
+    """
     diversity = policies.decisioning.diversity
     top_n = min(diversity.enforce_in_top_n, limit)
     embeddings = index.bundle.content.embeddings
     max_similarity = 1.0 - diversity.min_topic_distance
+    check_distance = diversity.min_topic_distance > 0.0
     chosen: list[int] = []
-    chosen_rows: list[int] = []
+    chosen_vectors = np.empty((max(top_n, 1), embeddings.shape[1]), dtype=embeddings.dtype)
     per_cluster: dict[int, int] = {}
     deferred: list[int] = []
+    window = order[: min(order.size, limit + DIVERSITY_SCAN_PER_SLOT * top_n)]
+    window_positions = positions[window]
+    clusters = cell.clusters[window_positions].tolist()
+    candidates = zip(window.tolist(), clusters, cell.items[window_positions].tolist(), strict=True)
     cursor = 0
-    while len(chosen) < top_n and cursor < order.size:
-        i = int(order[cursor])
+    for i, cluster, content_row in candidates:
+        if len(chosen) == top_n:
+            break
         cursor += 1
-        cell_pos = positions[i]
-        cluster = int(cell.clusters[cell_pos])
-        row = int(cell.items[cell_pos])
-        too_close = bool(chosen_rows) and float(np.max(embeddings[chosen_rows] @ embeddings[row])) > max_similarity
-        if per_cluster.get(cluster, 0) >= diversity.max_per_topic_cluster or too_close:
+        if per_cluster.get(cluster, 0) >= diversity.max_per_topic_cluster:
             deferred.append(i)
             continue
+        vector = embeddings[content_row]
+        if check_distance and chosen and float((chosen_vectors[: len(chosen)] @ vector).max()) > max_similarity:
+            deferred.append(i)
+            continue
+        chosen_vectors[len(chosen)] = vector
         chosen.append(i)
-        chosen_rows.append(row)
         per_cluster[cluster] = per_cluster.get(cluster, 0) + 1
-    rest = deferred + [int(i) for i in order[cursor:]]
+    rest = deferred + order[cursor : cursor + limit].tolist()
     chosen.extend(rest[: limit - len(chosen)])
     shown = set(chosen)
     return chosen, [i for i in deferred if i not in shown]
@@ -291,26 +339,22 @@ def _exploration_rate(policies: Policies, traffic: Traffic) -> float:
     return rate
 
 
-def _slate_propensity(batch_estimate: float, rate: float, slate: int, pool: int, eligible: int) -> float:
-    """Marginal probability that the item is in the slate under Thompson sampling plus the exploration budget.
+def _slate_propensities(batch_estimates: np.ndarray, rate: float, slate: int, pool: int, eligible: int) -> np.ndarray:
+    """Marginal probability that each item is in the slate under Thompson sampling plus the exploration budget.
 
     Thompson sampling's inclusion probability comes from the batch's Monte-Carlo estimate (uniform
     slate/eligible where the bundle has none); the exploration part is exact: with probability `rate`
     one slot is given to a uniform pick among the `pool` items that sampling left out.
     """
-    p_sampled = batch_estimate if np.isfinite(batch_estimate) else slate / eligible
-    p_sampled = min(1.0, max(0.0, p_sampled))
-    kept = p_sampled * (1.0 - rate / slate)
-    added = rate * (1.0 - p_sampled) / pool
-    return min(1.0, kept + added)
+    sampled = np.clip(np.where(np.isfinite(batch_estimates), batch_estimates, slate / eligible), 0.0, 1.0)
+    kept = sampled * (1.0 - rate / slate)
+    added = rate * (1.0 - sampled) / pool
+    return np.minimum(1.0, kept + added)
 
 
-def _reason(
-    index: ServingIndex, content_row: int, query: RankQuery, resolution: SegmentResolution, explored: bool
-) -> str:
-    content = index.bundle.content
-    personas = content.personas[content_row]
-    parts = [personas[0] if personas else content.content_types[content_row]]
+def _reason_tail(query: RankQuery, resolution: SegmentResolution, explored: bool = False) -> str:
+    """The request-dependent part of an item's reason, e.g. "+mobile+intent:learn+high-confidence"."""
+    parts = [""]
     device = query.device or resolution.segment.features.get("device_class", "")
     if device:
         parts.append(device)

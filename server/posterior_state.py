@@ -19,10 +19,13 @@ import numpy as np
 
 from aura.bundle.loader import LoadedBundle
 
+EXAMINATION_WEIGHTS = 1.0 / np.log2(np.arange(2, 203, dtype=np.float64))
+"""EXAMINATION_WEIGHTS[k - 1]: the weight of position k (1-based), 1 / log2(k + 1)."""
+
 
 def examination_weight(position: int) -> float:
     """Probability-like weight that a visitor examined position `position` (1-based): 1 / log2(position + 1)."""
-    return 1.0 / float(np.log2(position + 1))
+    return float(EXAMINATION_WEIGHTS[position - 1])
 
 
 class PosteriorState:
@@ -54,7 +57,8 @@ class PosteriorState:
                 pass
             finally:
                 tmp.unlink()
-        data = np.memmap(path, dtype=np.float64, mode="r+", shape=(2 * n,))
+        # A plain ndarray view of the mapping: slicing a np.memmap costs a subclass round trip per request.
+        data = np.memmap(path, dtype=np.float64, mode="r+", shape=(2 * n,)).view(np.ndarray)
         return cls(data[:n], data[n:], bundle.beta)
 
     def record_impressions(self, rows: np.ndarray, weights: np.ndarray) -> None:

@@ -18,10 +18,10 @@ import numpy as np
 from aura.bundle.format import EMBEDDING_DIM
 from aura.bundle.loader import LoadedBundle
 
-EXACT_SEARCH_MAX_ROWS = 1000
-"""When a filter leaves at most this many items, they are scored exactly instead of through the HNSW graph: a
-selective filter makes a graph search visit most nodes (one Python filter call each), while exact scoring of a
-few rows is cheaper and never misses a result."""
+EXACT_SEARCH_MAX_ROWS = 2000
+"""When a filter leaves at most this many items, they are scored exactly instead of through the HNSW graph. A
+selective filter makes the graph walk visit most nodes, one Python filter call each (20k items, 2% matching:
+about 12 ms), while scoring 2,000 rows exactly takes under 1 ms and never misses a result."""
 
 _DECIMALS = 6
 _NO_ROWS = np.empty(0, dtype=np.int64)

@@ -22,10 +22,10 @@ from aura.errors import InvalidRequest, NotFound
 from aura.eventlog import EventLog
 from aura.server.decision import HOLDOUT_VARIANT, Decision, Traffic, decide
 from aura.server.erasure import ErasedUsers
-from aura.server.posterior_state import FeedbackDedupe, examination_weight
+from aura.server.posterior_state import EXAMINATION_WEIGHTS, FeedbackDedupe, examination_weight
 from aura.server.request_id import DecisionRef, RequestIdCodec, item_fingerprint
 from aura.server.search import search
-from aura.server.state import ExplorationTracker, RateMeter, Serving, ServingHolder
+from aura.server.state import ExplorationTracker, RateMeter, SeededGenerator, Serving, ServingHolder
 from aura.server.validation import check_id, feedback_reward, parse_timestamp, rank_query, search_limit
 from aura.v1 import admin_service_pb2 as admin_pb
 from aura.v1 import admin_service_pb2_grpc as admin_grpc
@@ -77,6 +77,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         self._exploration = ExplorationTracker()
         self._rate = RateMeter()
         self._random = random.Random()
+        self._generator = SeededGenerator()
         self._variant = deps.config.settings.bandit_algorithm
 
     async def Rank(self, request: pb.RankRequest, context: Any) -> pb.RankResponse:
@@ -87,7 +88,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             query = dataclasses.replace(query, anon_id="")
         now = time.time()
         traffic = Traffic(self._exploration.share(query.anon_id), self._rate.tick(time.monotonic()))
-        seed = self._random.getrandbits(63)
+        seed = self._random.getrandbits(64)
         decision = decide(
             serving.index,
             serving.posteriors.alpha,
@@ -95,14 +96,13 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             query,
             self._config.policies,
             traffic,
-            np.random.Generator(np.random.PCG64(seed)),
+            self._generator.seeded(seed),
             consent_required=self._config.settings.consent_required,
         )
         items = decision.items
         if items:
             rows = np.fromiter((item.posterior_row for item in items), dtype=np.int64, count=len(items))
-            weights = np.fromiter((examination_weight(item.position) for item in items), np.float64, len(items))
-            serving.posteriors.record_impressions(rows, weights)
+            serving.posteriors.record_impressions(rows, EXAMINATION_WEIGHTS[: len(items)])
         self._exploration.record(query.anon_id, any(item.explored for item in items))
         index = serving.index
         ref = DecisionRef(

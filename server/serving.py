@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -59,7 +59,11 @@ class ServingIndex:
     """Consent scope -> bits of the policy flags it unlocks."""
     consent_flag_bits: int
     """Bits of every flag some consent unlocks: removing such an item is the consent rule's doing."""
+    reason_heads: tuple[str, ...]
+    """Per content row, the first part of its reason: its first persona, else its content type."""
     built_at: float
+    eligibility_cache: dict = field(default_factory=dict)
+    """Memoized eligibility masks of the decision core (bounded, read-only arrays)."""
 
     @property
     def version(self) -> str:
@@ -161,5 +165,9 @@ def build_serving_index(
         flag_bits=flag_bits,
         consent_unlocks=consent_unlocks,
         consent_flag_bits=consent_flag_bits,
+        reason_heads=tuple(
+            personas[0] if personas else content_type
+            for personas, content_type in zip(content.personas, content.content_types, strict=True)
+        ),
         built_at=now,
     )

@@ -14,6 +14,7 @@ from aura.errors import ConsentRequired
 from aura.server.decision import RankQuery, Traffic, decide, resolve_segment
 from aura.server.posterior_state import FeedbackDedupe, PosteriorState, examination_weight
 from aura.server.serving import build_serving_index, freshness_multiplier
+from aura.server.state import SeededGenerator, replay_generator
 from tests.bundle_factory import make_tiny_bundle
 
 SURFACE = "homepage.hero"
@@ -245,3 +246,14 @@ def test_feedback_dedupe_remembers_across_instances(tmp_path: Path) -> None:
         one.add(fingerprint)
     assert two.contains(fingerprint)
     assert fingerprint != FeedbackDedupe.fingerprint("req_1", "c1", "conversion")
+
+
+def test_reused_generator_replays_exactly_from_the_logged_seed(tmp_path: Path) -> None:
+    index = index_for(tmp_path)
+    pol = policies(tmp_path, exploration={"global_budget": 0.5, "per_user_cap": 1.0})
+    state = PosteriorState.in_memory(index.bundle)
+    reused = SeededGenerator()
+    for seed in (1, 2**63 + 5, 2**64 - 1):
+        live = decide(index, state.alpha, state.beta, query(), pol, NO_TRAFFIC, reused.seeded(seed))
+        replayed = decide(index, state.alpha, state.beta, query(), pol, NO_TRAFFIC, replay_generator(seed))
+        assert live == replayed
