@@ -194,6 +194,7 @@ class Settings:
     event_retention_days: int = 395
     feature_retention_days: int = 90
     model_retention_versions: int = 5
+    cors_origins: tuple[str, ...] = ()
 
     def _validate(self, where: str) -> None:
         _check_range(where, "api_port", self.api_port, 0, 65535)
@@ -238,6 +239,7 @@ ENV_NAMES: dict[str, str] = {
     "event_retention_days": "EVENT_RETENTION_DAYS",
     "feature_retention_days": "FEATURE_RETENTION_DAYS",
     "model_retention_versions": "MODEL_RETENTION_VERSIONS",
+    "cors_origins": "AURA_CORS_ORIGINS",
 }
 
 
@@ -423,6 +425,8 @@ def _coerce(hint: Any, raw: Any, label: str, from_env: bool) -> Any:
             return raw
         raise ConfigError(f"{label} must be a string, got {raw!r}.")
     if origin is tuple:
+        if from_env and isinstance(raw, str):
+            raw = [part.strip() for part in raw.split(",") if part.strip()]
         if not isinstance(raw, list | tuple) or not all(isinstance(v, str) for v in raw):
             raise ConfigError(f"{label} must be a list of strings, got {raw!r}.")
         return tuple(raw)

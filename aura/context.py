@@ -91,8 +91,12 @@ def time_of_day(hour: int) -> str:
 
 
 def jurisdictions_of(country: str) -> tuple[str, ...]:
-    """Jurisdiction codes a country belongs to: itself, plus "EU" for member states."""
+    """Jurisdiction codes a country belongs to: itself, "EU" for member states, "UK" for GB (content's usage)."""
     country = country.upper()
     if not country:
         return ()
-    return (country, "EU") if country in EU_COUNTRIES else (country,)
+    if country in EU_COUNTRIES:
+        return (country, "EU")
+    if country == "GB":
+        return (country, "UK")
+    return (country,)

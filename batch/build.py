@@ -1,0 +1,931 @@
+"""Builds a bundle from site tables: content NLP and embeddings, segments, posteriors and cold-start rules.
+
+The aggregations run as DuckDB SQL over the event log; the numerical parts (k-means, Thompson-sampling
+propensities) are seeded numpy, so the same tables, `now` and `seed` give the same bundle contents.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from tqdm import tqdm
+
+from aura.bundle.format import (
+    COLD_START,
+    COLD_START_KEYS,
+    CONTENT,
+    EMBEDDING_DIM,
+    GLOBAL_SEGMENT,
+    POSTERIORS,
+    SCHEMAS,
+    SEGMENTS,
+    USER_SEGMENTS,
+    Manifest,
+)
+from aura.bundle.writer import new_bundle_version, write_bundle
+from aura.config import Policies, Surface
+from aura.context import referrer_class, time_of_day
+from aura.embedding import TextEmbedder
+from aura.errors import ConfigError, InvalidRequest, NotFound
+
+SITE_FILES: dict[str, str] = {"content": "content.parquet", "events": "events.parquet", "visitors": "visitors.parquet"}
+CONTENT_COLUMNS: tuple[str, ...] = (
+    "id",
+    "title",
+    "url",
+    "summary",
+    "body",
+    "content_type",
+    "topics",
+    "personas",
+    "industries",
+    "published_at",
+    "updated_at",
+    "jurisdictions",
+    "policy_flags",
+    "device_suitability",
+)
+EVENT_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "ts",
+    "anon_id",
+    "session_id",
+    "surface_id",
+    "content_id",
+    "type",
+    "device",
+    "referrer",
+    "page_type",
+    "country",
+    "time_of_day",
+    "campaign",
+)
+EVENT_TYPES = ("impression", "click")
+
+PRIOR_STRENGTH = 10.0
+"""Pseudo-impressions of the empirical-Bayes prior of every posterior cell."""
+DEFAULT_CTR = 0.05
+"""Prior mean click rate when the event log has no impressions at all."""
+PROPENSITY_DRAWS = 200
+
+INTENT_LABELS: dict[str, str] = {
+    "learn": "Learning-focused",
+    "compare": "Comparison-focused",
+    "buy": "Purchase-focused",
+    "browse": "Browsing-focused",
+}
+INTENT_EVIDENCE: dict[str, dict[str, float]] = {
+    "article": {"learn": 0.5, "browse": 0.5},
+    "guide": {"learn": 1.0},
+    "case_study": {"compare": 0.8, "learn": 0.2},
+    "product": {"buy": 0.6, "compare": 0.4},
+    "category": {"browse": 0.6, "compare": 0.4},
+    "promotion": {"buy": 0.7, "browse": 0.3},
+}
+"""How much one click on a content type says about each intent; a visitor's intent is the argmax."""
+NEW_VISITOR_DAYS = 14
+"""A visitor first seen this many days before the build's `now` or later is "new", otherwise "returning"."""
+PRICE_TIERS: tuple[str, ...] = ("low", "medium", "high")
+PRICE_HIGH_SHARE, PRICE_MEDIUM_SHARE = 0.25, 0.10
+"""Share of a visitor's clicks on promotions from which they count as highly / medium price-sensitive."""
+
+COLD_START_PATTERNS: tuple[tuple[str, ...], ...] = (
+    ("device", "referrer_class", "page_type", "time_of_day"),
+    ("device", "referrer_class", "page_type"),
+    ("device", "referrer_class", "campaign"),
+    ("device", "referrer_class"),
+    ("device", "page_type"),
+    ("campaign",),
+    ("device",),
+)
+"""The key combinations cold-start rules are mined for; the edge tries the most specific first."""
+
+EXPECTED_WORDS: dict[str, int] = {"article": 500, "guide": 700, "case_study": 500, "product": 200}
+SHORT_TYPE_WORDS = 60
+
+_LEXICON_POSITIVE = """
+excellent great good delighted improve improved improvement improves effective easy simple reliable love loves happy
+benefit benefits best win wins grow growth success successful trust free save exclusive enjoy bonus quick better clear
+practical
+"""
+_LEXICON_NEGATIVE = """
+risk risks costly failure failures fail fails serious struggle struggles slow broken confusing breach painful loss
+worse expensive problem problems mistake mistakes ignoring attack attacks threat threats fraud exposure abandoned churn
+unclear difficult
+"""
+_POSITIVE = frozenset(_LEXICON_POSITIVE.split())
+_NEGATIVE = frozenset(_LEXICON_NEGATIVE.split())
+_NEGATIONS = frozenset({"not", "no", "never", "without"})
+_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
+_SENTENCE_END = re.compile(r"[.!?]+")
+
+
+@dataclass(frozen=True, eq=False)
+class SiteTables:
+    """The tables a build reads: content, the event log and (optionally) visitors, as polars frames."""
+
+    content: pl.DataFrame
+    events: pl.DataFrame
+    visitors: pl.DataFrame | None = None
+
+    def __post_init__(self) -> None:
+        for name, frame, columns in (
+            ("content", self.content, CONTENT_COLUMNS),
+            ("events", self.events, EVENT_COLUMNS),
+        ):
+            missing = [c for c in columns if c not in frame.columns]
+            if missing:
+                raise InvalidRequest(f"site table {name} lacks the columns {', '.join(missing)}.")
+        unknown = set(self.events["type"].unique().to_list()) - set(EVENT_TYPES)
+        if unknown:
+            raise InvalidRequest(f"site table events has unknown event types {sorted(map(str, unknown))}.")
+
+    def write(self, out_dir: str | Path) -> Path:
+        """Write the tables as Parquet files into `out_dir` and return it."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.content.write_parquet(out / SITE_FILES["content"])
+        self.events.write_parquet(out / SITE_FILES["events"])
+        if self.visitors is not None:
+            self.visitors.write_parquet(out / SITE_FILES["visitors"])
+        return out
+
+    @classmethod
+    def read(cls, site_dir: str | Path) -> SiteTables:
+        """Read a site directory written by `write` (visitors.parquet is optional)."""
+        site = Path(site_dir)
+        if not site.is_dir():
+            raise NotFound(f"site directory {site} does not exist.")
+        frames: dict[str, pl.DataFrame | None] = {}
+        for name, file_name in SITE_FILES.items():
+            path = site / file_name
+            if not path.is_file():
+                if name == "visitors":
+                    frames[name] = None
+                    continue
+                raise NotFound(f"site directory {site} has no {file_name}.")
+            try:
+                frames[name] = pl.read_parquet(path)
+            except (OSError, pl.exceptions.PolarsError) as exc:
+                raise InvalidRequest(f"{path} is not readable Parquet: {exc}") from None
+        return cls(content=frames["content"], events=frames["events"], visitors=frames["visitors"])
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A micro-segment; a None dimension means any value (the segment's parent levels leave it open)."""
+
+    intent: str | None = None
+    device_class: str | None = None
+    recency: str | None = None
+    price_sensitivity: str | None = None
+
+    @property
+    def id(self) -> str:
+        """`seg_learn_mobile_new`, `seg_learn_mobile_new_price_high`, `seg_learn_mobile`, `seg_learn`, `seg_global`."""
+        if self.intent is None:
+            return GLOBAL_SEGMENT
+        parts = [self.intent, self.device_class, self.recency]
+        if self.price_sensitivity is not None:
+            parts += ["price", self.price_sensitivity]
+        return "seg_" + "_".join(p for p in parts if p is not None)
+
+    @property
+    def name(self) -> str:
+        """A readable name such as "Learning-focused Mobile Users (New)"."""
+        if self.intent is None:
+            return "Everyone"
+        device = f" {self.device_class.capitalize()}" if self.device_class else ""
+        details = [self.recency.capitalize()] if self.recency else []
+        if self.price_sensitivity:
+            details.append(f"{self.price_sensitivity.capitalize()} Price Sensitivity")
+        suffix = f" ({', '.join(details)})" if details else ""
+        return f"{INTENT_LABELS.get(self.intent, self.intent.capitalize())}{device} Users{suffix}"
+
+    @property
+    def depth(self) -> int:
+        """How many dimensions the segment fixes."""
+        return sum(v is not None for v in (self.intent, self.device_class, self.recency, self.price_sensitivity))
+
+    def parent(self) -> Segment:
+        """The next coarser segment: drop price sensitivity, then recency, then device, then intent."""
+        if self.price_sensitivity is not None:
+            return Segment(self.intent, self.device_class, self.recency)
+        if self.recency is not None:
+            return Segment(self.intent, self.device_class)
+        if self.device_class is not None:
+            return Segment(self.intent)
+        return Segment()
+
+    def features(self, price_mode: str | None) -> dict[str, str]:
+        """The segment's features as shown to API callers; `price_mode` fills an open price dimension."""
+        values = {
+            "intent": self.intent,
+            "device_class": self.device_class,
+            "recency": self.recency,
+            "price_sensitivity": self.price_sensitivity or (price_mode if self.intent else None),
+        }
+        return {k: v for k, v in values.items() if v is not None}
+
+
+GLOBAL = Segment()
+
+
+def count_syllables(word: str) -> int:
+    """Estimate the syllables of an English word from its vowel groups (0 for a word without letters)."""
+    word = re.sub(r"[^a-z]", "", word.lower())
+    if not word:
+        return 0
+    if len(word) <= 3:
+        return 1
+    word = re.sub(r"(?:[^laeiouy]es|ed|[^laeiouy]e)$", "", word)
+    word = re.sub(r"^y", "", word)
+    return max(1, len(re.findall(r"[aeiouy]{1,2}", word)))
+
+
+def flesch_kincaid_grade(text: str) -> float:
+    """Flesch-Kincaid grade level: 0.39 * words/sentence + 11.8 * syllables/word - 15.59 (0 for no words).
+
+    >>> round(flesch_kincaid_grade("The cat sat on the mat."), 2)
+    -1.45
+    """
+    words = _WORD.findall(text)
+    if not words:
+        return 0.0
+    sentences = max(1, sum(1 for part in _SENTENCE_END.split(text) if _WORD.search(part)))
+    syllables = sum(count_syllables(w) for w in words)
+    return 0.39 * len(words) / sentences + 11.8 * syllables / len(words) - 15.59
+
+
+def sentiment(text: str) -> float:
+    """Lexicon sentiment in (-1, 1): (positive - negative) / (positive + negative + 2); a negation flips the
+    polarity of the next two words."""
+    positive = negative = 0
+    flip_until = -1
+    for i, word in enumerate(w.lower() for w in _WORD.findall(text)):
+        if word in _NEGATIONS:
+            flip_until = i + 2
+            continue
+        polarity = (word in _POSITIVE) - (word in _NEGATIVE)
+        if i <= flip_until:
+            polarity = -polarity
+        positive += polarity > 0
+        negative += polarity < 0
+    return (positive - negative) / (positive + negative + 2)
+
+
+def quality_score(content_type: str, title: str, summary: str | None, body: str | None, grade: float) -> float:
+    """A 0-1 editorial heuristic: body length for the type, paragraphs, title and summary length, readability."""
+    body = body or ""
+    words = len(_WORD.findall(body))
+    expected = EXPECTED_WORDS.get(content_type, SHORT_TYPE_WORDS)
+    length = min(1.0, words / expected)
+    paragraphs = sum(1 for p in body.split("\n\n") if p.strip())
+    structure = min(1.0, paragraphs / (3 if expected > SHORT_TYPE_WORDS else 1))
+    title_ok = 1.0 if 20 <= len(title) <= 70 else 0.5
+    summary_ok = 1.0 if summary and 40 <= len(summary) <= 200 else 0.5
+    readability = 1.0 - 0.5 * min(1.0, max(0.0, 6.0 - grade, grade - 14.0) / 8.0)
+    return 0.35 * length + 0.2 * structure + 0.15 * title_ok + 0.15 * summary_ok + 0.15 * readability
+
+
+def freshness_scores(published_at: np.ndarray, now: datetime, half_life_days: float) -> np.ndarray:
+    """exp(-ln 2 * age / half-life) for datetime64 publication times; content from the future scores 1."""
+    now64 = np.datetime64(now.astimezone(UTC).replace(tzinfo=None), "ms")
+    age_days = np.maximum((now64 - published_at.astype("datetime64[ms]")) / np.timedelta64(1, "D"), 0.0)
+    return np.exp(-math.log(2.0) * age_days / half_life_days)
+
+
+def kmeans(points: np.ndarray, k: int, seed: int, iterations: int = 50) -> np.ndarray:
+    """Cluster rows of `points` into `k` clusters (k-means++ seeding, Lloyd iterations); return int32 labels."""
+    n = points.shape[0]
+    k = max(1, min(k, n))
+    if n == 0:
+        return np.zeros(0, dtype=np.int32)
+    rng = np.random.default_rng(seed)
+    x = points.astype(np.float64)
+    centers = np.empty((k, x.shape[1]))
+    centers[0] = x[rng.integers(n)]
+    nearest = ((x - centers[0]) ** 2).sum(axis=1)
+    for j in range(1, k):
+        total = nearest.sum()
+        pick = rng.choice(n, p=nearest / total) if total > 0 else rng.integers(n)
+        centers[j] = x[pick]
+        nearest = np.minimum(nearest, ((x - centers[j]) ** 2).sum(axis=1))
+    labels = np.full(n, -1)
+    squared = (x**2).sum(axis=1)[:, None]
+    for _ in range(iterations):
+        new_labels = (squared - 2 * x @ centers.T + (centers**2).sum(axis=1)[None, :]).argmin(axis=1)
+        if np.array_equal(new_labels, labels):
+            break
+        labels = new_labels
+        counts = np.bincount(labels, minlength=k)
+        sums = np.zeros_like(centers)
+        np.add.at(sums, labels, x)
+        filled = counts > 0
+        centers[filled] = sums[filled] / counts[filled, None]
+    return labels.astype(np.int32)
+
+
+def content_features(
+    content: pl.DataFrame,
+    embeddings: np.ndarray,
+    *,
+    policies: Policies,
+    now: datetime,
+    seed: int,
+) -> pa.Table:
+    """The bundle's content table: the CMS columns plus complexity, sentiment, freshness, quality, clusters."""
+    bodies = content["body"].fill_null("").to_list()
+    texts = [
+        f"{t or ''}. {s or ''}\n\n{b}" for t, s, b in zip(content["title"], content["summary"], bodies, strict=True)
+    ]
+    grades = [flesch_kincaid_grade(b) for b in bodies]
+    quality = [
+        quality_score(k, t, s, b, g)
+        for k, t, s, b, g in zip(
+            content["content_type"], content["title"], content["summary"], bodies, grades, strict=True
+        )
+    ]
+    freshness = freshness_scores(content["published_at"].to_numpy(), now, policies.decisioning.freshness.half_life_days)
+    n_clusters = max(1, round(math.sqrt(content.height / 2)))
+    flat = pa.array(embeddings.astype(np.float32).ravel(), type=pa.float32())
+    frame = content.select(CONTENT_COLUMNS).with_columns(
+        pl.Series("sentiment", [sentiment(t) for t in texts], dtype=pl.Float32),
+        pl.Series("complexity", grades, dtype=pl.Float32),
+        pl.Series("freshness_score", freshness, dtype=pl.Float32),
+        pl.Series("quality_score", quality, dtype=pl.Float32),
+        pl.Series("topic_cluster", kmeans(embeddings, n_clusters, seed), dtype=pl.Int32),
+    )
+    table = frame.to_arrow()
+    return table.append_column("embedding", pa.FixedSizeListArray.from_arrays(flat, EMBEDDING_DIM)).select(
+        SCHEMAS[CONTENT].names
+    )
+
+
+def embed_content(
+    content: pl.DataFrame, embedder: TextEmbedder, progress: bool = False, chunk: int = 256
+) -> np.ndarray:
+    """Embed "title. summary" of every content row into unit vectors, (n, 384) float32."""
+    texts = [f"{t}. {s or ''}".strip() for t, s in zip(content["title"], content["summary"], strict=True)]
+    out = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
+    with tqdm(total=len(texts), desc="embedding", unit="text", disable=None if progress else True) as bar:
+        for start in range(0, len(texts), chunk):
+            out[start : start + chunk] = embedder.embed(texts[start : start + chunk])
+            bar.update(min(chunk, len(texts) - start))
+    return out
+
+
+def register_site(con: duckdb.DuckDBPyConnection, site: SiteTables) -> None:
+    """Expose the site to SQL as `events` (with `referrer_class`, filled `time_of_day`) and `content`.
+
+    The session time zone is UTC, as on the edge, so an event's hour gives the same time of day on both.
+    """
+    con.execute("SET TimeZone = 'UTC'")
+    referrers = site.events["referrer"].fill_null("").unique().to_list()
+    con.register(
+        "referrer_classes",
+        pa.table({"referrer": referrers, "referrer_class": [referrer_class(r) for r in referrers]}),
+    )
+    con.register("hours", pa.table({"hour": list(range(24)), "label": [time_of_day(h) for h in range(24)]}))
+    con.register("raw_events", site.events.select(EVENT_COLUMNS).to_arrow())
+    con.register("content", site.content.select("id", "content_type").to_arrow())
+    con.execute(
+        """
+        CREATE TEMP TABLE events AS
+        SELECT e.event_id, e.ts, e.anon_id, e.session_id, e.surface_id, e.content_id, e.type,
+               lower(e.device) AS device, r.referrer_class, nullif(lower(e.page_type), '') AS page_type,
+               nullif(upper(e.country), '') AS country,
+               coalesce(nullif(lower(e.time_of_day), ''), h.label) AS time_of_day,
+               nullif(e.campaign, '') AS campaign
+        FROM raw_events e
+        JOIN referrer_classes r ON r.referrer = coalesce(e.referrer, '')
+        JOIN hours h ON h.hour = hour(e.ts)
+        """
+    )
+
+
+def user_profiles(con: duckdb.DuckDBPyConnection, min_events: int, now: datetime) -> pa.Table:
+    """Infer each visitor's intent, device class, recency and price sensitivity from their history.
+
+    Only visitors with at least `max(min_events, 1)` clicks get a profile (the rest are cold start); the
+    intent is the argmax of the summed `INTENT_EVIDENCE` of their clicks and its confidence the share of
+    that evidence. Visitors first seen within `NEW_VISITOR_DAYS` before `now` are new, others returning.
+    """
+    evidence = [(t, i, w) for t, weights in INTENT_EVIDENCE.items() for i, w in weights.items()]
+    con.register(
+        "intent_evidence",
+        pa.table(dict(zip(("content_type", "intent", "weight"), zip(*evidence, strict=True), strict=True))),
+    )
+    return con.sql(
+        """
+        WITH activity AS (
+            SELECT anon_id, count(*) FILTER (WHERE type = 'click') AS clicks, min(ts) AS first_seen
+            FROM events GROUP BY anon_id
+        ),
+        devices AS (
+            SELECT anon_id, device, row_number() OVER (PARTITION BY anon_id ORDER BY count(*) DESC, device) AS rank
+            FROM events GROUP BY anon_id, device
+        ),
+        clicked AS (
+            SELECT e.anon_id, c.content_type FROM events e JOIN content c ON c.id = e.content_id WHERE e.type = 'click'
+        ),
+        scores AS (
+            SELECT k.anon_id, w.intent, sum(w.weight) AS score
+            FROM clicked k JOIN intent_evidence w USING (content_type) GROUP BY k.anon_id, w.intent
+        ),
+        best AS (
+            SELECT anon_id, intent, score / sum(score) OVER (PARTITION BY anon_id) AS confidence,
+                   row_number() OVER (PARTITION BY anon_id ORDER BY score DESC, intent) AS rank
+            FROM scores
+        ),
+        promo AS (
+            SELECT anon_id, avg(CASE WHEN content_type = 'promotion' THEN 1.0 ELSE 0.0 END) AS share
+            FROM clicked GROUP BY anon_id
+        )
+        SELECT a.anon_id, b.intent, b.confidence, d.device AS device_class,
+               CASE WHEN a.first_seen >= $new_since THEN 'new' ELSE 'returning' END AS recency,
+               CASE WHEN p.share >= $high THEN 'high' WHEN p.share >= $medium THEN 'medium' ELSE 'low' END
+                   AS price_sensitivity,
+               a.clicks
+        FROM activity a
+        JOIN best b ON b.anon_id = a.anon_id AND b.rank = 1
+        JOIN devices d ON d.anon_id = a.anon_id AND d.rank = 1
+        JOIN promo p ON p.anon_id = a.anon_id
+        WHERE a.clicks >= $min_events
+        ORDER BY a.anon_id
+        """,
+        params={
+            "high": PRICE_HIGH_SHARE,
+            "medium": PRICE_MEDIUM_SHARE,
+            "min_events": max(1, min_events),
+            "new_since": now - timedelta(days=NEW_VISITOR_DAYS),
+        },
+    ).to_arrow_table()
+
+
+def leaf_of(profile: Mapping[str, Any], price_split: bool) -> Segment:
+    """The finest segment a profile falls into."""
+    price = profile["price_sensitivity"] if price_split else None
+    return Segment(profile["intent"], profile["device_class"], profile["recency"], price)
+
+
+def choose_segments(leaf_counts: Mapping[Segment, int], k: int, n_max: int | None = None) -> dict[Segment, int]:
+    """Decide which segments to emit and how many visitors each gets.
+
+    A segment with fewer than `k` visitors is merged into its parent (drop price, recency, then device,
+    then `seg_global`), deepest first, so that siblings can pool into a parent that reaches `k`. Then,
+    while more than `n_max` segments remain, the smallest one is merged. `seg_global` is always emitted.
+    """
+    counts: dict[Segment, int] = defaultdict(int, leaf_counts)
+    counts[GLOBAL] += 0
+    while True:
+        small = [s for s in counts if s != GLOBAL and counts[s] < k]
+        if small:
+            victim = min(small, key=lambda s: (-s.depth, counts[s], s.id))
+        elif n_max is not None and len(counts) > n_max:
+            victim = min((s for s in counts if s != GLOBAL), key=lambda s: (counts[s], -s.depth, s.id))
+        else:
+            return dict(counts)
+        counts[victim.parent()] += counts.pop(victim)
+
+
+def resolve(leaf: Segment, emitted: Mapping[Segment, int]) -> Segment:
+    """The emitted segment a leaf's visitors are assigned to: the leaf or its nearest emitted ancestor."""
+    while leaf not in emitted:
+        leaf = leaf.parent()
+    return leaf
+
+
+def segment_table(emitted: Mapping[Segment, int], profiles: pa.Table, price_split: bool) -> pa.Table:
+    """The segment catalogue with features; an open price dimension shows its members' most common tier."""
+    tiers: dict[Segment, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for row in profiles.select(["intent", "device_class", "recency", "price_sensitivity"]).to_pylist():
+        segment = leaf_of(row, price_split)
+        while True:
+            tiers[segment][row["price_sensitivity"]] += 1
+            if segment == GLOBAL:
+                break
+            segment = segment.parent()
+    rows = []
+    for segment in sorted(emitted, key=lambda s: s.id):
+        counts = tiers.get(segment)
+        mode = max(PRICE_TIERS, key=lambda t: (counts[t], -PRICE_TIERS.index(t))) if counts else None
+        rows.append(
+            {
+                "segment_id": segment.id,
+                "name": segment.name,
+                "intent": segment.intent,
+                "features_json": json.dumps(segment.features(mode), sort_keys=True),
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=SCHEMAS[SEGMENTS])
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """The segment catalogue and the visitors' assignments of one build."""
+
+    emitted: dict[Segment, int]
+    """Emitted segments and how many visitors each is assigned."""
+    segments: pa.Table
+    user_segments: pa.Table
+    user_leaves: pa.Table
+    """anon_id and the profile dimensions of every assigned visitor, for pooling events into cells."""
+
+
+def assign_segments(
+    con: duckdb.DuckDBPyConnection,
+    policies: Policies,
+    now: datetime,
+    n_segments_max: int | None = None,
+    price_split: bool = False,
+) -> Segmentation:
+    """Profile the visitors of the registered site, choose k-anonymous segments and assign visitors."""
+    profiles = user_profiles(con, policies.segmentation.cold_start.min_events, now)
+    leaves = [leaf_of(row, price_split) for row in profiles.to_pylist()]
+    emitted = choose_segments(Counter(leaves), policies.segmentation.fairness.k_anonymity_threshold, n_segments_max)
+    user_segments = pa.table(
+        {
+            "user_id": profiles["anon_id"],
+            "segment_id": [resolve(leaf, emitted).id for leaf in leaves],
+            "confidence": profiles["confidence"].cast(pa.float32()),
+            "assigned_at": pa.array([now] * profiles.num_rows, type=pa.timestamp("ms", tz="UTC")),
+        },
+        schema=SCHEMAS[USER_SEGMENTS],
+    )
+    return Segmentation(
+        emitted=emitted,
+        segments=segment_table(emitted, profiles, price_split),
+        user_segments=user_segments,
+        user_leaves=profiles.select(["anon_id", "intent", "device_class", "recency", "price_sensitivity"]),
+    )
+
+
+def posterior_counts(
+    con: duckdb.DuckDBPyConnection,
+    segments: list[Segment],
+    eligible: Mapping[str, list[str]],
+    user_leaves: pa.Table,
+    prior_strength: float = PRIOR_STRENGTH,
+) -> pa.Table:
+    """Impressions, clicks and prior mean per surface x segment x eligible item, sorted by those keys.
+
+    A segment's cell pools the events of every visitor under it (its descendants included; `seg_global`
+    is everyone, unassigned visitors too). The prior mean of an item is its global CTR on the surface,
+    itself shrunk toward the surface's CTR; the `seg_global` cell's prior is the surface CTR.
+    """
+    con.register(
+        "eligible",
+        pa.table(
+            {
+                "surface_id": [s for s, ids in eligible.items() for _ in ids],
+                "content_id": [c for ids in eligible.values() for c in ids],
+            }
+        ),
+    )
+    con.register(
+        "segment_keys",
+        pa.Table.from_pylist(
+            [
+                {
+                    "segment_id": s.id,
+                    "intent": s.intent,
+                    "device_class": s.device_class,
+                    "recency": s.recency,
+                    "price_sensitivity": s.price_sensitivity,
+                }
+                for s in segments
+            ],
+            schema=pa.schema(
+                [
+                    (name, pa.string())
+                    for name in ("segment_id", "intent", "device_class", "recency", "price_sensitivity")
+                ]
+            ),
+        ),
+    )
+    con.register("user_leaves", user_leaves)
+    return con.sql(
+        """
+        WITH per_user AS (
+            SELECT e.surface_id, e.content_id, e.anon_id,
+                   count(*) FILTER (WHERE e.type = 'impression') AS impressions,
+                   count(*) FILTER (WHERE e.type = 'click') AS clicks
+            FROM events e JOIN eligible USING (surface_id, content_id)
+            GROUP BY ALL
+        ),
+        per_leaf AS (
+            SELECT p.surface_id, p.content_id, u.intent, u.device_class, u.recency, u.price_sensitivity,
+                   sum(p.impressions) AS impressions, sum(p.clicks) AS clicks
+            FROM per_user p LEFT JOIN user_leaves u USING (anon_id)
+            GROUP BY ALL
+        ),
+        cells AS (
+            SELECT l.surface_id, s.segment_id, l.content_id, sum(l.impressions) AS impressions, sum(l.clicks) AS clicks
+            FROM per_leaf l JOIN segment_keys s
+              ON (s.intent IS NULL OR s.intent = l.intent)
+             AND (s.device_class IS NULL OR s.device_class = l.device_class)
+             AND (s.recency IS NULL OR s.recency = l.recency)
+             AND (s.price_sensitivity IS NULL OR s.price_sensitivity = l.price_sensitivity)
+            GROUP BY ALL
+        ),
+        global_cells AS (SELECT * FROM cells WHERE segment_id = $global),
+        site AS (
+            SELECT coalesce(sum(clicks) / nullif(sum(impressions), 0), $default_ctr) AS ctr FROM global_cells
+        ),
+        surface_ctr AS (
+            SELECT e.surface_id,
+                   (coalesce(sum(g.clicks), 0) + $strength * any_value(site.ctr))
+                   / (coalesce(sum(g.impressions), 0) + $strength) AS ctr
+            FROM (SELECT DISTINCT surface_id FROM eligible) e CROSS JOIN site
+            LEFT JOIN global_cells g USING (surface_id)
+            GROUP BY e.surface_id
+        ),
+        item_ctr AS (
+            SELECT e.surface_id, e.content_id,
+                   (coalesce(g.clicks, 0) + $strength * s.ctr) / (coalesce(g.impressions, 0) + $strength) AS ctr
+            FROM eligible e JOIN surface_ctr s USING (surface_id)
+            LEFT JOIN global_cells g USING (surface_id, content_id)
+        )
+        SELECT e.surface_id, k.segment_id, e.content_id,
+               coalesce(c.impressions, 0)::BIGINT AS impressions, coalesce(c.clicks, 0)::BIGINT AS clicks,
+               CASE WHEN k.segment_id = $global THEN s.ctr ELSE i.ctr END AS prior_mean
+        FROM eligible e CROSS JOIN segment_keys k
+        JOIN surface_ctr s USING (surface_id)
+        JOIN item_ctr i USING (surface_id, content_id)
+        LEFT JOIN cells c ON c.surface_id = e.surface_id AND c.segment_id = k.segment_id AND c.content_id = e.content_id
+        ORDER BY e.surface_id, k.segment_id, e.content_id
+        """,
+        params={"global": GLOBAL_SEGMENT, "default_ctr": DEFAULT_CTR, "strength": prior_strength},
+    ).to_arrow_table()
+
+
+def beta_parameters(
+    impressions: np.ndarray, clicks: np.ndarray, prior_mean: np.ndarray, prior_strength: float = PRIOR_STRENGTH
+) -> tuple[np.ndarray, np.ndarray]:
+    """alpha = s * m + clicks, beta = s * (1 - m) + max(impressions - clicks, 0), with m clipped into (0, 1)."""
+    mean = np.clip(prior_mean, 1e-3, 1 - 1e-3)
+    alpha = prior_strength * mean + clicks
+    beta = prior_strength * (1 - mean) + np.maximum(impressions - clicks, 0)
+    return alpha.astype(np.float64), beta.astype(np.float64)
+
+
+def thompson_propensity(
+    alpha: np.ndarray, beta: np.ndarray, top_n: int, rng: np.random.Generator, draws: int = PROPENSITY_DRAWS
+) -> np.ndarray:
+    """For (cells, items) arrays, the Monte-Carlo share of Thompson draws that rank each item in its cell's top n."""
+    cells, items = alpha.shape
+    if top_n >= items:
+        return np.ones((cells, items), dtype=np.float32)
+    hits = np.zeros(cells * items, dtype=np.int64)
+    offsets = (np.arange(cells) * items)[None, :, None]
+    per_chunk = max(1, 4_000_000 // max(1, cells * items))
+    for start in range(0, draws, per_chunk):
+        n = min(per_chunk, draws - start)
+        samples = rng.beta(alpha, beta, size=(n, cells, items))
+        top = np.argpartition(-samples, top_n - 1, axis=2)[:, :, :top_n]
+        hits += np.bincount((top + offsets).ravel(), minlength=cells * items)
+    return (hits / draws).astype(np.float32).reshape(cells, items)
+
+
+def posterior_table(
+    counts: pa.Table, surfaces: Mapping[str, Surface], n_segments: int, seed: int, progress: bool = False
+) -> pa.Table:
+    """Beta parameters and Thompson propensities for the sorted output of `posterior_counts`."""
+    alpha, beta = beta_parameters(
+        counts["impressions"].to_numpy(), counts["clicks"].to_numpy(), counts["prior_mean"].to_numpy()
+    )
+    propensity = np.empty(counts.num_rows, dtype=np.float32)
+    surface_col = counts["surface_id"].to_numpy(zero_copy_only=False)
+    rng = np.random.default_rng(seed)
+    bounds = np.flatnonzero(np.r_[True, surface_col[1:] != surface_col[:-1], True])
+    for start, stop in tqdm(
+        itertools.pairwise(bounds),
+        total=len(bounds) - 1,
+        desc="posteriors",
+        unit="surface",
+        disable=None if progress else True,
+    ):
+        shape = (n_segments, (stop - start) // n_segments)
+        top_n = surfaces[surface_col[start]].max_items
+        propensity[start:stop] = thompson_propensity(
+            alpha[start:stop].reshape(shape), beta[start:stop].reshape(shape), top_n, rng
+        ).ravel()
+    return pa.table(
+        {
+            "surface_id": counts["surface_id"],
+            "segment_id": counts["segment_id"],
+            "content_id": counts["content_id"],
+            "alpha": alpha,
+            "beta": beta,
+            "propensity": propensity,
+        },
+        schema=SCHEMAS[POSTERIORS],
+    )
+
+
+def cold_start_table(
+    con: duckdb.DuckDBPyConnection,
+    user_segments: pa.Table,
+    min_support: int,
+    patterns: tuple[tuple[str, ...], ...] = COLD_START_PATTERNS,
+) -> pa.Table:
+    """Rules from a visitor's first-event context to the most common segment of visitors in that context.
+
+    One rule per combination of context values of each pattern seen for at least `min_support` assigned
+    visitors; the confidence is the segment's share of them. Keys a pattern does not use are null (any).
+    """
+    con.register("assigned", user_segments)
+    used = [k for k in COLD_START_KEYS if any(k in p for p in patterns)]
+    grouped = ", ".join(used)
+    sets = ", ".join(f"({', '.join((*p, 'segment_id'))})" for p in patterns)
+    # GROUPING() sets a key's bit (the last key is bit 0) when the grouping set leaves the key out.
+    used_key_present = " AND ".join(
+        f"(((grouping_id >> {len(used) - 1 - i}) & 1) = 1 OR {key} IS NOT NULL)" for i, key in enumerate(used)
+    )
+    columns = ", ".join(k if k in used else f"NULL::VARCHAR AS {k}" for k in COLD_START_KEYS)
+    return (
+        con.sql(
+            f"""
+            WITH first_context AS (
+                SELECT {grouped}, anon_id
+                FROM (SELECT *, row_number() OVER (PARTITION BY anon_id ORDER BY ts, event_id) AS rank FROM events)
+                WHERE rank = 1
+            ),
+            labeled AS (
+                SELECT f.*, a.segment_id FROM first_context f JOIN assigned a ON a.user_id = f.anon_id
+            ),
+            counts AS (
+                SELECT {grouped}, segment_id, GROUPING({grouped}) AS grouping_id, count(*) AS n
+                FROM labeled GROUP BY GROUPING SETS ({sets})
+            ),
+            ranked AS (
+                SELECT *, sum(n) OVER context AS support,
+                       row_number() OVER (PARTITION BY grouping_id, {grouped} ORDER BY n DESC, segment_id) AS rank
+                FROM counts WINDOW context AS (PARTITION BY grouping_id, {grouped})
+            )
+            SELECT {columns}, segment_id, (n / support)::FLOAT AS confidence
+            FROM ranked
+            WHERE rank = 1 AND support >= $min_support AND {used_key_present}
+            ORDER BY grouping_id DESC, {grouped}
+            """,
+            params={"min_support": min_support},
+        )
+        .to_arrow_table()
+        .cast(SCHEMAS[COLD_START])
+    )
+
+
+def match_cold_start(rules: pa.Table, context: Mapping[str, str | None]) -> tuple[str, float] | None:
+    """Look a context up in a cold-start table the way the edge does: most specific rule first."""
+    by_key = {tuple(r[k] for k in COLD_START_KEYS): (r["segment_id"], r["confidence"]) for r in rules.to_pylist()}
+    patterns = sorted({tuple(v is not None for v in key) for key in by_key}, key=lambda p: (-sum(p), p))
+    values = tuple(context.get(k) for k in COLD_START_KEYS)
+    for pattern in patterns:
+        if any(used and not v for v, used in zip(values, pattern, strict=True)):
+            continue
+        hit = by_key.get(tuple(v if used else None for v, used in zip(values, pattern, strict=True)))
+        if hit is not None:
+            return hit
+    return None
+
+
+def eligible_content(content: pl.DataFrame, surfaces: Mapping[str, Surface]) -> dict[str, list[str]]:
+    """Content ids per surface, limited to its eligible content types, in id order."""
+    result = {}
+    for surface_id, surface in sorted(surfaces.items()):
+        types = surface.eligible_content_types
+        rows = content if not types else content.filter(pl.col("content_type").is_in(list(types)))
+        ids = sorted(rows["id"].to_list())
+        if not ids:
+            raise ConfigError(
+                f"surfaces.yaml: surfaces.{surface_id} admits content types {list(types)}, "
+                "but the site has no content of those types."
+            )
+        result[surface_id] = ids
+    return result
+
+
+@contextmanager
+def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[step] = round(time.perf_counter() - start, 3)
+
+
+def build_bundle(
+    site: SiteTables,
+    *,
+    policies: Policies,
+    surfaces: Mapping[str, Surface],
+    out_dir: str | Path,
+    parent_version: str | None = None,
+    embedder: TextEmbedder | None = None,
+    now: datetime | None = None,
+    n_segments_max: int | None = None,
+    price_split: bool = False,
+    seed: int = 0,
+    bundle_version: str | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Manifest:
+    """Build a bundle from site tables into `out_dir/<version>` and return its manifest.
+
+    `now` is the reference time of freshness and assignments (default: the last event, so rebuilding
+    the same data gives the same tables). `n_segments_max` caps the catalogue (seg_global included);
+    `price_split` adds price sensitivity as a fourth segment dimension. `embedder` defaults to the
+    packaged MiniLM. `log` receives one line per finished step.
+    """
+    if not surfaces:
+        raise ConfigError("surfaces.yaml: at least one surface is needed to build a bundle.")
+    if n_segments_max is not None and n_segments_max < 1:
+        raise ConfigError(f"n_segments_max must be at least 1, got {n_segments_max}.")
+    say = log or (lambda _line: None)
+    timings: dict[str, float] = {}
+    if now is None:
+        last = site.events["ts"].max() if site.events.height else None
+        now = last if isinstance(last, datetime) else datetime.now(UTC)
+    now = now if now.tzinfo else now.replace(tzinfo=UTC)
+    k = policies.segmentation.fairness.k_anonymity_threshold
+    threshold = policies.segmentation.confidence.assignment_threshold
+
+    with _timed(timings, "embedding"):
+        vectors = embed_content(site.content, embedder or TextEmbedder.load(), progress)
+    with _timed(timings, "content"):
+        content = content_features(site.content, vectors, policies=policies, now=now, seed=seed)
+    say(f"content: {content.num_rows} items, {len(set(content['topic_cluster'].to_pylist()))} topic clusters")
+
+    with duckdb.connect() as con:
+        with _timed(timings, "segments"):
+            register_site(con, site)
+            segmentation = assign_segments(con, policies, now, n_segments_max, price_split)
+        say(
+            f"segments: {len(segmentation.emitted)} emitted, {segmentation.user_segments.num_rows} visitors "
+            f"assigned (k = {k})"
+        )
+        with _timed(timings, "posteriors"):
+            ordered = sorted(segmentation.emitted, key=lambda s: s.id)
+            eligible = eligible_content(site.content, surfaces)
+            counts = posterior_counts(con, ordered, eligible, segmentation.user_leaves)
+            posteriors = posterior_table(counts, surfaces, len(ordered), seed, progress)
+        say(f"posteriors: {len(eligible) * len(ordered)} cells, {posteriors.num_rows} rows")
+        with _timed(timings, "cold_start"):
+            cold_start = cold_start_table(con, segmentation.user_segments, min_support=k)
+        say(f"cold start: {cold_start.num_rows} rules")
+        visitors = int(con.sql("SELECT count(DISTINCT anon_id) FROM events").fetchall()[0][0])
+
+    assigned = segmentation.user_segments.num_rows
+    confidence = segmentation.user_segments["confidence"].to_numpy()
+    global_rows = counts["segment_id"].to_numpy(zero_copy_only=False) == GLOBAL_SEGMENT
+    stats = {
+        "content_items": content.num_rows,
+        "topic_clusters": len(set(content["topic_cluster"].to_pylist())),
+        "segments": len(segmentation.emitted),
+        "visitors": visitors,
+        "users_assigned": assigned,
+        "segment_coverage": round(assigned / visitors, 4) if visitors else 0.0,
+        "confident_assignments": round(float(np.mean(confidence >= threshold)), 4) if assigned else 0.0,
+        "surfaces": len(eligible),
+        "cells": len(eligible) * len(ordered),
+        "posterior_rows": posteriors.num_rows,
+        "events_used": site.events.height,
+        "clicks_on_eligible": int(counts["clicks"].to_numpy()[global_rows].sum()),
+        "cold_start_rules": cold_start.num_rows,
+        "k_anonymity_threshold": k,
+    }
+    reports = {
+        "segment_sizes": {s.id: n for s, n in sorted(segmentation.emitted.items(), key=lambda kv: kv[0].id)},
+        "build_seconds": timings,
+        "now": now.isoformat(),
+    }
+    manifest = write_bundle(
+        out_dir,
+        {
+            CONTENT: content,
+            SEGMENTS: segmentation.segments,
+            POSTERIORS: posteriors,
+            USER_SEGMENTS: segmentation.user_segments,
+            COLD_START: cold_start,
+        },
+        bundle_version=bundle_version or new_bundle_version(),
+        policy_version=policies.policy_version,
+        parent_version=parent_version,
+        stats=stats,
+        reports=reports,
+    )
+    return manifest

@@ -1,0 +1,158 @@
+"""The in-process half of the benchmark: the real Rank responses, and micro-benchmarks of the decision core.
+
+For every `request-N.bin` (a serialized RankRequest) in `--requests`, runs the real `DecisionService.Rank`
+adapter on the bench bundle and writes the serialized reply next to it as `response-N.bin`: what the bare
+server replays. Then times, in this one thread (run it with OPENBLAS_NUM_THREADS=1 so numpy uses one core):
+`decide()` alone, the whole `Rank` adapter (validation, decide, response protos, request id, decision log
+append) and the numpy query embedding. Prints the figures as one JSON object.
+
+    OPENBLAS_NUM_THREADS=1 python -m tests.bench.core --bundle DIR --config-dir DIR --requests DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from aura.config import load_config
+from aura.embedding import default_embedder
+from aura.eventlog import EventLog
+from aura.server.decision import Traffic, decide
+from aura.server.erasure import ErasedUsers
+from aura.server.posterior_state import FeedbackDedupe
+from aura.server.request_id import RequestIdCodec
+from aura.server.servicer import DecisionService, ServerDeps
+from aura.server.state import ServingHolder, prepare_serving
+from aura.server.validation import rank_query
+from aura.v1 import decision_service_pb2 as pb
+
+QUERIES = (
+    "how do I set up analytics for a small online store",
+    "pricing comparison for enterprise plans",
+    "getting started guide for beginners",
+    "case study: finance industry customer retention with personalization and machine learning",
+)
+
+
+def percentiles_us(samples_ns: Sequence[int]) -> dict[str, float]:
+    """p50, p99 and mean of nanosecond samples, in microseconds."""
+    values = np.asarray(samples_ns, dtype=np.float64) / 1000.0
+    return {
+        "p50_us": round(float(np.percentile(values, 50)), 1),
+        "p99_us": round(float(np.percentile(values, 99)), 1),
+        "mean_us": round(float(values.mean()), 1),
+        "calls": len(values),
+    }
+
+
+def time_calls(call: Callable[[int], object], calls: int, warmup: int = 200) -> dict[str, float]:
+    """Time `call(i)` for i in range(calls) after `warmup` untimed calls."""
+    for i in range(warmup):
+        call(i)
+    samples = []
+    for i in range(calls):
+        start = time.perf_counter_ns()
+        call(i)
+        samples.append(time.perf_counter_ns() - start)
+    return percentiles_us(samples)
+
+
+async def time_async_calls(call: Callable[[int], object], calls: int, warmup: int = 200) -> dict[str, float]:
+    """Like `time_calls` for a coroutine function."""
+    for i in range(warmup):
+        await call(i)
+    samples = []
+    for i in range(calls):
+        start = time.perf_counter_ns()
+        await call(i)
+        samples.append(time.perf_counter_ns() - start)
+    return percentiles_us(samples)
+
+
+async def run(bundle_dir: Path, config_dir: Path, requests_dir: Path, calls: int) -> dict[str, object]:
+    """Write the real responses and return the micro-benchmark figures."""
+    config = load_config({"AURA_CONFIG_DIR": str(config_dir), "API_LOG_LEVEL": "warning"})
+    request_paths = sorted(requests_dir.glob("request-*.bin"))
+    requests = [pb.RankRequest.FromString(path.read_bytes()) for path in request_paths]
+    with tempfile.TemporaryDirectory(prefix="aura-bench-core-") as tmp:
+        state_dir = Path(tmp)
+        started = time.perf_counter()
+        serving = prepare_serving(bundle_dir, config, state_dir)
+        load_seconds = time.perf_counter() - started
+        holder = ServingHolder()
+        holder.swap(serving)
+        embedder = default_embedder()
+        decisions = EventLog(state_dir / "logs", "decisions", node_id="bench", flush_interval=1.0)
+        feedback = EventLog(state_dir / "logs", "feedback", node_id="bench")
+        admin_log = EventLog(state_dir / "logs", "admin", node_id="bench")
+        service = DecisionService(
+            ServerDeps(
+                config=config,
+                holder=holder,
+                codec=RequestIdCodec(config.settings.request_id_secret),
+                decisions=decisions,
+                feedback=feedback,
+                admin_log=admin_log,
+                dedupe=FeedbackDedupe(state_dir / "feedback-seen.u64"),
+                erased=ErasedUsers(state_dir / "erased-users.txt"),
+                embed_query=embedder.embed_query,
+            )
+        )
+        sizes, items = [], []
+        for path, request in zip(request_paths, requests, strict=True):
+            response = await service.Rank(request, None)
+            data = response.SerializeToString()
+            path.with_name(path.name.replace("request-", "response-")).write_bytes(data)
+            sizes.append(len(data))
+            items.append(len(response.items))
+
+        queries = [rank_query(request, config.surfaces) for request in requests]
+        rng = np.random.Generator(np.random.PCG64(0))
+        alpha, beta = serving.posteriors.alpha, serving.posteriors.beta
+        policies, traffic = config.policies, Traffic()
+
+        def one_decision(i: int) -> object:
+            return decide(serving.index, alpha, beta, queries[i % len(queries)], policies, traffic, rng)
+
+        async def one_rank(i: int) -> object:
+            return await service.Rank(requests[i % len(requests)], None)
+
+        texts = random.Random(0).choices(QUERIES, k=max(50, calls // 20))
+        figures = {
+            "bundle_load_seconds": round(load_seconds, 2),
+            "response_bytes": sizes,
+            "request_bytes": [request.ByteSize() for request in requests],
+            "items_per_response": items,
+            "decide": time_calls(one_decision, calls),
+            "rank_adapter": await time_async_calls(one_rank, calls),
+            "embed_query": time_calls(lambda i: embedder.embed_query(texts[i % len(texts)]), len(texts), warmup=5),
+        }
+        for event_log in (decisions, feedback, admin_log):
+            event_log.close()
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run and print the figures as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, required=True, help="the bench bundle directory")
+    parser.add_argument("--config-dir", type=Path, required=True, help="policies.yaml + surfaces.yaml of the bench")
+    parser.add_argument("--requests", type=Path, required=True, help="directory of request-N.bin files")
+    parser.add_argument("--calls", type=int, default=3000, help="timed calls of decide and Rank (default 3000)")
+    args = parser.parse_args(argv)
+    figures = asyncio.run(run(args.bundle, args.config_dir, args.requests, args.calls))
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The benchmark's readings of h2load, wrk and /proc: a misread figure would pass silently, so they are tested."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+
+from tests.bench.loadgen import H2loadSummary, LoadError, merge_h2load, parse_h2load_summary, parse_wrk
+from tests.bench.procs import cpu_seconds, listening_ports
+
+H2LOAD_OUTPUT = """\
+finished in 10.01s, 3761.87 req/s, 3.14MB/s
+requests: 20000 total, 20000 started, 20000 done, 19990 succeeded, 10 failed, 10 errored, 0 timeout
+status codes: 19990 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 16.69MB (17505480) total, 59.77KB (61200) headers (space savings 96.22%), 15.58MB (16340000) data
+"""
+
+WRK_OUTPUT = """\
+Running 10s test @ http://127.0.0.1:8080/v1/rank
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    10.12ms    2.31ms  40.00ms   80.00%
+    Req/Sec     1.59k   100.00     1.80k    70.00%
+  Latency Distribution
+     50%    9.87ms
+     75%   11.02ms
+     90%   12.50ms
+     99%    1.20s
+  15873 requests in 10.00s, 20.12MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 3
+Requests/sec:   1587.30
+Transfer/sec:      2.01MB
+"""
+
+
+def test_h2load_summary_counts_only_2xx_as_ok() -> None:
+    assert parse_h2load_summary(H2LOAD_OUTPUT) == H2loadSummary(total=20000, done=20000, ok=19990)
+
+
+def test_wrk_output_is_read_with_units_and_errors() -> None:
+    result = parse_wrk(WRK_OUTPUT)
+    assert (result.done, result.ok, result.errors) == (15873, 15870, 6)
+    assert (result.p50_ms, result.p95_ms, result.p99_ms) == (9.87, None, 1200.0)
+    assert result.seconds == 10.0
+    assert result.rps == pytest.approx(1587.3)
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "match"),
+    [
+        (parse_h2load_summary, "connect: Connection refused\n", "cannot read h2load's summary"),
+        (parse_h2load_summary, H2LOAD_OUTPUT.split("status codes")[0], "cannot read h2load's summary"),
+        (parse_wrk, "unable to connect to 127.0.0.1:1 Connection refused\n", "no request count"),
+        (parse_wrk, WRK_OUTPUT.replace("     99%    1.20s\n", ""), "latency distribution"),
+    ],
+)
+def test_unreadable_output_is_an_error(parse, text: str, match: str) -> None:
+    with pytest.raises(LoadError, match=match):
+        parse(text)
+
+
+def test_parallel_h2load_runs_merge_over_their_common_window() -> None:
+    # Run A: requests start at 0, 1, ..., 9 s and take 1 ms; run B starts 2 s later and ends 1 s later.
+    a = np.array([[s * 1_000_000, 200, 1000] for s in range(10)], dtype=np.int64)
+    b = np.array([[(s + 2) * 1_000_000, 200, 3000] for s in range(9)], dtype=np.int64)
+    result = merge_h2load([H2loadSummary(10, 10, 10), H2loadSummary(9, 9, 8)], [a, b])
+    # Common window: from B's first start (2 s) to A's last end (9.001 s); 8 ends of A and 7 of B fall in it.
+    assert result.seconds == pytest.approx(7.001)
+    assert result.rps == pytest.approx(15 / 7.001)
+    assert (result.done, result.ok, result.errors) == (19, 18, 1)
+    assert (result.p50_ms, result.p99_ms) == (1.0, 3.0)
+
+
+def test_a_log_that_disagrees_with_the_summary_is_an_error() -> None:
+    rows = np.array([[0, 200, 1000]], dtype=np.int64)
+    with pytest.raises(LoadError, match="logged 1 requests but reported 2 done"):
+        merge_h2load([H2loadSummary(2, 2, 2)], [rows])
+
+
+def test_proc_readings_of_this_process() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert port in listening_ports(os.getpid())
+    assert cpu_seconds(os.getpid()) > 0

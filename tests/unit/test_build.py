@@ -1,0 +1,423 @@
+"""The bundle builder: text features, segmentation, posteriors, cold start and a full build that loads."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from aura.batch.build import (
+    GLOBAL,
+    PRIOR_STRENGTH,
+    Segment,
+    SiteTables,
+    beta_parameters,
+    build_bundle,
+    choose_segments,
+    cold_start_table,
+    count_syllables,
+    flesch_kincaid_grade,
+    freshness_scores,
+    kmeans,
+    match_cold_start,
+    posterior_counts,
+    register_site,
+    resolve,
+    sentiment,
+    thompson_propensity,
+)
+from aura.batch.synthetic import DEFAULT_SURFACES, SyntheticSite, generate_site
+from aura.bundle.format import CONTENT, EMBEDDING_DIM, GLOBAL_SEGMENT, POSTERIORS, Manifest
+from aura.bundle.loader import LoadedBundle, load_bundle
+from aura.config import Policies, Surface
+from aura.context import referrer_class
+from aura.errors import ConfigError, InvalidRequest, NotFound
+
+K = 10
+NOW = datetime(2025, 10, 1, tzinfo=UTC)
+
+
+def _policies(k: int = K) -> Policies:
+    policies = Policies()
+    fairness = dataclasses.replace(policies.segmentation.fairness, k_anonymity_threshold=k)
+    return dataclasses.replace(policies, segmentation=dataclasses.replace(policies.segmentation, fairness=fairness))
+
+
+class HashEmbedder:
+    """A fast stand-in for the MiniLM embedder: seeded unit vectors from each text's characters."""
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
+        for i, text in enumerate(texts):
+            out[i] = np.random.default_rng(sum(map(ord, text))).standard_normal(EMBEDDING_DIM)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def site() -> SyntheticSite:
+    return generate_site(11, n_content=60, n_visitors=400)
+
+
+@pytest.fixture(scope="module")
+def built(site: SyntheticSite, tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, LoadedBundle]:
+    out = tmp_path_factory.mktemp("bundles")
+    manifest = build_bundle(site, policies=_policies(), surfaces=DEFAULT_SURFACES, out_dir=out, now=NOW, seed=3)
+    return manifest, load_bundle(out / manifest.bundle_version)
+
+
+@pytest.mark.parametrize(
+    ("word", "syllables"),
+    [("cat", 1), ("the", 1), ("happy", 2), ("table", 2), ("banana", 3), ("computer", 3), ("readability", 5), ("", 0)],
+)
+def test_count_syllables(word: str, syllables: int) -> None:
+    assert count_syllables(word) == syllables
+
+
+def test_flesch_kincaid_on_known_sentences() -> None:
+    # 6 words, 1 sentence, 6 syllables: 0.39 * 6 + 11.8 * 1 - 15.59.
+    assert flesch_kincaid_grade("The cat sat on the mat.") == pytest.approx(-1.45)
+    # 11 words, 2 sentences, 12 syllables ("happy" has two).
+    text = "The cat sat on the mat. It was a happy cat!"
+    assert flesch_kincaid_grade(text) == pytest.approx(0.39 * 11 / 2 + 11.8 * 12 / 11 - 15.59)
+    assert flesch_kincaid_grade("") == 0.0
+
+
+def test_complex_prose_grades_higher() -> None:
+    simple = "Start with one goal. Check your results each week. Ask your team what they need."
+    dense = (
+        "Sophisticated organizations operationalize contextual experimentation, systematically evaluating "
+        "incremental performance across heterogeneous customer populations."
+    )
+    assert flesch_kincaid_grade(dense) > flesch_kincaid_grade(simple) + 10
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Great results, and customers love it.", 2 / 4),
+        ("A costly breach is a serious risk.", -4 / 6),
+        ("The report lists the quarterly numbers.", 0.0),
+        ("This is not good.", -1 / 3),
+    ],
+)
+def test_sentiment(text: str, expected: float) -> None:
+    assert sentiment(text) == pytest.approx(expected)
+
+
+def test_freshness_halves_every_half_life() -> None:
+    published = np.datetime64(NOW.replace(tzinfo=None), "ms") - np.array([0, 14, 28, -1]) * np.timedelta64(1, "D")
+    scores = freshness_scores(published, NOW, half_life_days=14)
+    np.testing.assert_allclose(scores, [1.0, 0.5, 0.25, 1.0])
+
+
+def test_kmeans_separates_blobs_and_is_seeded() -> None:
+    rng = np.random.default_rng(0)
+    centers = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    points = np.concatenate([c + rng.normal(0, 0.5, (30, 2)) for c in centers])
+    labels = kmeans(points, 3, seed=1)
+    assert [len(set(labels[i : i + 30])) for i in (0, 30, 60)] == [1, 1, 1]
+    assert len(set(labels)) == 3
+    np.testing.assert_array_equal(labels, kmeans(points, 3, seed=1))
+
+
+def test_segment_ids_names_and_parents() -> None:
+    leaf = Segment("learn", "mobile", "new", "high")
+    assert leaf.id == "seg_learn_mobile_new_price_high"
+    assert leaf.name == "Learning-focused Mobile Users (New, High Price Sensitivity)"
+    chain = [leaf.parent(), leaf.parent().parent(), leaf.parent().parent().parent()]
+    assert [s.id for s in chain] == ["seg_learn_mobile_new", "seg_learn_mobile", "seg_learn"]
+    assert chain[0].name == "Learning-focused Mobile Users (New)"
+    assert chain[2].parent() == GLOBAL and GLOBAL.id == GLOBAL_SEGMENT and GLOBAL.parent() == GLOBAL
+    assert chain[0].features("medium") == {
+        "intent": "learn",
+        "device_class": "mobile",
+        "recency": "new",
+        "price_sensitivity": "medium",
+    }
+
+
+def test_choose_segments_merges_small_segments_into_parents() -> None:
+    leaves = {
+        Segment("learn", "mobile", "new"): 60,
+        Segment("learn", "mobile", "returning"): 30,
+        Segment("learn", "desktop", "new"): 20,
+        Segment("buy", "mobile", "new"): 5,
+    }
+    emitted = choose_segments(leaves, k=50)
+    assert emitted == {Segment("learn", "mobile", "new"): 60, Segment("learn"): 50, GLOBAL: 5}
+    assert resolve(Segment("learn", "desktop", "new"), emitted) == Segment("learn")
+    assert resolve(Segment("buy", "mobile", "new"), emitted) == GLOBAL
+
+
+def test_choose_segments_caps_the_catalogue() -> None:
+    leaves = {
+        Segment(i, d, "new"): 100 + n
+        for n, (i, d) in enumerate([("learn", "mobile"), ("learn", "desktop"), ("buy", "mobile")])
+    }
+    emitted = choose_segments(leaves, k=1, n_max=3)
+    # The smallest leaf climbs to its parent, then on to seg_global, while the two largest stay.
+    assert emitted == {GLOBAL: 100, Segment("learn", "desktop", "new"): 101, Segment("buy", "mobile", "new"): 102}
+
+
+def _tiny_site() -> SiteTables:
+    content = pl.DataFrame(
+        {
+            "id": ["a1", "a2", "p1"],
+            "title": ["Article one", "Article two", "Product"],
+            "url": ["/a1", "/a2", "/p1"],
+            "summary": ["s", "s", "s"],
+            "body": ["b", "b", "b"],
+            "content_type": ["article", "article", "product"],
+            "topics": [["ai"]] * 3,
+            "personas": [["beginner"]] * 3,
+            "industries": [[]] * 3,
+            "published_at": [NOW] * 3,
+            "updated_at": [NOW] * 3,
+            "jurisdictions": [[]] * 3,
+            "policy_flags": [[]] * 3,
+            "device_suitability": [["mobile"]] * 3,
+        },
+        schema_overrides={
+            "industries": pl.List(pl.String),
+            "jurisdictions": pl.List(pl.String),
+            "policy_flags": pl.List(pl.String),
+        },
+    )
+    # u1 (the learn/mobile/new leaf): a1 4 impressions 1 click, a2 2 impressions.
+    # u2 (unassigned): a1 6 impressions 3 clicks, and p1, which the surface does not admit.
+    log = [("u1", "a1", "impression")] * 4 + [("u1", "a1", "click"), *[("u1", "a2", "impression")] * 2]
+    log += [("u2", "a1", "impression")] * 6 + [("u2", "a1", "click")] * 3
+    log += [("u2", "p1", "impression"), ("u2", "p1", "click")]
+    n = len(log)
+    events = pl.DataFrame(
+        {
+            "event_id": [f"e{i:02d}" for i in range(n)],
+            "ts": [NOW + timedelta(seconds=i) for i in range(n)],
+            "anon_id": [u for u, _, _ in log],
+            "session_id": [f"s_{u}" for u, _, _ in log],
+            "surface_id": ["hero"] * n,
+            "content_id": [c for _, c, _ in log],
+            "type": [t for _, _, t in log],
+            "device": ["mobile"] * n,
+            "referrer": [""] * n,
+            "page_type": ["home"] * n,
+            "country": ["US"] * n,
+            "time_of_day": ["morning"] * n,
+            "campaign": [None] * n,
+        },
+        schema_overrides={"campaign": pl.String},
+    )
+    return SiteTables(content=content, events=events)
+
+
+def test_posterior_arithmetic_on_a_tiny_log() -> None:
+    con = duckdb.connect()
+    register_site(con, _tiny_site())
+    leaf = Segment("learn", "mobile", "new")
+    user_leaves = pa.Table.from_pylist(
+        [{"anon_id": "u1", "intent": "learn", "device_class": "mobile", "recency": "new", "price_sensitivity": "low"}]
+    )
+    counts = posterior_counts(con, [GLOBAL, leaf], {"hero": ["a1", "a2"]}, user_leaves)
+    alpha, beta = beta_parameters(
+        counts["impressions"].to_numpy(), counts["clicks"].to_numpy(), counts["prior_mean"].to_numpy()
+    )
+    rows = {
+        (seg, cid): (a, b)
+        for seg, cid, a, b in zip(
+            counts["segment_id"].to_pylist(), counts["content_id"].to_pylist(), alpha, beta, strict=True
+        )
+    }
+    s = PRIOR_STRENGTH
+    surface_ctr = (4 + s * 4 / 12) / (12 + s)  # the site CTR (4 clicks / 12 impressions) shrunk by s
+    a1_ctr = (4 + s * surface_ctr) / (10 + s)
+    a2_ctr = (0 + s * surface_ctr) / (2 + s)
+    expected = {
+        (GLOBAL_SEGMENT, "a1"): (s * surface_ctr + 4, s * (1 - surface_ctr) + 6),
+        (GLOBAL_SEGMENT, "a2"): (s * surface_ctr, s * (1 - surface_ctr) + 2),
+        (leaf.id, "a1"): (s * a1_ctr + 1, s * (1 - a1_ctr) + 3),
+        (leaf.id, "a2"): (s * a2_ctr, s * (1 - a2_ctr) + 2),
+    }
+    assert rows.keys() == expected.keys()
+    for key, (a, b) in expected.items():
+        assert rows[key] == pytest.approx((a, b)), key
+
+
+def test_thompson_propensity_fills_exactly_top_n_per_draw() -> None:
+    alpha = np.array([[50.0, 1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
+    beta = np.array([[5.0, 50.0, 50.0, 50.0, 50.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
+    propensity = thompson_propensity(alpha, beta, top_n=2, rng=np.random.default_rng(0))
+    np.testing.assert_allclose(propensity.sum(axis=1), [2.0, 2.0], atol=1e-6)
+    assert propensity[0, 0] == 1.0
+    assert thompson_propensity(alpha, beta, top_n=5, rng=np.random.default_rng(0)).min() == 1.0
+
+
+def test_bundle_loads_with_every_table_filled(built: tuple[Manifest, LoadedBundle]) -> None:
+    manifest, bundle = built
+    assert bundle.surfaces == tuple(sorted(DEFAULT_SURFACES))
+    for surface in DEFAULT_SURFACES:
+        assert (surface, GLOBAL_SEGMENT) in bundle.cells
+    assert len(bundle.cells) == len(DEFAULT_SURFACES) * len(bundle.segments)
+    assert manifest.stats["content_items"] == len(bundle.content) == 60
+    assert manifest.stats["segments"] == len(bundle.segments)
+    assert manifest.stats["users_assigned"] == len(bundle.assignments)
+    assert manifest.stats["segment_coverage"] == pytest.approx(len(bundle.assignments) / 400, abs=1e-4)
+    assert manifest.stats["cells"] == len(bundle.cells)
+    assert manifest.policy_version == Policies().policy_version
+    assert np.all(bundle.alpha > 0) and np.all(bundle.beta > 0)
+    assert np.all((bundle.propensity >= 0) & (bundle.propensity <= 1))
+
+
+def test_cells_hold_only_eligible_content(built: tuple[Manifest, LoadedBundle]) -> None:
+    _, bundle = built
+    for (surface_id, _), span in bundle.cells.items():
+        types = {bundle.content.content_types[row] for row in bundle.cell_items[span.start : span.stop]}
+        assert types <= set(DEFAULT_SURFACES[surface_id].eligible_content_types)
+
+
+def test_propensities_sum_to_the_surface_slate(built: tuple[Manifest, LoadedBundle]) -> None:
+    _, bundle = built
+    for (surface_id, _), span in bundle.cells.items():
+        n = span.stop - span.start
+        slate = min(DEFAULT_SURFACES[surface_id].max_items, n)
+        assert bundle.propensity[span.start : span.stop].sum() == pytest.approx(slate, abs=1e-3)
+
+
+def test_content_features(built: tuple[Manifest, LoadedBundle], site: SyntheticSite) -> None:
+    manifest, bundle = built
+    table = pq.read_table(bundle.path / CONTENT).to_pydict()
+    assert all(-1 <= v <= 1 for v in table["sentiment"])
+    assert all(0 <= v <= 1 for v in table["quality_score"])
+    assert all(0 < v <= 1 for v in table["freshness_score"])
+    assert len(set(table["topic_cluster"])) == manifest.stats["topic_clusters"] == round((60 / 2) ** 0.5)
+    np.testing.assert_allclose(np.linalg.norm(bundle.content.embeddings, axis=1), 1.0, atol=1e-5)
+    grades = dict(zip(table["id"], table["complexity"], strict=True))
+    personas = dict(zip(site.content["id"].to_list(), site.content["personas"].to_list(), strict=True))
+    beginner = [grades[c] for c, p in personas.items() if p == ["beginner"]]
+    advanced = [grades[c] for c, p in personas.items() if p == ["advanced"]]
+    assert np.mean(advanced) > np.mean(beginner) + 5
+
+
+def test_k_anonymity_is_honored(built: tuple[Manifest, LoadedBundle]) -> None:
+    manifest, bundle = built
+    sizes = Counter(a.segment_id for a in bundle.assignments.values())
+    for segment_id in bundle.segments:
+        if segment_id != GLOBAL_SEGMENT:
+            assert sizes[segment_id] >= K, segment_id
+    assert manifest.reports["segment_sizes"] == {s: sizes.get(s, 0) for s in sorted(bundle.segments)}
+
+
+def test_segment_catalogue(built: tuple[Manifest, LoadedBundle]) -> None:
+    _, bundle = built
+    assert bundle.segments[GLOBAL_SEGMENT].name == "Everyone"
+    for segment in bundle.segments.values():
+        if segment.id == GLOBAL_SEGMENT:
+            continue
+        assert segment.id.startswith(f"seg_{segment.features['intent']}")
+        assert segment.intent == segment.features["intent"]
+        assert segment.features["price_sensitivity"] in ("low", "medium", "high")
+    assert all(0 < a.confidence <= 1 for a in bundle.assignments.values())
+
+
+def test_cold_start_rules_cover_first_visits(built: tuple[Manifest, LoadedBundle], site: SyntheticSite) -> None:
+    manifest, bundle = built
+    rules = pq.read_table(bundle.path / "cold_start.parquet")
+    assert rules.num_rows == manifest.stats["cold_start_rules"] > 0
+    assert all(0 < c <= 1 for c in rules["confidence"].to_pylist())
+    assert set(rules["segment_id"].to_pylist()) <= set(bundle.segments)
+    firsts = site.events.group_by("anon_id", maintain_order=True).first()
+    matched = [
+        match_cold_start(
+            rules,
+            {
+                "device": row["device"],
+                "referrer_class": referrer_class(row["referrer"]),
+                "page_type": row["page_type"],
+                "country": row["country"],
+                "time_of_day": row["time_of_day"],
+                "campaign": row["campaign"],
+            },
+        )
+        for row in firsts.iter_rows(named=True)
+    ]
+    assert sum(m is not None for m in matched) / len(matched) >= 0.9
+
+
+def test_cold_start_confidence_is_the_share() -> None:
+    con = duckdb.connect()
+    register_site(con, _tiny_site())
+    assigned = pa.table({"user_id": ["u1", "u2"], "segment_id": ["seg_learn", "seg_buy"]})
+    rules = cold_start_table(con, assigned, min_support=2, patterns=(("device",), ("device", "campaign")))
+    assert rules.to_pylist() == [
+        {
+            "device": "mobile",
+            "referrer_class": None,
+            "page_type": None,
+            "country": None,
+            "time_of_day": None,
+            "campaign": None,
+            "segment_id": "seg_buy",
+            "confidence": 0.5,
+        }
+    ]
+
+
+def test_build_is_deterministic(site: SyntheticSite, tmp_path: Path) -> None:
+    kwargs = {"policies": _policies(), "surfaces": DEFAULT_SURFACES, "now": NOW, "seed": 3, "embedder": HashEmbedder()}
+    first = build_bundle(site, out_dir=tmp_path, bundle_version="v1", **kwargs)
+    second = build_bundle(site, out_dir=tmp_path, bundle_version="v2", **kwargs)
+    for name in (CONTENT, POSTERIORS, "segments.parquet", "user_segments.parquet", "cold_start.parquet"):
+        assert first.files[name].sha256 == second.files[name].sha256, name
+
+
+def test_segment_cap_and_price_split(site: SyntheticSite, tmp_path: Path) -> None:
+    manifest = build_bundle(
+        site,
+        policies=_policies(k=2),
+        surfaces=DEFAULT_SURFACES,
+        out_dir=tmp_path,
+        now=NOW,
+        embedder=HashEmbedder(),
+        n_segments_max=12,
+        price_split=True,
+    )
+    bundle = load_bundle(tmp_path / manifest.bundle_version)
+    assert len(bundle.segments) == 12
+    assert any("_price_" in s for s in bundle.segments)
+
+
+@pytest.mark.parametrize(
+    ("surfaces", "error", "message"),
+    [
+        ({}, ConfigError, "at least one surface"),
+        ({"x": Surface("x", eligible_content_types=("podcast",))}, ConfigError, "surfaces.x admits content types"),
+    ],
+)
+def test_build_rejects_bad_surfaces(
+    surfaces: dict[str, Surface], error: type[Exception], message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(error, match=message):
+        build_bundle(_tiny_site(), policies=_policies(), surfaces=surfaces, out_dir=tmp_path, embedder=HashEmbedder())
+
+
+def test_site_tables_validate_and_read(tmp_path: Path) -> None:
+    with pytest.raises(NotFound, match="does not exist"):
+        SiteTables.read(tmp_path / "missing")
+    with pytest.raises(NotFound, match=r"has no content\.parquet"):
+        SiteTables.read(tmp_path)
+    tiny = _tiny_site()
+    with pytest.raises(InvalidRequest, match="lacks the columns campaign"):
+        SiteTables(content=tiny.content, events=tiny.events.drop("campaign"))
+    with pytest.raises(InvalidRequest, match="unknown event types"):
+        SiteTables(content=tiny.content, events=tiny.events.with_columns(pl.lit("view").alias("type")))
+    tiny.write(tmp_path)
+    back = SiteTables.read(tmp_path)
+    assert back.events.equals(tiny.events) and back.content.equals(tiny.content) and back.visitors is None
