@@ -93,6 +93,8 @@ def make_tiny_bundle(
             "alpha": rng.uniform(1.0, 5.0, len(cells)),
             "beta": rng.uniform(1.0, 5.0, len(cells)),
             "propensity": [None] * len(cells),
+            "impressions": pa.nulls(len(cells), pa.float64()),
+            "clicks": pa.nulls(len(cells), pa.float64()),
         }
     )
     user_segments = pa.table(
@@ -129,6 +131,13 @@ def make_tiny_bundle(
         parent_version=parent_version,
     )
     return Path(out_dir) / version
+
+
+def make_tiny_bundles(out_dir: str | Path, versions: Sequence[str]) -> Path:
+    """Write one tiny bundle per version into `out_dir` (the i-th seeded with i) and return `out_dir`."""
+    for seed, version in enumerate(versions):
+        make_tiny_bundle(out_dir, version, seed=seed)
+    return Path(out_dir)
 
 
 def corrupt_file(path: str | Path) -> None:

@@ -12,7 +12,7 @@ from aura.bundle.format import MANIFEST, Manifest
 from aura.bundle.loader import verify_bundle
 from aura.bundle.store import S3BundleStore, open_store
 from aura.errors import BundleError, NotFound
-from tests.bundle_factory import corrupt_file, make_tiny_bundle
+from tests.bundle_factory import corrupt_file, make_tiny_bundles
 
 pytest_plugins = ["tests.moto_fixture"]
 
@@ -21,10 +21,7 @@ VERSIONS = ("v001", "v002", "v003")
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("built")
-    for seed, version in enumerate(VERSIONS):
-        make_tiny_bundle(out, version, seed=seed)
-    return out
+    return make_tiny_bundles(tmp_path_factory.mktemp("built"), VERSIONS)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from aura.bundle.loader import LoadedBundle, load_bundle
 from aura.bundle.store import BundleStore, LocalBundleStore, open_store
 from aura.edge.sync import BundleSync, SwapResult
 from aura.errors import BundleError, InvalidRequest, NotFound
-from tests.bundle_factory import corrupt_file, make_tiny_bundle
+from tests.bundle_factory import corrupt_file, make_tiny_bundles
 
 pytest_plugins = ["tests.moto_fixture"]
 
@@ -24,10 +24,7 @@ VERSIONS = tuple(f"v{i:03d}" for i in range(1, 8))
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("built")
-    for seed, version in enumerate(VERSIONS):
-        make_tiny_bundle(out, version, seed=seed)
-    return out
+    return make_tiny_bundles(tmp_path_factory.mktemp("built"), VERSIONS)
 
 
 @pytest.fixture

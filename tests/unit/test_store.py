@@ -18,17 +18,14 @@ from aura.bundle.store import (
     open_store,
 )
 from aura.errors import BundleError, InvalidRequest, NotFound
-from tests.bundle_factory import corrupt_file, make_tiny_bundle
+from tests.bundle_factory import corrupt_file, make_tiny_bundles
 
 VERSIONS = ("v001", "v002", "v003")
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("built")
-    for seed, version in enumerate(VERSIONS):
-        make_tiny_bundle(out, version, seed=seed)
-    return out
+    return make_tiny_bundles(tmp_path_factory.mktemp("built"), VERSIONS)
 
 
 @pytest.fixture
