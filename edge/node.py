@@ -20,6 +20,7 @@ from pathlib import Path
 
 from aura.bundle.store import open_store
 from aura.config import AppConfig, load_config
+from aura.edge.logship import LogShipper
 from aura.edge.sync import BundleSync
 from aura.embedding import default_embedder
 from aura.errors import ConfigError
@@ -86,6 +87,8 @@ async def serve_decisions(config: AppConfig, stop: asyncio.Event | None = None, 
     log.info("decision server pid %d listening on port %d", os.getpid(), port)
     await loop.run_in_executor(None, sync.sync_once)
     sync.start()
+    shipper = LogShipper(logs_root, store, node)
+    shipper.start()
     try:
         await stop.wait()
     finally:
@@ -94,6 +97,7 @@ async def serve_decisions(config: AppConfig, stop: asyncio.Event | None = None, 
         sync.stop()
         for event_log in (decisions, feedback, admin_log):
             event_log.close()
+        await loop.run_in_executor(None, shipper.stop)
 
 
 def _decision_worker() -> None:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import time
 from pathlib import Path
 
-
-def _digest(user_id: str) -> str:
-    return hashlib.sha256(user_id.encode()).hexdigest()
+from aura.pii import user_digest
 
 
 class ErasedUsers:
@@ -38,11 +35,11 @@ class ErasedUsers:
         if now - self._checked >= self._refresh_seconds:
             self._checked = now
             self._reload()
-        return bool(self._digests) and _digest(user_id) in self._digests
+        return bool(self._digests) and user_digest(user_id) in self._digests
 
     def add(self, user_id: str) -> None:
         """Record an erasure durably (appended, fsynced) and apply it to this process at once."""
-        digest = _digest(user_id)
+        digest = user_digest(user_id)
         with self._path.open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             handle.write(digest + "\n")

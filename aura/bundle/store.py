@@ -4,6 +4,12 @@ Layout under a root (a local directory or `s3://bucket/prefix`):
 
     bundles/<version>/<file>   every file of a bundle; manifest.json is written last
     CURRENT.json               {"version": ..., "promoted_at": ..., "history": [older promoted versions]}
+
+and the data the batch learns from (docs/events.md), written and read through the object methods:
+
+    logs/<stream>/date=YYYY-MM-DD/hour=HH/<segment>.parquet   closed event-log segments shipped by edge nodes
+    features/<table>/date=YYYY-MM-DD/<file>                    feature tables of the batch
+    erasures/<sha256 of the user id>                           one record per erased user
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +38,12 @@ from aura.errors import BundleError, InvalidRequest, NotFound
 
 CURRENT = "CURRENT.json"
 BUNDLES = "bundles"
+LOGS = "logs"
 HISTORY_LIMIT = 50
 """How many previously promoted versions CURRENT.json remembers."""
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})(?:/hour=(\d{2}))?")
 
 
 def check_version(version: str) -> str:
@@ -58,6 +66,30 @@ def atomic_path(dest: Path) -> Iterator[Path]:
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_data_key(key: str) -> str:
+    """Return `key` if it names an object outside the bundle area (`a/b=c/d.parquet`), else raise InvalidRequest."""
+    parts = key.split("/") if isinstance(key, str) else [""]
+    valid = all(_NAME.fullmatch(part.partition("=")[2] if "=" in part else part) for part in parts)
+    if not valid or parts[0] in (BUNDLES, CURRENT):
+        raise InvalidRequest(
+            f"store key {key!r} is not a valid data key (path segments of letters, digits, '.', '_', '-' "
+            f"or name=value, outside {BUNDLES}/ and {CURRENT})."
+        )
+    return key
+
+
+def partition_start(key: str) -> datetime | None:
+    """The UTC start of the Hive partition a key lies in (`.../date=2026-01-02/hour=03/...`), or None."""
+    match = _PARTITION.search(key)
+    if match is None:
+        return None
+    try:
+        day = datetime.strptime(match.group(1), "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return day + timedelta(hours=int(match.group(2) or 0))
 
 
 def utc_now() -> str:
@@ -160,6 +192,74 @@ class BundleStore(ABC):
         with tempfile.TemporaryDirectory(prefix="aura-manifest-") as tmp:
             return self._fetch_manifest(version, Path(tmp) / version)
 
+    def list_objects(self, prefix: str) -> dict[str, int]:
+        """Every data object under `prefix` (a data key or a folder of one, ending in `/`) and its size in bytes."""
+        check_data_key(prefix.rstrip("/"))
+        return self._list_sizes(prefix)
+
+    def read_object(self, key: str) -> bytes | None:
+        """A data object's bytes, or None when it does not exist."""
+        return self._read_bytes(check_data_key(key))
+
+    def write_object(self, key: str, data: bytes) -> None:
+        """Write a data object; it appears whole or not at all."""
+        self._put_bytes(check_data_key(key), data)
+
+    def delete_objects(self, keys: list[str]) -> None:
+        """Delete data objects (missing ones are ignored)."""
+        if keys:
+            self._delete_keys([check_data_key(k) for k in keys])
+
+    def put_log(self, stream: str, relative_path: str, local_path: str | Path) -> int:
+        """Upload a closed log segment to `logs/<stream>/<relative_path>` (replacing any object there).
+
+        Returns the stored size once the store confirms it equals the local file's; raises BundleError otherwise.
+        """
+        key = check_data_key(f"{LOGS}/{stream}/{relative_path}")
+        size = Path(local_path).stat().st_size
+        self._put_file(Path(local_path), key)
+        stored = self._size(key)
+        if stored != size:
+            raise BundleError(f"bundle store {self.url}: {key} holds {stored} bytes after the upload, not {size}.")
+        return size
+
+    def list_logs(self, stream: str, since: datetime | None = None) -> dict[str, int]:
+        """The shipped segments of a stream as {relative path: size}, from the hour of `since` on if given."""
+        prefix = check_data_key(f"{LOGS}/{stream}") + "/"
+        start_after = f"{prefix}date={since:%Y-%m-%d}" if since is not None else None
+        floor = since.replace(minute=0, second=0, microsecond=0) if since is not None else None
+        logs = {}
+        for key, size in self._list_sizes(prefix, start_after).items():
+            start = partition_start(key)
+            if key.endswith(".parquet") and start is not None and (floor is None or start >= floor):
+                logs[key.removeprefix(prefix)] = size
+        return logs
+
+    def download_logs(self, stream: str, dest: str | Path, since: datetime | None = None) -> list[Path]:
+        """Mirror a stream's shipped segments (from `since` on) into `dest/<stream>/...`; return their paths.
+
+        Files already there with the stored size are kept; files the store no longer has (removed by
+        retention, or rewritten by an erasure) are deleted, so the mirror never outlives the store's data.
+        """
+        root = Path(dest) / stream
+        logs = self.list_logs(stream, since)
+        if root.is_dir():
+            floor = since.replace(minute=0, second=0, microsecond=0) if since is not None else None
+            for path in root.glob("date=*/hour=*/*"):
+                relative = path.relative_to(root).as_posix()
+                start = partition_start(relative)
+                in_range = floor is None or (start is not None and start >= floor)
+                if in_range and logs.get(relative) != path.stat().st_size:
+                    path.unlink()
+        paths = []
+        for relative, size in sorted(logs.items()):
+            path = root / relative
+            if not (path.is_file() and path.stat().st_size == size):
+                with atomic_path(path) as tmp:
+                    self._get_file(f"{LOGS}/{stream}/{relative}", tmp)
+            paths.append(path)
+        return paths
+
     def _require(self, version: str) -> None:
         check_version(version)
         if self._read_bytes(_key(version, MANIFEST)) is None:
@@ -192,9 +292,17 @@ class BundleStore(ABC):
         state = {"version": version, "promoted_at": utc_now(), "history": history[:HISTORY_LIMIT]}
         self._put_bytes(CURRENT, json.dumps(state, indent=2).encode())
 
-    @abstractmethod
     def _list_keys(self, prefix: str) -> list[str]:
         """Every key under `prefix` (relative to the root)."""
+        return sorted(self._list_sizes(prefix))
+
+    @abstractmethod
+    def _list_sizes(self, prefix: str, start_after: str | None = None) -> dict[str, int]:
+        """Every key under `prefix` (sorting after `start_after`, if given) and its size."""
+
+    @abstractmethod
+    def _size(self, key: str) -> int | None:
+        """The object's size, or None when it does not exist."""
 
     @abstractmethod
     def _read_bytes(self, key: str) -> bytes | None:
@@ -243,12 +351,29 @@ class LocalBundleStore(BundleStore):
         if not self.root.is_dir():
             raise BundleError(f"bundle store {self.url} is unreachable: the directory does not exist.")
 
-    def _list_keys(self, prefix: str) -> list[str]:
+    def _list_sizes(self, prefix: str, start_after: str | None = None) -> dict[str, int]:
         self._check_root()
-        base = self.root / prefix
+        folder, _, _ = prefix.rpartition("/")
+        base = self.root / folder
         if not base.is_dir():
-            return []
-        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
+            return {}
+        sizes = {}
+        for path in base.rglob("*"):
+            key = path.relative_to(self.root).as_posix()
+            # Skip the temporary files of writes in progress (atomic_path) and keys outside the prefix.
+            if path.name.startswith(".") or not key.startswith(prefix) or (start_after and key <= start_after):
+                continue
+            with suppress(FileNotFoundError):
+                if path.is_file():
+                    sizes[key] = path.stat().st_size
+        return dict(sorted(sizes.items()))
+
+    def _size(self, key: str) -> int | None:
+        self._check_root()
+        try:
+            return (self.root / key).stat().st_size
+        except FileNotFoundError:
+            return None
 
     def _read_bytes(self, key: str) -> bytes | None:
         self._check_root()
@@ -327,15 +452,25 @@ class S3BundleStore(BundleStore):
         except (BotoCoreError, Boto3Error) as exc:
             raise BundleError(f"bundle store {self.url}: {exc}.") from None
 
-    def _list_keys(self, prefix: str) -> list[str]:
+    def _list_sizes(self, prefix: str, start_after: str | None = None) -> dict[str, int]:
         start = len(self._full(""))
-        keys = []
+        extra = {"StartAfter": self._full(start_after)} if start_after else {}
+        sizes = {}
         with self._errors(prefix):
             for page in self._client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=self._full(prefix), PaginationConfig={"PageSize": self.page_size}
+                Bucket=self.bucket, Prefix=self._full(prefix), PaginationConfig={"PageSize": self.page_size}, **extra
             ):
-                keys.extend(obj["Key"][start:] for obj in page.get("Contents", []))
-        return keys
+                sizes.update((obj["Key"][start:], obj["Size"]) for obj in page.get("Contents", []))
+        return sizes
+
+    def _size(self, key: str) -> int | None:
+        with self._errors(key):
+            try:
+                return self._client.head_object(Bucket=self.bucket, Key=self._full(key))["ContentLength"]
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return None
+                raise
 
     def _read_bytes(self, key: str) -> bytes | None:
         with self._errors(key):

@@ -15,11 +15,10 @@ import orjson
 from google.protobuf.message import Message
 
 from aura.errors import InvalidRequest
+from aura.pii import scrub_text, scrub_url
 from aura.v1 import admin_service_pb2 as admin_pb
 from aura.v1 import common_pb2 as common_pb
 from aura.v1 import decision_service_pb2 as decision_pb
-
-from .pii import scrub_text, scrub_url
 
 MAX_LIMIT = 100
 MAX_CANDIDATES = 1000
