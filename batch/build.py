@@ -6,15 +6,14 @@ propensities) are seeded numpy, so the same tables, `now` and `seed` give the sa
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import re
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,19 @@ import polars as pl
 import pyarrow as pa
 from tqdm import tqdm
 
+from aura.batch.intent import IntentModel, assign_intents, check_features, train_intent_model
+from aura.batch.ope import DEFAULT_MARGIN, SlatePolicy, compare
+from aura.batch.ope import REPORT_KEY as OPE_REPORT
+from aura.batch.posteriors import (
+    DEFAULT_HALF_LIFE_DAYS,
+    PRIOR_STRENGTH,
+    REPORT_KEY,
+    cohort_priors,
+    posterior_counts,
+    posterior_table,
+    read_previous,
+    stats_report,
+)
 from aura.bundle.format import (
     COLD_START,
     COLD_START_KEYS,
@@ -77,12 +89,12 @@ EVENT_COLUMNS: tuple[str, ...] = (
 )
 EVENT_TYPES = ("impression", "click")
 
-PRIOR_STRENGTH = 10.0
-"""Pseudo-impressions of the empirical-Bayes prior of every posterior cell."""
-DEFAULT_CTR = 0.05
-"""Prior mean click rate when the event log has no impressions at all."""
-PROPENSITY_DRAWS = 200
-
+PROFILE_DIMENSIONS: tuple[str, ...] = ("intent", "device_class", "recency", "price_sensitivity")
+"""Visitor attributes the batch infers; any of them, in any order, can be a segment dimension."""
+CONTEXT_DIMENSIONS: tuple[str, ...] = ("device", "referrer_class", "page_type", "country", "time_of_day", "campaign")
+"""Request context keys the event log records; as a dimension, a visitor's most common value is used."""
+DEFAULT_DIMENSIONS: tuple[str, ...] = PROFILE_DIMENSIONS
+_ID_PREFIX: dict[str, str] = {"intent": "", "device_class": "", "recency": "", "price_sensitivity": "price"}
 INTENT_LABELS: dict[str, str] = {
     "learn": "Learning-focused",
     "compare": "Comparison-focused",
@@ -188,59 +200,76 @@ class SiteTables:
 
 @dataclass(frozen=True)
 class Segment:
-    """A micro-segment; a None dimension means any value (the segment's parent levels leave it open)."""
+    """A micro-segment: values of the leading `dimensions`; the dimensions after them are open (any value).
 
-    intent: str | None = None
-    device_class: str | None = None
-    recency: str | None = None
-    price_sensitivity: str | None = None
+    >>> Segment(("learn", "mobile")).id
+    'seg_learn_mobile'
+    """
+
+    values: tuple[str, ...] = ()
+    dimensions: tuple[str, ...] = field(default=DEFAULT_DIMENSIONS, compare=False)
+    """The build's dimensions; segments are compared by their values only, so every root is `GLOBAL`."""
+
+    def value(self, dimension: str) -> str | None:
+        """The segment's value of `dimension`, None when open or not a dimension."""
+        fixed = dict(zip(self.dimensions, self.values, strict=False))
+        return fixed.get(dimension)
+
+    @property
+    def intent(self) -> str | None:
+        """The fixed intent, if intent is a fixed dimension."""
+        return self.value("intent")
 
     @property
     def id(self) -> str:
-        """`seg_learn_mobile_new`, `seg_learn_mobile_new_price_high`, `seg_learn_mobile`, `seg_learn`, `seg_global`."""
-        if self.intent is None:
+        """`seg_learn_mobile_new`, `seg_learn_mobile_new_price_high`, `seg_learn_mobile`, `seg_learn`, `seg_global`;
+        a dimension other than intent, device class and recency is prefixed by its name (`campaign_spring`)."""
+        if not self.values:
             return GLOBAL_SEGMENT
-        parts = [self.intent, self.device_class, self.recency]
-        if self.price_sensitivity is not None:
-            parts += ["price", self.price_sensitivity]
-        return "seg_" + "_".join(p for p in parts if p is not None)
+        parts = [
+            f"{_ID_PREFIX.get(d, d)}_{_slug(v)}" if _ID_PREFIX.get(d, d) else _slug(v)
+            for d, v in zip(self.dimensions, self.values, strict=False)
+        ]
+        return "seg_" + "_".join(parts)
 
     @property
     def name(self) -> str:
         """A readable name such as "Learning-focused Mobile Users (New)"."""
-        if self.intent is None:
+        if not self.values:
             return "Everyone"
-        device = f" {self.device_class.capitalize()}" if self.device_class else ""
-        details = [self.recency.capitalize()] if self.recency else []
-        if self.price_sensitivity:
-            details.append(f"{self.price_sensitivity.capitalize()} Price Sensitivity")
+        intent, device = self.value("intent"), self.value("device_class")
+        head = INTENT_LABELS.get(intent, intent.capitalize()) if intent else "All"
+        details = []
+        for dimension, value in zip(self.dimensions, self.values, strict=False):
+            if dimension == "recency":
+                details.append(value.capitalize())
+            elif dimension == "price_sensitivity":
+                details.append(f"{value.capitalize()} Price Sensitivity")
+            elif dimension not in ("intent", "device_class"):
+                details.append(f"{dimension.replace('_', ' ').capitalize()} {value}")
         suffix = f" ({', '.join(details)})" if details else ""
-        return f"{INTENT_LABELS.get(self.intent, self.intent.capitalize())}{device} Users{suffix}"
+        return f"{head}{f' {device.capitalize()}' if device else ''} Users{suffix}"
 
     @property
     def depth(self) -> int:
         """How many dimensions the segment fixes."""
-        return sum(v is not None for v in (self.intent, self.device_class, self.recency, self.price_sensitivity))
+        return len(self.values)
 
     def parent(self) -> Segment:
-        """The next coarser segment: drop price sensitivity, then recency, then device, then intent."""
-        if self.price_sensitivity is not None:
-            return Segment(self.intent, self.device_class, self.recency)
-        if self.recency is not None:
-            return Segment(self.intent, self.device_class)
-        if self.device_class is not None:
-            return Segment(self.intent)
-        return Segment()
+        """The next coarser segment: the last fixed dimension opened (seg_global is its own parent)."""
+        return Segment(self.values[:-1], self.dimensions)
 
-    def features(self, price_mode: str | None) -> dict[str, str]:
-        """The segment's features as shown to API callers; `price_mode` fills an open price dimension."""
-        values = {
-            "intent": self.intent,
-            "device_class": self.device_class,
-            "recency": self.recency,
-            "price_sensitivity": self.price_sensitivity or (price_mode if self.intent else None),
-        }
-        return {k: v for k, v in values.items() if v is not None}
+    def features(self, modes: Mapping[str, str | None]) -> dict[str, str]:
+        """The segment's features as shown to API callers: its fixed values, and the members' most common
+        value (`modes`) of each descriptive attribute that is open (none for seg_global)."""
+        features = dict(zip(self.dimensions, self.values, strict=False))
+        if self.values:
+            features |= {k: v for k, v in modes.items() if k not in features and v is not None}
+        return features
+
+
+def _slug(value: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", value.lower()).strip("-") or "none"
 
 
 GLOBAL = Segment()
@@ -403,7 +432,12 @@ def register_site(con: duckdb.DuckDBPyConnection, site: SiteTables) -> None:
     )
     con.register("hours", pa.table({"hour": list(range(24)), "label": [time_of_day(h) for h in range(24)]}))
     con.register("raw_events", site.events.select(EVENT_COLUMNS).to_arrow())
-    con.register("content", site.content.select("id", "content_type").to_arrow())
+    con.register("content", site.content.select("id", "content_type", "topics").to_arrow())
+    evidence = [(t, i, w) for t, weights in INTENT_EVIDENCE.items() for i, w in weights.items()]
+    con.register(
+        "intent_evidence",
+        pa.table(dict(zip(("content_type", "intent", "weight"), zip(*evidence, strict=True), strict=True))),
+    )
     con.execute(
         """
         CREATE TEMP TABLE events AS
@@ -419,21 +453,33 @@ def register_site(con: duckdb.DuckDBPyConnection, site: SiteTables) -> None:
     )
 
 
-def user_profiles(con: duckdb.DuckDBPyConnection, min_events: int, now: datetime) -> pa.Table:
+def user_profiles(
+    con: duckdb.DuckDBPyConnection, min_events: int, now: datetime, context: Sequence[str] = ()
+) -> pa.Table:
     """Infer each visitor's intent, device class, recency and price sensitivity from their history.
 
     Only visitors with at least `max(min_events, 1)` clicks get a profile (the rest are cold start); the
     intent is the argmax of the summed `INTENT_EVIDENCE` of their clicks and its confidence the share of
     that evidence. Visitors first seen within `NEW_VISITOR_DAYS` before `now` are new, others returning.
+    Each key of `context` (of `CONTEXT_DIMENSIONS`) adds a column: the visitor's most common value, or
+    "none" when their events never carry one.
     """
-    evidence = [(t, i, w) for t, weights in INTENT_EVIDENCE.items() for i, w in weights.items()]
-    con.register(
-        "intent_evidence",
-        pa.table(dict(zip(("content_type", "intent", "weight"), zip(*evidence, strict=True), strict=True))),
+    unknown = [c for c in context if c not in CONTEXT_DIMENSIONS]
+    if unknown:
+        raise ConfigError(f"segment dimensions {unknown} are not context keys of the event log {CONTEXT_DIMENSIONS}.")
+    context_ctes = "".join(
+        f"""
+        ctx_{i} AS (
+            SELECT anon_id, {key} AS value FROM events WHERE {key} IS NOT NULL GROUP BY anon_id, {key}
+            QUALIFY row_number() OVER (PARTITION BY anon_id ORDER BY count(*) DESC, {key}) = 1
+        ),"""
+        for i, key in enumerate(context)
     )
+    context_columns = "".join(f", coalesce(ctx_{i}.value, 'none') AS {key}" for i, key in enumerate(context))
+    context_joins = " ".join(f"LEFT JOIN ctx_{i} ON ctx_{i}.anon_id = a.anon_id" for i in range(len(context)))
     return con.sql(
-        """
-        WITH activity AS (
+        f"""
+        WITH {context_ctes} activity AS (
             SELECT anon_id, count(*) FILTER (WHERE type = 'click') AS clicks, min(ts) AS first_seen
             FROM events GROUP BY anon_id
         ),
@@ -461,11 +507,12 @@ def user_profiles(con: duckdb.DuckDBPyConnection, min_events: int, now: datetime
                CASE WHEN a.first_seen >= $new_since THEN 'new' ELSE 'returning' END AS recency,
                CASE WHEN p.share >= $high THEN 'high' WHEN p.share >= $medium THEN 'medium' ELSE 'low' END
                    AS price_sensitivity,
-               a.clicks
+               a.clicks{context_columns}
         FROM activity a
         JOIN best b ON b.anon_id = a.anon_id AND b.rank = 1
         JOIN devices d ON d.anon_id = a.anon_id AND d.rank = 1
         JOIN promo p ON p.anon_id = a.anon_id
+        {context_joins}
         WHERE a.clicks >= $min_events
         ORDER BY a.anon_id
         """,
@@ -478,18 +525,20 @@ def user_profiles(con: duckdb.DuckDBPyConnection, min_events: int, now: datetime
     ).to_arrow_table()
 
 
-def leaf_of(profile: Mapping[str, Any], price_split: bool) -> Segment:
-    """The finest segment a profile falls into."""
-    price = profile["price_sensitivity"] if price_split else None
-    return Segment(profile["intent"], profile["device_class"], profile["recency"], price)
+def leaf_of(profile: Mapping[str, Any], dimensions: tuple[str, ...]) -> Segment:
+    """The finest segment a profile falls into (up to its first missing value)."""
+    values = [profile[d] for d in dimensions]
+    depth = values.index(None) if None in values else len(values)
+    return Segment(tuple(values[:depth]), dimensions)
 
 
 def choose_segments(leaf_counts: Mapping[Segment, int], k: int, n_max: int | None = None) -> dict[Segment, int]:
     """Decide which segments to emit and how many visitors each gets.
 
-    A segment with fewer than `k` visitors is merged into its parent (drop price, recency, then device,
-    then `seg_global`), deepest first, so that siblings can pool into a parent that reaches `k`. Then,
-    while more than `n_max` segments remain, the smallest one is merged. `seg_global` is always emitted.
+    A segment with fewer than `k` visitors is merged into its parent (opening its last dimension: price,
+    then recency, device, intent, then `seg_global`), deepest first, so that siblings can pool into a
+    parent that reaches `k`. Then, while more than `n_max` segments remain, the smallest one is merged.
+    `seg_global` is always emitted.
     """
     counts: dict[Segment, int] = defaultdict(int, leaf_counts)
     counts[GLOBAL] += 0
@@ -511,26 +560,27 @@ def resolve(leaf: Segment, emitted: Mapping[Segment, int]) -> Segment:
     return leaf
 
 
-def segment_table(emitted: Mapping[Segment, int], profiles: pa.Table, price_split: bool) -> pa.Table:
-    """The segment catalogue with features; an open price dimension shows its members' most common tier."""
-    tiers: dict[Segment, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for row in profiles.select(["intent", "device_class", "recency", "price_sensitivity"]).to_pylist():
-        segment = leaf_of(row, price_split)
+def segment_table(emitted: Mapping[Segment, int], profiles: pa.Table, dimensions: tuple[str, ...]) -> pa.Table:
+    """The segment catalogue with features; an open descriptive attribute (price sensitivity) shows its
+    members' most common value (ties: the lowest tier)."""
+    tallies: dict[Segment, Counter[str]] = defaultdict(Counter)
+    for row in profiles.select(list(dict.fromkeys([*dimensions, "price_sensitivity"]))).to_pylist():
+        segment = leaf_of(row, dimensions)
         while True:
-            tiers[segment][row["price_sensitivity"]] += 1
-            if segment == GLOBAL:
+            tallies[segment][row["price_sensitivity"]] += 1
+            if not segment.values:
                 break
             segment = segment.parent()
     rows = []
     for segment in sorted(emitted, key=lambda s: s.id):
-        counts = tiers.get(segment)
+        counts = tallies.get(segment)
         mode = max(PRICE_TIERS, key=lambda t: (counts[t], -PRICE_TIERS.index(t))) if counts else None
         rows.append(
             {
                 "segment_id": segment.id,
                 "name": segment.name,
                 "intent": segment.intent,
-                "features_json": json.dumps(segment.features(mode), sort_keys=True),
+                "features_json": json.dumps(segment.features({"price_sensitivity": mode}), sort_keys=True),
             }
         )
     return pa.Table.from_pylist(rows, schema=SCHEMAS[SEGMENTS])
@@ -553,11 +603,29 @@ def assign_segments(
     policies: Policies,
     now: datetime,
     n_segments_max: int | None = None,
-    price_split: bool = False,
+    dimensions: tuple[str, ...] = DEFAULT_DIMENSIONS,
+    intent_model: IntentModel | None = None,
+    topics: Sequence[str] = (),
 ) -> Segmentation:
-    """Profile the visitors of the registered site, choose k-anonymous segments and assign visitors."""
-    profiles = user_profiles(con, policies.segmentation.cold_start.min_events, now)
-    leaves = [leaf_of(row, price_split) for row in profiles.to_pylist()]
+    """Profile the visitors of the registered site, choose k-anonymous segments and assign visitors.
+
+    With an `intent_model` that chose LightGBM, its predictions replace the evidence argmax as each
+    profiled visitor's intent and confidence.
+    """
+    context = [d for d in dimensions if d not in PROFILE_DIMENSIONS]
+    profiles = user_profiles(con, policies.segmentation.cold_start.min_events, now, context)
+    if intent_model is not None and intent_model.use_model and profiles.num_rows:
+        predicted = assign_intents(con, intent_model, profiles["anon_id"].to_pylist(), now, INTENT_EVIDENCE, topics)
+        rows = [
+            predicted.get(row["anon_id"], (row["intent"], row["confidence"]))
+            for row in profiles.select(["anon_id", "intent", "confidence"]).to_pylist()
+        ]
+        for column, values, kind in (
+            ("intent", [r[0] for r in rows], pa.string()),
+            ("confidence", [r[1] for r in rows], pa.float64()),
+        ):
+            profiles = profiles.set_column(profiles.schema.get_field_index(column), column, pa.array(values, kind))
+    leaves = [leaf_of(row, dimensions) for row in profiles.to_pylist()]
     emitted = choose_segments(Counter(leaves), policies.segmentation.fairness.k_anonymity_threshold, n_segments_max)
     user_segments = pa.table(
         {
@@ -570,172 +638,35 @@ def assign_segments(
     )
     return Segmentation(
         emitted=emitted,
-        segments=segment_table(emitted, profiles, price_split),
+        segments=segment_table(emitted, profiles, dimensions),
         user_segments=user_segments,
-        user_leaves=profiles.select(["anon_id", "intent", "device_class", "recency", "price_sensitivity"]),
+        user_leaves=profiles.select(["anon_id", *dimensions]),
     )
 
 
-def posterior_counts(
-    con: duckdb.DuckDBPyConnection,
-    segments: list[Segment],
-    eligible: Mapping[str, list[str]],
-    user_leaves: pa.Table,
-    prior_strength: float = PRIOR_STRENGTH,
-) -> pa.Table:
-    """Impressions, clicks and prior mean per surface x segment x eligible item, sorted by those keys.
-
-    A segment's cell pools the events of every visitor under it (its descendants included; `seg_global`
-    is everyone, unassigned visitors too). The prior mean of an item is its global CTR on the surface,
-    itself shrunk toward the surface's CTR; the `seg_global` cell's prior is the surface CTR.
-    """
-    con.register(
-        "eligible",
-        pa.table(
-            {
-                "surface_id": [s for s, ids in eligible.items() for _ in ids],
-                "content_id": [c for ids in eligible.values() for c in ids],
-            }
-        ),
-    )
-    con.register(
-        "segment_keys",
-        pa.Table.from_pylist(
-            [
-                {
-                    "segment_id": s.id,
-                    "intent": s.intent,
-                    "device_class": s.device_class,
-                    "recency": s.recency,
-                    "price_sensitivity": s.price_sensitivity,
-                }
-                for s in segments
-            ],
-            schema=pa.schema(
-                [
-                    (name, pa.string())
-                    for name in ("segment_id", "intent", "device_class", "recency", "price_sensitivity")
-                ]
-            ),
-        ),
-    )
-    con.register("user_leaves", user_leaves)
-    return con.sql(
-        """
-        WITH per_user AS (
-            SELECT e.surface_id, e.content_id, e.anon_id,
-                   count(*) FILTER (WHERE e.type = 'impression') AS impressions,
-                   count(*) FILTER (WHERE e.type = 'click') AS clicks
-            FROM events e JOIN eligible USING (surface_id, content_id)
-            GROUP BY ALL
-        ),
-        per_leaf AS (
-            SELECT p.surface_id, p.content_id, u.intent, u.device_class, u.recency, u.price_sensitivity,
-                   sum(p.impressions) AS impressions, sum(p.clicks) AS clicks
-            FROM per_user p LEFT JOIN user_leaves u USING (anon_id)
-            GROUP BY ALL
-        ),
-        cells AS (
-            SELECT l.surface_id, s.segment_id, l.content_id, sum(l.impressions) AS impressions, sum(l.clicks) AS clicks
-            FROM per_leaf l JOIN segment_keys s
-              ON (s.intent IS NULL OR s.intent = l.intent)
-             AND (s.device_class IS NULL OR s.device_class = l.device_class)
-             AND (s.recency IS NULL OR s.recency = l.recency)
-             AND (s.price_sensitivity IS NULL OR s.price_sensitivity = l.price_sensitivity)
-            GROUP BY ALL
-        ),
-        global_cells AS (SELECT * FROM cells WHERE segment_id = $global),
-        site AS (
-            SELECT coalesce(sum(clicks) / nullif(sum(impressions), 0), $default_ctr) AS ctr FROM global_cells
-        ),
-        surface_ctr AS (
-            SELECT e.surface_id,
-                   (coalesce(sum(g.clicks), 0) + $strength * any_value(site.ctr))
-                   / (coalesce(sum(g.impressions), 0) + $strength) AS ctr
-            FROM (SELECT DISTINCT surface_id FROM eligible) e CROSS JOIN site
-            LEFT JOIN global_cells g USING (surface_id)
-            GROUP BY e.surface_id
-        ),
-        item_ctr AS (
-            SELECT e.surface_id, e.content_id,
-                   (coalesce(g.clicks, 0) + $strength * s.ctr) / (coalesce(g.impressions, 0) + $strength) AS ctr
-            FROM eligible e JOIN surface_ctr s USING (surface_id)
-            LEFT JOIN global_cells g USING (surface_id, content_id)
-        )
-        SELECT e.surface_id, k.segment_id, e.content_id,
-               coalesce(c.impressions, 0)::BIGINT AS impressions, coalesce(c.clicks, 0)::BIGINT AS clicks,
-               CASE WHEN k.segment_id = $global THEN s.ctr ELSE i.ctr END AS prior_mean
-        FROM eligible e CROSS JOIN segment_keys k
-        JOIN surface_ctr s USING (surface_id)
-        JOIN item_ctr i USING (surface_id, content_id)
-        LEFT JOIN cells c ON c.surface_id = e.surface_id AND c.segment_id = k.segment_id AND c.content_id = e.content_id
-        ORDER BY e.surface_id, k.segment_id, e.content_id
-        """,
-        params={"global": GLOBAL_SEGMENT, "default_ctr": DEFAULT_CTR, "strength": prior_strength},
-    ).to_arrow_table()
+def check_dimensions(dimensions: Sequence[str]) -> tuple[str, ...]:
+    """The segment dimensions as a tuple; a ConfigError for an unknown, repeated or protected one."""
+    dims = tuple(dimensions)
+    known = PROFILE_DIMENSIONS + CONTEXT_DIMENSIONS
+    if not dims or len(set(dims)) != len(dims):
+        raise ConfigError(f"segment dimensions must be distinct and at least one, got {list(dims)}.")
+    try:
+        check_features(dims)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    unknown = [d for d in dims if d not in known]
+    if unknown:
+        raise ConfigError(f"segment dimensions {unknown} are unknown; use any of {list(known)}.")
+    return dims
 
 
-def beta_parameters(
-    impressions: np.ndarray, clicks: np.ndarray, prior_mean: np.ndarray, prior_strength: float = PRIOR_STRENGTH
-) -> tuple[np.ndarray, np.ndarray]:
-    """alpha = s * m + clicks, beta = s * (1 - m) + max(impressions - clicks, 0), with m clipped into (0, 1)."""
-    mean = np.clip(prior_mean, 1e-3, 1 - 1e-3)
-    alpha = prior_strength * mean + clicks
-    beta = prior_strength * (1 - mean) + np.maximum(impressions - clicks, 0)
-    return alpha.astype(np.float64), beta.astype(np.float64)
-
-
-def thompson_propensity(
-    alpha: np.ndarray, beta: np.ndarray, top_n: int, rng: np.random.Generator, draws: int = PROPENSITY_DRAWS
-) -> np.ndarray:
-    """For (cells, items) arrays, the Monte-Carlo share of Thompson draws that rank each item in its cell's top n."""
-    cells, items = alpha.shape
-    if top_n >= items:
-        return np.ones((cells, items), dtype=np.float32)
-    hits = np.zeros(cells * items, dtype=np.int64)
-    offsets = (np.arange(cells) * items)[None, :, None]
-    per_chunk = max(1, 4_000_000 // max(1, cells * items))
-    for start in range(0, draws, per_chunk):
-        n = min(per_chunk, draws - start)
-        samples = rng.beta(alpha, beta, size=(n, cells, items))
-        top = np.argpartition(-samples, top_n - 1, axis=2)[:, :, :top_n]
-        hits += np.bincount((top + offsets).ravel(), minlength=cells * items)
-    return (hits / draws).astype(np.float32).reshape(cells, items)
-
-
-def posterior_table(
-    counts: pa.Table, surfaces: Mapping[str, Surface], n_segments: int, seed: int, progress: bool = False
-) -> pa.Table:
-    """Beta parameters and Thompson propensities for the sorted output of `posterior_counts`."""
-    alpha, beta = beta_parameters(
-        counts["impressions"].to_numpy(), counts["clicks"].to_numpy(), counts["prior_mean"].to_numpy()
-    )
-    propensity = np.empty(counts.num_rows, dtype=np.float32)
-    surface_col = counts["surface_id"].to_numpy(zero_copy_only=False)
-    rng = np.random.default_rng(seed)
-    bounds = np.flatnonzero(np.r_[True, surface_col[1:] != surface_col[:-1], True])
-    for start, stop in tqdm(
-        itertools.pairwise(bounds),
-        total=len(bounds) - 1,
-        desc="posteriors",
-        unit="surface",
-        disable=None if progress else True,
-    ):
-        shape = (n_segments, (stop - start) // n_segments)
-        top_n = surfaces[surface_col[start]].max_items
-        propensity[start:stop] = thompson_propensity(
-            alpha[start:stop].reshape(shape), beta[start:stop].reshape(shape), top_n, rng
-        ).ravel()
+def segment_keys(segments: Sequence[Segment], dimensions: tuple[str, ...]) -> pa.Table:
+    """The segment catalogue as `posterior_counts` matches it: segment_id and each dimension (null: any)."""
     return pa.table(
         {
-            "surface_id": counts["surface_id"],
-            "segment_id": counts["segment_id"],
-            "content_id": counts["content_id"],
-            "alpha": alpha,
-            "beta": beta,
-            "propensity": propensity,
-        },
-        schema=SCHEMAS[POSTERIORS],
+            "segment_id": pa.array([s.id for s in segments], pa.string()),
+            **{d: pa.array([s.value(d) for s in segments], pa.string()) for d in dimensions},
+        }
     )
 
 
@@ -838,23 +769,35 @@ def build_bundle(
     embedder: TextEmbedder | None = None,
     now: datetime | None = None,
     n_segments_max: int | None = None,
-    price_split: bool = False,
+    dimensions: Sequence[str] = DEFAULT_DIMENSIONS,
     seed: int = 0,
     bundle_version: str | None = None,
+    half_life_days: float = DEFAULT_HALF_LIFE_DAYS,
+    previous_dir: str | Path | None = None,
+    heldout: pa.Table | None = None,
+    ope_margin: float = DEFAULT_MARGIN,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> Manifest:
     """Build a bundle from site tables into `out_dir/<version>` and return its manifest.
 
-    `now` is the reference time of freshness and assignments (default: the last event, so rebuilding
-    the same data gives the same tables). `n_segments_max` caps the catalogue (seg_global included);
-    `price_split` adds price sensitivity as a fourth segment dimension. `embedder` defaults to the
-    packaged MiniLM. `log` receives one line per finished step.
+    `now` is the reference time of freshness, assignments and posterior decay (default: the last
+    event, so rebuilding the same data gives the same tables). `n_segments_max` caps the catalogue
+    (seg_global included); `dimensions` are the segment hierarchy, coarsest first (any of
+    `PROFILE_DIMENSIONS` and `CONTEXT_DIMENSIONS`; protected attributes are refused).
+    `embedder` defaults to the packaged MiniLM. `half_life_days` is the decay of the posteriors'
+    evidence. With `previous_dir` (a bundle directory) the posteriors continue from its decayed
+    statistics and read only newer events, unless it has none or decays differently (then: a full
+    rebuild). With `previous_dir` (the serving bundle) and `heldout` logged decisions
+    (`aura.batch.ope.LOGGED_SCHEMA`), an off-policy evaluation of the new posteriors against the
+    serving ones goes into `reports["ope"]`, with `ope_margin` deciding its `passed`. `log` receives one
+    line per finished step.
     """
     if not surfaces:
         raise ConfigError("surfaces.yaml: at least one surface is needed to build a bundle.")
     if n_segments_max is not None and n_segments_max < 1:
         raise ConfigError(f"n_segments_max must be at least 1, got {n_segments_max}.")
+    dims = check_dimensions(dimensions)
     say = log or (lambda _line: None)
     timings: dict[str, float] = {}
     if now is None:
@@ -873,7 +816,21 @@ def build_bundle(
     with duckdb.connect() as con:
         with _timed(timings, "segments"):
             register_site(con, site)
-            segmentation = assign_segments(con, policies, now, n_segments_max, price_split)
+            topics = sorted({t for ts in site.content["topics"].to_list() if ts for t in ts})
+            intent_model = train_intent_model(con, INTENT_EVIDENCE, topics, seed)
+            segmentation = assign_segments(
+                con, policies, now, n_segments_max, dims, intent_model=intent_model, topics=topics
+            )
+        say(
+            "intent: "
+            + (
+                f"LightGBM {intent_model.stats['model_heldout_accuracy']:.1%} vs evidence argmax "
+                f"{intent_model.stats['evidence_heldout_accuracy']:.1%} held-out accuracy, using "
+                + ("LightGBM" if intent_model.use_model else "the evidence argmax")
+                if "model_heldout_accuracy" in intent_model.stats
+                else "too few labelled visitors for LightGBM, using the evidence argmax"
+            )
+        )
         say(
             f"segments: {len(segmentation.emitted)} emitted, {segmentation.user_segments.num_rows} visitors "
             f"assigned (k = {k})"
@@ -881,13 +838,43 @@ def build_bundle(
         with _timed(timings, "posteriors"):
             ordered = sorted(segmentation.emitted, key=lambda s: s.id)
             eligible = eligible_content(site.content, surfaces)
-            counts = posterior_counts(con, ordered, eligible, segmentation.user_leaves)
-            posteriors = posterior_table(counts, surfaces, len(ordered), seed, progress)
-        say(f"posteriors: {len(eligible) * len(ordered)} cells, {posteriors.num_rows} rows")
+            previous = read_previous(previous_dir) if previous_dir is not None else None
+            if previous is not None and previous.half_life_days != half_life_days:
+                say(f"posteriors: {previous_dir} decays with another half-life; rebuilding in full")
+                previous = None
+            counts = posterior_counts(
+                con,
+                segment_keys(ordered, dims),
+                segmentation.user_leaves,
+                eligible,
+                as_of=now,
+                half_life_days=half_life_days,
+                previous=previous,
+            )
+            prior_mean, prior_strength = cohort_priors(counts, site.content["id"].to_list(), vectors)
+            posteriors = posterior_table(counts, prior_mean, prior_strength, surfaces, len(ordered), seed, progress)
+        incremental_from = Path(previous_dir).name if previous is not None else None
+        say(
+            f"posteriors: {len(eligible) * len(ordered)} cells, {posteriors.num_rows} rows, "
+            + (f"continued from {incremental_from}" if incremental_from else "full rebuild")
+        )
         with _timed(timings, "cold_start"):
             cold_start = cold_start_table(con, segmentation.user_segments, min_support=k)
         say(f"cold start: {cold_start.num_rows} rules")
         visitors = int(con.sql("SELECT count(DISTINCT anon_id) FROM events").fetchall()[0][0])
+
+    version = bundle_version or new_bundle_version()
+    ope: dict[str, Any] = {}
+    if previous_dir is not None and heldout is not None and heldout.num_rows:
+        with _timed(timings, "ope"):
+            report = compare(
+                heldout, SlatePolicy(posteriors, version), SlatePolicy.from_bundle(previous_dir), margin=ope_margin
+            )
+        ope[OPE_REPORT] = report.to_dict()
+        say(
+            f"off-policy: DR {report.candidate.dr:.4f} vs serving {report.serving.dr:.4f} per decision "
+            f"({report.relative_change:+.1%}) on {report.candidate.decisions} held-out decisions"
+        )
 
     assigned = segmentation.user_segments.num_rows
     confidence = segmentation.user_segments["confidence"].to_numpy()
@@ -904,14 +891,19 @@ def build_bundle(
         "cells": len(eligible) * len(ordered),
         "posterior_rows": posteriors.num_rows,
         "events_used": site.events.height,
-        "clicks_on_eligible": int(counts["clicks"].to_numpy()[global_rows].sum()),
+        "clicks_on_eligible": round(float(counts["clicks"].to_numpy()[global_rows].sum()), 3),
+        "new_items_with_cohort_prior": int(np.sum(prior_strength[global_rows] != PRIOR_STRENGTH)),
         "cold_start_rules": cold_start.num_rows,
+        "intent_method": "lightgbm" if intent_model.use_model else "evidence",
+        **{f"intent_{k}": v for k, v in intent_model.stats.items() if k != "use_model"},
         "k_anonymity_threshold": k,
     }
     reports = {
         "segment_sizes": {s.id: n for s, n in sorted(segmentation.emitted.items(), key=lambda kv: kv[0].id)},
         "build_seconds": timings,
         "now": now.isoformat(),
+        REPORT_KEY: stats_report(now, half_life_days, incremental_from),
+        **ope,
     }
     manifest = write_bundle(
         out_dir,
@@ -922,7 +914,7 @@ def build_bundle(
             USER_SEGMENTS: segmentation.user_segments,
             COLD_START: cold_start,
         },
-        bundle_version=bundle_version or new_bundle_version(),
+        bundle_version=version,
         policy_version=policies.policy_version,
         parent_version=parent_version,
         stats=stats,

@@ -3,9 +3,12 @@
 Examples:
     aura demo-data --out var/site --seed 7
     aura build --site var/site --out var/bundles --store var/bundle-store --promote
+    aura build --site var/site --out var/bundles --store var/bundle-store --decision-logs var/edge/logs --promote
+    aura promote 20261127T154200Z-3fa9c1 --store var/bundle-store --force
     aura build --bench --content 1200 --segments 50 --surfaces 20 --out var/bench
     aura list --store s3://aura-bundles/prod --s3-endpoint-url http://127.0.0.1:9000
     aura demo-bundle --store var/bundle-store
+    aura cms-sync --source https://cms.example.com/api/content --out var/site
 
 User errors (a bad path, an invalid config, a bundle or store problem) print one line and exit with 2.
 """
@@ -25,11 +28,17 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from aura.batch.events import export_command, parse_time
+from aura.batch.ope import DEFAULT_MARGIN
+from aura.batch.posteriors import DEFAULT_HALF_LIFE_DAYS
+from aura.batch.retention import erase_user_command, retention_command
 from aura.bundle.store import BundleStore, LocalBundleStore, open_store
 from aura.config import Policies, Surface, load_policies, load_surfaces
-from aura.errors import AuraError, ConfigError
+from aura.errors import AuraError, BundleError, ConfigError
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from aura.batch.build import SiteTables
     from aura.bundle.format import Manifest
 
@@ -52,11 +61,17 @@ _STAT_LABELS: dict[str, str] = {
     "posterior_rows": "posterior rows",
     "events_used": "events used",
     "clicks_on_eligible": "clicks on eligible content",
+    "new_items_with_cohort_prior": "new items (cohort prior)",
     "cold_start_rules": "cold-start rules",
     "k_anonymity_threshold": "k-anonymity threshold",
+    "intent_method": "intent method",
+    "intent_model_heldout_accuracy": "intent held-out acc. (model)",
+    "intent_evidence_heldout_accuracy": "intent held-out acc. (rules)",
 }
 
-_SHARES = frozenset({"segment_coverage", "confident_assignments"})
+_SHARES = frozenset(
+    {"segment_coverage", "confident_assignments", "intent_model_heldout_accuracy", "intent_evidence_heldout_accuracy"}
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,6 +124,47 @@ def _parser() -> argparse.ArgumentParser:
         help="end of the synthetic event window, YYYY-MM-DD (default today, UTC)",
     )
 
+    gate = argparse.ArgumentParser(add_help=False)
+    gate.add_argument(
+        "--ope-margin",
+        type=_share,
+        default=DEFAULT_MARGIN,
+        help=f"refuse promotion when the off-policy DR value is more than this share below the serving bundle's "
+        f"(default {DEFAULT_MARGIN})",
+    )
+    gate.add_argument("--force", action="store_true", help="promote even when the off-policy evaluation refuses")
+    learning = argparse.ArgumentParser(add_help=False, parents=[gate])
+    learning.add_argument(
+        "--half-life-days",
+        type=_positive_float,
+        default=DEFAULT_HALF_LIFE_DAYS,
+        help=f"half-life of the posteriors' evidence in days (default {DEFAULT_HALF_LIFE_DAYS:g})",
+    )
+    learning.add_argument(
+        "--segment-dimensions",
+        type=lambda text: tuple(d.strip() for d in text.split(",") if d.strip()),
+        help="segment hierarchy, coarsest first, comma-separated: intent, device_class, recency, "
+        "price_sensitivity and the context keys device, referrer_class, page_type, country, time_of_day, campaign "
+        "(default intent,device_class,recency,price_sensitivity)",
+    )
+    learning.add_argument(
+        "--full-rebuild",
+        action="store_true",
+        help="recompute the posteriors from all events instead of continuing from the store's current bundle",
+    )
+    learning.add_argument(
+        "--decision-logs",
+        type=Path,
+        help="log directory (an edge's STATE_DIR/logs, or shipped logs) whose decisions and feedback evaluate "
+        "the new bundle off-policy",
+    )
+    learning.add_argument(
+        "--heldout-fraction",
+        type=_fraction,
+        default=0.2,
+        help="share of the latest logged decisions held out for the off-policy evaluation (default 0.2)",
+    )
+
     demo_data = commands.add_parser("demo-data", parents=[site], help="write a synthetic site as Parquet")
     demo_data.add_argument("--out", type=Path, required=True, help="directory to write the site into")
     demo_data.add_argument("--content", type=_positive, default=400, help="content items (default 400)")
@@ -116,7 +172,7 @@ def _parser() -> argparse.ArgumentParser:
 
     build = commands.add_parser(
         "build",
-        parents=[config, store],
+        parents=[config, store, learning],
         help="build a bundle from a site (or a synthetic bench site)",
         description="Build a bundle from --site, or with --bench from a generated site of realistic size; "
         "optionally push it to --store and --promote it.",
@@ -140,11 +196,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.set_defaults(handler=_build)
 
+    pipeline = commands.add_parser(
+        "pipeline",
+        parents=[config, store, learning],
+        help="the nightly job: CMS sync, shipped logs, incremental build, push, gated promotion",
+        description="Sync content from the CMS, read the edge logs shipped to --store, build a bundle from the "
+        "serving one plus the new events (evaluated off-policy on the latest decisions), push it and promote it.",
+    )
+    pipeline.add_argument(
+        "--cms-source",
+        default=os.environ.get("CMS_API_URL") or None,
+        help="CMS export file or http(s) API URL (default $CMS_API_URL)",
+    )
+    pipeline.add_argument("--work-dir", type=Path, default=Path("var/pipeline"), help="scratch directory")
+    pipeline.add_argument("--seed", type=int, default=0, help="seed of clustering and propensities")
+    pipeline.set_defaults(handler=_with_store(_pipeline))
+
     push = commands.add_parser("push", parents=[store], help="verify and upload a bundle directory")
     push.add_argument("bundle_dir", type=Path, help="bundle directory (OUT/<version>)")
     push.set_defaults(handler=_push)
 
-    promote = commands.add_parser("promote", parents=[store], help="make a pushed version current")
+    promote = commands.add_parser(
+        "promote",
+        parents=[store, gate],
+        help="make a pushed version current",
+        description="Make a pushed version current, unless its off-policy report says it is worse than the "
+        "serving bundle beyond --ope-margin (override with --force).",
+    )
     promote.add_argument("version", help="bundle version to promote")
     promote.set_defaults(handler=_promote)
 
@@ -154,9 +232,66 @@ def _parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", parents=[store], help="list the store's versions, current marked *")
     listing.set_defaults(handler=_list)
 
+    retention = commands.add_parser(
+        "retention", parents=[store], help="delete logs, features and bundles past their retention periods"
+    )
+    retention.add_argument(
+        "--event-days",
+        type=_positive,
+        default=int(os.environ.get("EVENT_RETENTION_DAYS") or 395),
+        help="keep event logs this many days (default $EVENT_RETENTION_DAYS or 395)",
+    )
+    retention.add_argument(
+        "--feature-days",
+        type=_positive,
+        default=int(os.environ.get("FEATURE_RETENTION_DAYS") or 90),
+        help="keep feature tables this many days (default $FEATURE_RETENTION_DAYS or 90)",
+    )
+    retention.add_argument(
+        "--model-versions",
+        type=_positive,
+        default=int(os.environ.get("MODEL_RETENTION_VERSIONS") or 5),
+        help="keep this many bundle versions (default $MODEL_RETENTION_VERSIONS or 5)",
+    )
+    retention.set_defaults(handler=_with_store(retention_command))
+
+    erase = commands.add_parser("erase-user", parents=[store], help="erase one visitor's history from the store")
+    erase.add_argument("user_id", help="the visitor's anonymous id")
+    erase.set_defaults(handler=_with_store(erase_user_command))
+
+    interactions = commands.add_parser(
+        "interactions", parents=[store], help="write the shipped logs' interactions as OUT/events.parquet"
+    )
+    interactions.add_argument("--out", type=Path, required=True, help="directory to write events.parquet into")
+    interactions.add_argument("--since", type=parse_time, help="first event time (RFC 3339 or YYYY-MM-DD)")
+    interactions.add_argument("--until", type=parse_time, help="end of the event window (exclusive)")
+    interactions.add_argument("--cache-dir", type=Path, help="where to mirror shipped logs (default: a temp dir)")
+    interactions.set_defaults(handler=_with_store(export_command))
+
+    cms = commands.add_parser(
+        "cms-sync",
+        help="read a CMS export or API into a site's content.parquet",
+        description="Read a CMS export (.json, .jsonl, .csv) or HTTP JSON API (paged) into OUT/content.parquet.",
+    )
+    cms.add_argument(
+        "--source",
+        default=os.environ.get("CMS_API_URL") or None,
+        help="export file or http(s) API URL (default $CMS_API_URL)",
+    )
+    cms.add_argument("--out", type=Path, required=True, help="site directory to write content.parquet into")
+    cms.add_argument("--page-size", type=_positive, default=100, help="API page size (default 100)")
+    cms.add_argument(
+        "--field",
+        action="append",
+        default=[],
+        metavar="SOURCE=COLUMN",
+        help="map a CMS field (dotted path) to a content column; repeatable",
+    )
+    cms.set_defaults(handler=_cms_sync)
+
     demo_bundle = commands.add_parser(
         "demo-bundle",
-        parents=[config, store, site],
+        parents=[config, store, site, learning],
         help="generate a site, build, push and promote in one go",
     )
     demo_bundle.add_argument("--content", type=_positive, default=400, help="content items (default 400)")
@@ -165,10 +300,41 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_store(handler: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
+    """Run `handler` only when a store was given, with the same message as the other store commands."""
+
+    def checked(args: argparse.Namespace) -> None:
+        _store(args)
+        handler(args)
+
+    return checked
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
     return value
 
 
@@ -254,7 +420,7 @@ def _build(args: argparse.Namespace) -> None:
         config_dir = _write_config(args.out / "config", policies, surfaces)
         print(f"bench config written to {config_dir} (AURA_CONFIG_DIR={config_dir})")
     if store is not None:
-        _publish(store, args.out / manifest.bundle_version, promote=args.promote)
+        _publish(store, args.out / manifest.bundle_version, args if args.promote else None)
 
 
 def _build_and_report(
@@ -265,24 +431,45 @@ def _build_and_report(
     store: BundleStore | None,
     n_segments_max: int | None = None,
 ) -> Manifest:
-    from aura.batch.build import build_bundle
+    from aura.batch.build import DEFAULT_DIMENSIONS, build_bundle
 
     parent = store.current() if store is not None else None
+    heldout = _heldout(args.decision_logs, args.heldout_fraction) if args.decision_logs else None
     start = time.perf_counter()
-    manifest = build_bundle(
-        site,
-        policies=policies,
-        surfaces=surfaces,
-        out_dir=args.out,
-        parent_version=parent,
-        n_segments_max=n_segments_max,
-        price_split=n_segments_max is not None,
-        seed=args.seed,
-        progress=True,
-        log=_log,
-    )
+    with tempfile.TemporaryDirectory(prefix="aura-parent-") as tmp:
+        previous_dir = None
+        if store is not None and parent is not None and not args.full_rebuild:
+            previous_dir = _timed(f"downloaded the serving bundle {parent}", lambda: store.download(parent, tmp))
+        manifest = build_bundle(
+            site,
+            policies=policies,
+            surfaces=surfaces,
+            out_dir=args.out,
+            parent_version=parent,
+            n_segments_max=n_segments_max,
+            dimensions=args.segment_dimensions or DEFAULT_DIMENSIONS,
+            seed=args.seed,
+            half_life_days=args.half_life_days,
+            previous_dir=previous_dir,
+            heldout=heldout,
+            ope_margin=args.ope_margin,
+            progress=True,
+            log=_log,
+        )
     print(_summary(manifest, args.out / manifest.bundle_version, time.perf_counter() - start))
     return manifest
+
+
+def _heldout(logs_dir: Path, fraction: float) -> pa.Table:
+    """The latest `fraction` of the decisions logged under `logs_dir`, with their rewards."""
+    from aura.batch.events import load_interactions
+    from aura.batch.ope import latest_decisions, logged_slates
+
+    if not logs_dir.is_dir():
+        raise ConfigError(f"decision log directory {logs_dir} does not exist.")
+    logged = logged_slates(load_interactions(logs_dir))
+    _log(f"read {len(set(logged['decision_id'].to_pylist())):,} logged decisions from {logs_dir}")
+    return latest_decisions(logged, fraction) if logged.num_rows else logged
 
 
 def _with_k(policies: Policies, k: int) -> Policies:
@@ -314,7 +501,7 @@ def _summary(manifest: Manifest, bundle_dir: Path, seconds: float) -> str:
         if key not in manifest.stats:
             continue
         value = manifest.stats[key]
-        shown = f"{value:.1%}" if key in _SHARES else f"{value:,}"
+        shown = f"{value:.1%}" if key in _SHARES else value if isinstance(value, str) else f"{value:,}"
         lines.append(f"  {label:<28}{shown:>12}")
     steps = manifest.reports.get("build_seconds", {})
     if steps:
@@ -324,24 +511,47 @@ def _summary(manifest: Manifest, bundle_dir: Path, seconds: float) -> str:
     return "\n".join(lines)
 
 
-def _publish(store: BundleStore, bundle_dir: Path, promote: bool) -> None:
+def _publish(store: BundleStore, bundle_dir: Path, args: argparse.Namespace | None = None) -> None:
+    """Push a bundle directory; with `args`, promote it through the off-policy gate of `args`."""
     version = store.push(bundle_dir)
     print(f"pushed {version} to {store.url}")
-    if promote:
-        store.promote(version)
-        print(f"promoted {version}; it is now current in {store.url}")
+    if args is not None:
+        _gated_promote(store, version, args.ope_margin, args.force)
+
+
+def _gated_promote(store: BundleStore, version: str, margin: float, force: bool) -> None:
+    """Promote `version` unless its manifest's off-policy report fails at `margin` and `force` is off."""
+    from aura.batch.ope import REPORT_KEY, gate_passes
+
+    report = store.read_manifest(version).reports.get(REPORT_KEY)
+    if report is None:
+        print(f"{version} has no off-policy report; promoting without the gate")
+    else:
+        verdict = (
+            f"off-policy DR {report['candidate']['dr']:.4f} vs {report['serving']['dr']:.4f} per decision "
+            f"for {report['serving_version']} ({report['relative_change']:+.1%}, margin {margin:.1%})"
+        )
+        current = store.current()
+        if current != report["serving_version"]:
+            print(f"note: the report compares against {report['serving_version']}, the store now serves {current}")
+        if not gate_passes(report, margin):
+            if not force:
+                raise BundleError(f"not promoting {version}: {verdict}; pass --force to promote anyway.")
+            print(f"forced past the gate: {verdict}")
+        else:
+            print(verdict)
+    store.promote(version)
+    print(f"promoted {version}; it is now current in {store.url}")
 
 
 def _push(args: argparse.Namespace) -> None:
     if not args.bundle_dir.is_dir():
         raise ConfigError(f"bundle directory {args.bundle_dir} does not exist.")
-    _publish(_store(args), args.bundle_dir, promote=False)
+    _publish(_store(args), args.bundle_dir)
 
 
 def _promote(args: argparse.Namespace) -> None:
-    store = _store(args)
-    store.promote(args.version)
-    print(f"promoted {args.version}; it is now current in {store.url}")
+    _gated_promote(_store(args), args.version, args.ope_margin, args.force)
 
 
 def _rollback(args: argparse.Namespace) -> None:
@@ -380,6 +590,48 @@ def _list(args: argparse.Namespace) -> None:
         )
 
 
+def _cms_sync(args: argparse.Namespace) -> None:
+    from aura.batch.build import SITE_FILES
+    from aura.batch.cms import fetch_cms_api, read_cms_export
+
+    if not args.source:
+        raise ConfigError("no CMS source given: pass --source FILE|URL or set CMS_API_URL.")
+    pairs = [f.split("=", 1) for f in args.field]
+    if any(len(p) != 2 or not all(p) for p in pairs):
+        raise ConfigError(f"--field takes SOURCE=COLUMN, got {args.field}.")
+    field_map = dict(pairs)
+    if args.source.startswith(("http://", "https://")):
+        api_key = os.environ.get("CMS_API_KEY") or None
+        content = _timed(
+            "fetched the CMS API",
+            lambda: fetch_cms_api(args.source, api_key=api_key, page_size=args.page_size, field_map=field_map),
+        )
+    else:
+        content = read_cms_export(args.source, field_map)
+    args.out.mkdir(parents=True, exist_ok=True)
+    content.write_parquet(args.out / SITE_FILES["content"])
+    types = ", ".join(f"{t} {n}" for t, n in sorted(content["content_type"].value_counts().iter_rows()))
+    print(f"wrote {content.height} content items to {args.out / SITE_FILES['content']} ({types})")
+
+
+def _pipeline(args: argparse.Namespace) -> None:
+    site_dir, logs_dir = args.work_dir / "site", args.work_dir / "logs"
+    _cms_sync(argparse.Namespace(source=args.cms_source, out=site_dir, page_size=100, field=[]))
+    export_command(
+        argparse.Namespace(
+            store=args.store,
+            s3_endpoint_url=args.s3_endpoint_url,
+            out=site_dir,
+            since=None,
+            until=None,
+            cache_dir=logs_dir,
+        )
+    )
+    overrides = {"site": site_dir, "bench": False, "out": args.work_dir / "bundles", "promote": True}
+    decision_logs = logs_dir if logs_dir.is_dir() else None  # no shipped logs yet: nothing to evaluate on
+    _build(argparse.Namespace(**{**vars(args), "decision_logs": decision_logs, **overrides}))
+
+
 def _demo_bundle(args: argparse.Namespace) -> None:
     from aura.batch.synthetic import generate_site
 
@@ -392,7 +644,7 @@ def _demo_bundle(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="aura-demo-") as tmp:
         args.out = args.out or Path(tmp)
         manifest = _build_and_report(site, args, policies, surfaces, store)
-        _publish(store, args.out / manifest.bundle_version, promote=True)
+        _publish(store, args.out / manifest.bundle_version, args)
 
 
 if __name__ == "__main__":

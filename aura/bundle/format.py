@@ -69,6 +69,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("alpha", pa.float64(), nullable=False),
             pa.field("beta", pa.float64(), nullable=False),
             pa.field("propensity", pa.float32()),
+            pa.field("impressions", pa.float64()),
+            pa.field("clicks", pa.float64()),
         ]
     ),
     USER_SEGMENTS: pa.schema(

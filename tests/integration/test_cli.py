@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from aura.batch.cli import main
 from aura.bundle.loader import load_bundle
 from aura.bundle.store import open_store
 from aura.config import load_policies, load_surfaces
+from aura.eventlog import SCHEMAS
 
 pytest_plugins = ["tests.moto_fixture"]
 
@@ -167,3 +172,161 @@ def test_usage_errors_exit_2(args: list[str], message: str, capsys: pytest.Captu
         main(args)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def _with_ope_report(bundle_dir: Path, dest: Path, version: str, candidate_dr: float) -> Path:
+    """A copy of a bundle under another version whose manifest carries an off-policy report."""
+    copy = shutil.copytree(bundle_dir, dest / version)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["bundle_version"] = version
+    manifest["reports"]["ope"] = {
+        "candidate_version": version,
+        "serving_version": bundle_dir.name,
+        "candidate": {"dr": candidate_dr},
+        "serving": {"dr": 0.1},
+        "relative_change": candidate_dr / 0.1 - 1,
+    }
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_promotion_is_gated_by_the_off_policy_report(first_bundle: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    ok("push", first_bundle, "--store", store)
+    ok("promote", first_bundle.name, "--store", store)
+    assert "has no off-policy report" in ok("promote", first_bundle.name, "--store", store)
+    worse = _with_ope_report(first_bundle, tmp_path, "v-worse", 0.09)
+    ok("push", worse, "--store", store)
+
+    refused = aura("promote", "v-worse", "--store", store)
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        f"aura: error: not promoting v-worse: off-policy DR 0.0900 vs 0.1000 per decision for {first_bundle.name} "
+        "(-10.0%, margin 5.0%); pass --force to promote anyway.\n"
+    )
+    assert open_store(str(store)).current() == first_bundle.name
+    assert "promoted v-worse" in ok("promote", "v-worse", "--store", store, "--ope-margin", "0.2")
+    ok("rollback", "--store", store)
+    forced = ok("promote", "v-worse", "--store", store, "--force")
+    assert "forced past the gate" in forced and open_store(str(store)).current() == "v-worse"
+
+
+def test_build_evaluates_off_policy_on_decision_logs(
+    first_bundle: Path, site_dir: Path, config_dir: Path, tmp_path: Path
+) -> None:
+    store, out, logs = tmp_path / "store", tmp_path / "bundles", tmp_path / "logs"
+    ok("push", first_bundle, "--store", store)
+    ok("promote", first_bundle.name, "--store", store)
+    cells = pq.read_table(first_bundle / "posteriors.parquet").to_pylist()[:30]
+    now = datetime(2025, 10, 1, tzinfo=UTC)
+    decisions = [
+        {
+            "event_id": f"r{i}",
+            "ts": now + timedelta(seconds=i),
+            "bundle_version": first_bundle.name,
+            "surface_id": cell["surface_id"],
+            "segment_id": cell["segment_id"],
+            "items": [{"content_id": cell["content_id"], "position": 0, "propensity": None}],
+        }
+        for i, cell in enumerate(cells)
+    ]
+    feedback = [
+        {
+            "event_id": f"f{i}",
+            "ts": now,
+            "request_id": f"r{i}",
+            "item_id": cells[i]["content_id"],
+            "reward_type": "click",
+        }
+        | {"reward_value": 1.0}
+        for i in range(0, 30, 4)
+    ]
+    for stream, rows in (("decisions", decisions), ("feedback", feedback)):
+        (logs / stream / "date=2025-10-01" / "hour=00").mkdir(parents=True)
+        table = pa.Table.from_pylist(rows, schema=SCHEMAS[stream])
+        pq.write_table(table, logs / stream / "date=2025-10-01" / "hour=00" / "seg.parquet")
+    args = [
+        "--config-dir",
+        config_dir,
+        "--out",
+        out,
+        "--store",
+        store,
+        "--decision-logs",
+        logs,
+        "--heldout-fraction",
+        "1",
+    ]
+    stdout = ok("build", "--site", site_dir, *args, "--ope-margin", "0.99", "--promote")
+    (version,) = (p.name for p in out.iterdir())
+    report = open_store(str(store)).read_manifest(version).reports["ope"]
+    assert report["serving_version"] == first_bundle.name and report["candidate"]["decisions"] == 30
+    assert report["reconstructed_propensities"] == 30
+    assert f"for {first_bundle.name}" in stdout and f"promoted {version}" in stdout
+    assert open_store(str(store)).read_manifest(version).reports["posteriors"]["incremental_from"] == first_bundle.name
+
+
+def test_cms_sync_writes_the_site_content(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    record = {"uid": "c1", "title": "One", "url": "/1", "type": "guide", "publishedAt": "2025-09-01T00:00:00Z"}
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([record, record | {"uid": "c2", "type": "product", "headline": "Two"}]))
+    assert (
+        main(["cms-sync", "--source", str(export), "--out", str(tmp_path / "site"), "--field", "headline=title"]) == 0
+    )
+    assert (
+        capsys.readouterr().out
+        == f"wrote 2 content items to {tmp_path / 'site' / 'content.parquet'} (guide 1, product 1)\n"
+    )
+    content = pq.read_table(tmp_path / "site" / "content.parquet").to_pydict()
+    assert content["id"] == ["c1", "c2"] and content["title"] == ["One", "Two"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["cms-sync", "--out", "{tmp}/site"], "no CMS source given"),
+        (["cms-sync", "--source", "{tmp}/x.json", "--out", "{tmp}/site", "--field", "title"], "--field takes"),
+        (["cms-sync", "--source", "{tmp}/x.json", "--out", "{tmp}/site"], "does not exist"),
+    ],
+)
+def test_cms_sync_errors(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CMS_API_URL", raising=False)
+    assert main([a.format(tmp=tmp_path) for a in args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_nightly_pipeline_builds_from_the_cms_and_promotes(
+    first_bundle: Path, site_dir: Path, config_dir: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    ok("push", first_bundle, "--store", store)
+    ok("promote", first_bundle.name, "--store", store)
+    export = tmp_path / "cms.jsonl"
+    content = pq.read_table(site_dir / "content.parquet").drop_columns(["latent_appeal"])
+    export.write_text("\n".join(json.dumps(row, default=str) for row in content.to_pylist()))
+    out = ok(
+        "pipeline",
+        "--store",
+        store,
+        "--cms-source",
+        export,
+        "--work-dir",
+        tmp_path / "work",
+        "--config-dir",
+        config_dir,
+    )
+    assert "wrote 60 content items" in out
+    current = open_store(str(store)).current()
+    assert current != first_bundle.name
+    assert open_store(str(store)).read_manifest(current).parent_version == first_bundle.name
+    assert "no CMS source" in aura("pipeline", "--store", store, "--work-dir", tmp_path / "w2").stderr
+
+
+def test_retention_and_erasure_commands(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    assert "deleted 0 log segment(s)" in ok("retention", "--store", store, "--event-days", "30")
+    assert "erased visitor" in ok("erase-user", "anon_abc123", "--store", store)
+    assert "no bundle store given" in aura("erase-user", "anon_abc123").stderr

@@ -12,15 +12,14 @@ import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from aura.batch.build import (
     GLOBAL,
-    PRIOR_STRENGTH,
     Segment,
     SiteTables,
-    beta_parameters,
     build_bundle,
     choose_segments,
     cold_start_table,
@@ -29,12 +28,11 @@ from aura.batch.build import (
     freshness_scores,
     kmeans,
     match_cold_start,
-    posterior_counts,
     register_site,
     resolve,
     sentiment,
-    thompson_propensity,
 )
+from aura.batch.ope import LOGGED_SCHEMA
 from aura.batch.synthetic import DEFAULT_SURFACES, SyntheticSite, generate_site
 from aura.bundle.format import CONTENT, EMBEDDING_DIM, GLOBAL_SEGMENT, POSTERIORS, Manifest
 from aura.bundle.loader import LoadedBundle, load_bundle
@@ -130,42 +128,90 @@ def test_kmeans_separates_blobs_and_is_seeded() -> None:
 
 
 def test_segment_ids_names_and_parents() -> None:
-    leaf = Segment("learn", "mobile", "new", "high")
+    leaf = Segment(("learn", "mobile", "new", "high"))
     assert leaf.id == "seg_learn_mobile_new_price_high"
     assert leaf.name == "Learning-focused Mobile Users (New, High Price Sensitivity)"
     chain = [leaf.parent(), leaf.parent().parent(), leaf.parent().parent().parent()]
     assert [s.id for s in chain] == ["seg_learn_mobile_new", "seg_learn_mobile", "seg_learn"]
     assert chain[0].name == "Learning-focused Mobile Users (New)"
     assert chain[2].parent() == GLOBAL and GLOBAL.id == GLOBAL_SEGMENT and GLOBAL.parent() == GLOBAL
-    assert chain[0].features("medium") == {
+    assert chain[0].features({"price_sensitivity": "medium"}) == {
         "intent": "learn",
         "device_class": "mobile",
         "recency": "new",
         "price_sensitivity": "medium",
     }
+    assert leaf.features({"price_sensitivity": "low"})["price_sensitivity"] == "high"
+    assert GLOBAL.features({"price_sensitivity": "low"}) == {}
+    custom = Segment(("learn", "Spring Sale"), ("intent", "campaign"))
+    assert custom.id == "seg_learn_campaign_spring-sale" and custom.value("campaign") == "Spring Sale"
+    assert custom.name == "Learning-focused Users (Campaign Spring Sale)"
+    assert custom.parent().parent() == GLOBAL and custom.value("device_class") is None
+
+
+def test_custom_segment_dimensions(site: SyntheticSite, tmp_path: Path) -> None:
+    manifest = build_bundle(
+        site,
+        policies=_policies(k=5),
+        surfaces=DEFAULT_SURFACES,
+        out_dir=tmp_path,
+        now=NOW,
+        embedder=HashEmbedder(),
+        dimensions=("referrer_class", "intent"),
+    )
+    bundle = load_bundle(tmp_path / manifest.bundle_version)
+    referrers = {"direct", "search", "social", "email", "internal", "other"}
+    segments = [s for s in bundle.segments.values() if s.id != GLOBAL_SEGMENT]
+    assert segments and all(s.features["referrer_class"] in referrers for s in segments)
+    assert any("intent" in s.features and s.id.startswith("seg_referrer_class_") for s in segments)
+
+
+@pytest.mark.parametrize(
+    ("dimensions", "message"),
+    [
+        ((), "distinct and at least one"),
+        (("intent", "intent"), "distinct and at least one"),
+        (("intent", "gender"), "protected attributes are never features"),
+        (("intent", "favourite_colour"), r"segment dimensions \['favourite_colour'\] are unknown"),
+    ],
+)
+def test_bad_segment_dimensions(dimensions: tuple[str, ...], message: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_bundle(
+            _tiny_site(),
+            policies=_policies(),
+            surfaces=DEFAULT_SURFACES,
+            out_dir=tmp_path,
+            embedder=HashEmbedder(),
+            dimensions=dimensions,
+        )
 
 
 def test_choose_segments_merges_small_segments_into_parents() -> None:
     leaves = {
-        Segment("learn", "mobile", "new"): 60,
-        Segment("learn", "mobile", "returning"): 30,
-        Segment("learn", "desktop", "new"): 20,
-        Segment("buy", "mobile", "new"): 5,
+        Segment(("learn", "mobile", "new")): 60,
+        Segment(("learn", "mobile", "returning")): 30,
+        Segment(("learn", "desktop", "new")): 20,
+        Segment(("buy", "mobile", "new")): 5,
     }
     emitted = choose_segments(leaves, k=50)
-    assert emitted == {Segment("learn", "mobile", "new"): 60, Segment("learn"): 50, GLOBAL: 5}
-    assert resolve(Segment("learn", "desktop", "new"), emitted) == Segment("learn")
-    assert resolve(Segment("buy", "mobile", "new"), emitted) == GLOBAL
+    assert emitted == {Segment(("learn", "mobile", "new")): 60, Segment(("learn",)): 50, GLOBAL: 5}
+    assert resolve(Segment(("learn", "desktop", "new")), emitted) == Segment(("learn",))
+    assert resolve(Segment(("buy", "mobile", "new")), emitted) == GLOBAL
 
 
 def test_choose_segments_caps_the_catalogue() -> None:
     leaves = {
-        Segment(i, d, "new"): 100 + n
+        Segment((i, d, "new")): 100 + n
         for n, (i, d) in enumerate([("learn", "mobile"), ("learn", "desktop"), ("buy", "mobile")])
     }
     emitted = choose_segments(leaves, k=1, n_max=3)
     # The smallest leaf climbs to its parent, then on to seg_global, while the two largest stay.
-    assert emitted == {GLOBAL: 100, Segment("learn", "desktop", "new"): 101, Segment("buy", "mobile", "new"): 102}
+    assert emitted == {
+        GLOBAL: 100,
+        Segment(("learn", "desktop", "new")): 101,
+        Segment(("buy", "mobile", "new")): 102,
+    }
 
 
 def _tiny_site() -> SiteTables:
@@ -219,47 +265,6 @@ def _tiny_site() -> SiteTables:
     return SiteTables(content=content, events=events)
 
 
-def test_posterior_arithmetic_on_a_tiny_log() -> None:
-    con = duckdb.connect()
-    register_site(con, _tiny_site())
-    leaf = Segment("learn", "mobile", "new")
-    user_leaves = pa.Table.from_pylist(
-        [{"anon_id": "u1", "intent": "learn", "device_class": "mobile", "recency": "new", "price_sensitivity": "low"}]
-    )
-    counts = posterior_counts(con, [GLOBAL, leaf], {"hero": ["a1", "a2"]}, user_leaves)
-    alpha, beta = beta_parameters(
-        counts["impressions"].to_numpy(), counts["clicks"].to_numpy(), counts["prior_mean"].to_numpy()
-    )
-    rows = {
-        (seg, cid): (a, b)
-        for seg, cid, a, b in zip(
-            counts["segment_id"].to_pylist(), counts["content_id"].to_pylist(), alpha, beta, strict=True
-        )
-    }
-    s = PRIOR_STRENGTH
-    surface_ctr = (4 + s * 4 / 12) / (12 + s)  # the site CTR (4 clicks / 12 impressions) shrunk by s
-    a1_ctr = (4 + s * surface_ctr) / (10 + s)
-    a2_ctr = (0 + s * surface_ctr) / (2 + s)
-    expected = {
-        (GLOBAL_SEGMENT, "a1"): (s * surface_ctr + 4, s * (1 - surface_ctr) + 6),
-        (GLOBAL_SEGMENT, "a2"): (s * surface_ctr, s * (1 - surface_ctr) + 2),
-        (leaf.id, "a1"): (s * a1_ctr + 1, s * (1 - a1_ctr) + 3),
-        (leaf.id, "a2"): (s * a2_ctr, s * (1 - a2_ctr) + 2),
-    }
-    assert rows.keys() == expected.keys()
-    for key, (a, b) in expected.items():
-        assert rows[key] == pytest.approx((a, b)), key
-
-
-def test_thompson_propensity_fills_exactly_top_n_per_draw() -> None:
-    alpha = np.array([[50.0, 1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
-    beta = np.array([[5.0, 50.0, 50.0, 50.0, 50.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
-    propensity = thompson_propensity(alpha, beta, top_n=2, rng=np.random.default_rng(0))
-    np.testing.assert_allclose(propensity.sum(axis=1), [2.0, 2.0], atol=1e-6)
-    assert propensity[0, 0] == 1.0
-    assert thompson_propensity(alpha, beta, top_n=5, rng=np.random.default_rng(0)).min() == 1.0
-
-
 def test_bundle_loads_with_every_table_filled(built: tuple[Manifest, LoadedBundle]) -> None:
     manifest, bundle = built
     assert bundle.surfaces == tuple(sorted(DEFAULT_SURFACES))
@@ -271,6 +276,9 @@ def test_bundle_loads_with_every_table_filled(built: tuple[Manifest, LoadedBundl
     assert manifest.stats["users_assigned"] == len(bundle.assignments)
     assert manifest.stats["segment_coverage"] == pytest.approx(len(bundle.assignments) / 400, abs=1e-4)
     assert manifest.stats["cells"] == len(bundle.cells)
+    assert manifest.stats["intent_method"] in ("lightgbm", "evidence")
+    assert manifest.stats["intent_train_visitors"] + manifest.stats["intent_heldout_visitors"] > 100
+    assert "intent_model_heldout_accuracy" in manifest.stats and "intent_evidence_heldout_accuracy" in manifest.stats
     assert manifest.policy_version == Policies().policy_version
     assert np.all(bundle.alpha > 0) and np.all(bundle.beta > 0)
     assert np.all((bundle.propensity >= 0) & (bundle.propensity <= 1))
@@ -378,7 +386,7 @@ def test_build_is_deterministic(site: SyntheticSite, tmp_path: Path) -> None:
         assert first.files[name].sha256 == second.files[name].sha256, name
 
 
-def test_segment_cap_and_price_split(site: SyntheticSite, tmp_path: Path) -> None:
+def test_segment_cap_and_dimensions(site: SyntheticSite, tmp_path: Path) -> None:
     manifest = build_bundle(
         site,
         policies=_policies(k=2),
@@ -387,7 +395,7 @@ def test_segment_cap_and_price_split(site: SyntheticSite, tmp_path: Path) -> Non
         now=NOW,
         embedder=HashEmbedder(),
         n_segments_max=12,
-        price_split=True,
+        dimensions=("intent", "device_class", "recency", "price_sensitivity"),
     )
     bundle = load_bundle(tmp_path / manifest.bundle_version)
     assert len(bundle.segments) == 12
@@ -421,3 +429,71 @@ def test_site_tables_validate_and_read(tmp_path: Path) -> None:
     tiny.write(tmp_path)
     back = SiteTables.read(tmp_path)
     assert back.events.equals(tiny.events) and back.content.equals(tiny.content) and back.visitors is None
+
+
+def test_incremental_build_continues_from_the_previous_bundle(
+    built: tuple[Manifest, LoadedBundle], site: SyntheticSite, tmp_path: Path
+) -> None:
+    first, bundle = built
+    assert first.reports["posteriors"] == {"as_of": NOW.isoformat(), "half_life_days": 30.0, "incremental_from": None}
+    later = NOW + timedelta(days=30)
+    kwargs = {
+        "policies": _policies(),
+        "surfaces": DEFAULT_SURFACES,
+        "out_dir": tmp_path,
+        "seed": 3,
+        "embedder": HashEmbedder(),
+    }
+    # Same data, 30 days later: an incremental build decays the first bundle's evidence by half.
+    second = build_bundle(site, **kwargs, now=later, previous_dir=bundle.path, bundle_version="inc")
+    assert second.reports["posteriors"]["incremental_from"] == first.bundle_version
+    before = pq.read_table(bundle.path / POSTERIORS).to_pydict()
+    after = pq.read_table(tmp_path / "inc" / POSTERIORS).to_pydict()
+    key = ("surface_id", "segment_id", "content_id")
+    old = {tuple(before[k][i] for k in key): before["impressions"][i] for i in range(len(before["alpha"]))}
+    new = {tuple(after[k][i] for k in key): after["impressions"][i] for i in range(len(after["alpha"]))}
+    shared = old.keys() & new.keys()
+    assert shared and all(new[k] == pytest.approx(old[k] / 2) for k in shared)
+    other_half_life = build_bundle(
+        site, **kwargs, now=later, previous_dir=bundle.path, half_life_days=7, bundle_version="full"
+    )
+    assert other_half_life.reports["posteriors"]["incremental_from"] is None
+
+
+def test_build_writes_the_off_policy_report(built: tuple[Manifest, LoadedBundle], tmp_path: Path) -> None:
+    manifest, bundle = built
+    posteriors = pq.read_table(bundle.path / POSTERIORS)
+    rows = posteriors.filter(pc.equal(posteriors["segment_id"], GLOBAL_SEGMENT)).slice(0, 40).to_pylist()
+    heldout = pa.Table.from_pylist(
+        [
+            {
+                "decision_id": f"d{i}",
+                "ts": NOW,
+                "bundle_version": manifest.bundle_version,
+                "surface_id": row["surface_id"],
+                "segment_id": GLOBAL_SEGMENT,
+                "content_id": row["content_id"],
+                "slate_size": 1,
+                "propensity": None if i % 2 else 0.5,
+                "reward": float(i % 3 == 0),
+            }
+            for i, row in enumerate(rows)
+        ],
+        schema=LOGGED_SCHEMA,
+    )
+    second = build_bundle(
+        _tiny_site(),
+        policies=_policies(),
+        surfaces={"hero": Surface("hero", eligible_content_types=("article",))},
+        out_dir=tmp_path,
+        embedder=HashEmbedder(),
+        previous_dir=bundle.path,
+        heldout=heldout,
+        ope_margin=0.1,
+    )
+    report = second.reports["ope"]
+    assert report["serving_version"] == manifest.bundle_version
+    assert report["candidate_version"] == second.bundle_version
+    assert report["candidate"]["decisions"] == 40 and report["reconstructed_propensities"] > 0
+    assert report["margin"] == 0.1 and isinstance(report["passed"], bool)
+    assert "ope" in second.reports["build_seconds"]

@@ -1,0 +1,296 @@
+"""Visitor intent from behaviour: a LightGBM classifier against the evidence-table argmax, chosen on held-out data.
+
+Each labelled visitor's history is cut in two at the middle of their clicks: features describe what the
+visitor did up to the cut (content types and topics clicked, device, referrer class, landing page type,
+time of day, campaign, recency, activity), and the label is the intent their later clicks show (the
+argmax of the summed `INTENT_EVIDENCE` of the content types clicked after the cut). Visitors are split
+into training and held-out sets by a hash of their id. To assign intents, the winning method reads the
+whole history up to the build's `now`. Protected attributes are never features (`check_features`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import duckdb
+import lightgbm as lgb
+import numpy as np
+import pyarrow as pa
+
+PROTECTED_ATTRIBUTES: frozenset[str] = frozenset(
+    {
+        "age",
+        "gender",
+        "sex",
+        "race",
+        "ethnicity",
+        "religion",
+        "disability",
+        "health",
+        "sexual_orientation",
+        "pregnancy",
+        "marital_status",
+        "nationality",
+    }
+)
+"""Attributes no feature may be or derive from (matched against feature names and their parts)."""
+CATEGORICAL = ("device", "referrer_class", "page_type", "time_of_day")
+HELDOUT_SHARE = 0.25
+MIN_TRAINING_VISITORS = 40
+_PARAMS = {
+    "objective": "multiclass",
+    "learning_rate": 0.1,
+    "num_leaves": 4,
+    "min_data_in_leaf": 30,
+    "feature_fraction": 0.9,
+    "lambda_l2": 1.0,
+    "num_threads": 1,
+    "deterministic": True,
+    "verbose": -1,
+}
+_ROUNDS = 80
+
+
+def check_features(names: Sequence[str]) -> None:
+    """Raise ValueError when a feature name is, or is built from, a protected attribute."""
+    for name in names:
+        parts = {name.lower(), *name.lower().split(":"), *name.lower().split("_")}
+        if parts & PROTECTED_ATTRIBUTES or any(p in name.lower() for p in PROTECTED_ATTRIBUTES if "_" in p):
+            raise ValueError(f"feature {name!r} is a protected attribute; protected attributes are never features.")
+
+
+@dataclass(frozen=True)
+class Features:
+    """One row per visitor: the feature columns and the evidence-table argmax over the same window."""
+
+    anon_ids: list[str]
+    table: pa.Table
+    """The feature columns, categorical ones as strings."""
+    evidence_intent: list[str | None]
+    """The evidence-table argmax over the same window (the old method's answer)."""
+    evidence_confidence: np.ndarray
+
+    def categories(self) -> dict[str, list[str]]:
+        """The sorted values of each categorical column: the codes LightGBM learns."""
+        return {c: sorted({v for v in self.table[c].to_pylist() if v is not None}) for c in CATEGORICAL}
+
+    def matrix(self, categories: Mapping[str, Sequence[str]]) -> np.ndarray:
+        """The float matrix LightGBM reads: categories as their index in `categories` (unknown: NaN)."""
+        columns = []
+        for name in self.table.column_names:
+            values = self.table[name].to_pylist()
+            if name in CATEGORICAL:
+                codes = {v: float(i) for i, v in enumerate(categories[name])}
+                columns.append([codes.get(v, np.nan) for v in values])
+            else:
+                columns.append([np.nan if v is None else float(v) for v in values])
+        return np.array(columns, dtype=np.float64).T.reshape(self.table.num_rows, self.table.num_columns)
+
+
+@dataclass(frozen=True)
+class IntentModel:
+    """The outcome of training: the method chosen for assignment and how both did on held-out visitors."""
+
+    booster: lgb.Booster | None
+    intents: tuple[str, ...]
+    categories: dict[str, list[str]]
+    use_model: bool
+    stats: dict[str, float | int | bool]
+
+    def predict(self, features: Features) -> tuple[list[str | None], np.ndarray]:
+        """The chosen method's intent and confidence for each row of `features`."""
+        if not self.use_model or self.booster is None:
+            return features.evidence_intent, features.evidence_confidence
+        probabilities = self.booster.predict(features.matrix(self.categories))
+        best = probabilities.argmax(axis=1)
+        return [self.intents[i] for i in best], probabilities.max(axis=1)
+
+
+def visitor_features(
+    con: duckdb.DuckDBPyConnection,
+    cutoffs: pa.Table,
+    evidence: Mapping[str, Mapping[str, float]],
+    topics: Sequence[str],
+) -> Features:
+    """Features of each visitor in `cutoffs` (anon_id, cut) from their events with `ts <= cut`.
+
+    Needs the `events` and `content` (id, content_type, topics) tables of `register_site` and an
+    `intent_evidence` table (content_type, intent, weight).
+    """
+    types = sorted(evidence)
+    intents = sorted({i for weights in evidence.values() for i in weights})
+    con.register("cutoffs", cutoffs)
+    type_columns = ", ".join(
+        f"count(*) FILTER (WHERE type = 'click' AND content_type = {_literal(t)}) AS {_ident('clicks:' + t)}"
+        for t in types
+    )
+    topic_columns = ", ".join(
+        f"count(*) FILTER (WHERE type = 'click' AND list_contains(topics, {_literal(t)})) AS {_ident('topic:' + t)}"
+        for t in topics
+    )
+    evidence_columns = ", ".join(
+        f"coalesce(sum(w.weight) FILTER (WHERE w.intent = {_literal(i)}), 0) AS {_ident(i)}" for i in intents
+    )
+    evidence_select = ", ".join(f"coalesce(v.{_ident(i)}, 0) AS {_ident('evidence:' + i)}" for i in intents)
+    table = con.sql(
+        f"""
+        WITH windowed AS (
+            SELECT e.*, c.content_type, c.topics, k.cut
+            FROM events e JOIN cutoffs k USING (anon_id) LEFT JOIN content c ON c.id = e.content_id
+            WHERE e.ts <= k.cut
+        ),
+        evidence AS (
+            SELECT v.anon_id, {evidence_columns}
+            FROM windowed v JOIN intent_evidence w USING (content_type)
+            WHERE v.type = 'click' GROUP BY v.anon_id
+        ),
+        activity AS (
+            SELECT anon_id,
+                   arg_min(device, ts) AS device, arg_min(referrer_class, ts) AS referrer_class,
+                   arg_min(page_type, ts) AS page_type, arg_min(time_of_day, ts) AS time_of_day,
+                   max((campaign IS NOT NULL)::INTEGER) AS has_campaign,
+                   (epoch(any_value(cut)) - epoch(min(ts))) / 86400.0 AS days_since_first_seen,
+                   (epoch(any_value(cut)) - epoch(max(ts))) / 86400.0 AS days_since_last_seen,
+                   count(DISTINCT session_id) AS sessions,
+                   count(*) FILTER (WHERE type = 'impression') AS impressions,
+                   count(*) FILTER (WHERE type = 'click') AS clicks,
+                   {type_columns}, {topic_columns}
+            FROM windowed GROUP BY anon_id
+        )
+        SELECT a.*, {evidence_select}
+        FROM cutoffs k JOIN activity a USING (anon_id) LEFT JOIN evidence v USING (anon_id)
+        ORDER BY a.anon_id
+        """
+    ).to_arrow_table()
+    names = [n for n in table.column_names if n != "anon_id" and not n.startswith("evidence:")]
+    check_features(names)
+    scores = np.column_stack([table[f"evidence:{i}"].to_numpy() for i in intents]) if table.num_rows else None
+    if scores is None:
+        evidence_intent: list[str | None] = []
+        confidence = np.zeros(0)
+    else:
+        totals = scores.sum(axis=1)
+        best = scores.argmax(axis=1)
+        evidence_intent = [intents[b] if t > 0 else None for b, t in zip(best, totals, strict=True)]
+        confidence = np.where(totals > 0, scores.max(axis=1) / np.where(totals > 0, totals, 1), 0.0)
+    return Features(
+        anon_ids=table["anon_id"].to_pylist(),
+        table=table.select(names),
+        evidence_intent=evidence_intent,
+        evidence_confidence=confidence,
+    )
+
+
+def training_cutoffs(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """anon_id, cut and label of every visitor with at least two clicks: the cut is the time of the middle
+    click, the label the `intent_evidence` argmax of the clicks after it (ties broken by intent name)."""
+    return con.sql(
+        """
+        WITH clicks AS (
+            SELECT e.anon_id, e.ts, e.event_id, c.content_type,
+                   row_number() OVER (PARTITION BY e.anon_id ORDER BY e.ts, e.event_id) AS n,
+                   count(*) OVER (PARTITION BY e.anon_id) AS total
+            FROM events e JOIN content c ON c.id = e.content_id WHERE e.type = 'click'
+        ),
+        cuts AS (SELECT anon_id, ts AS cut FROM clicks WHERE total >= 2 AND n = total // 2),
+        later AS (
+            SELECT k.anon_id, w.intent, sum(w.weight) AS score
+            FROM clicks k JOIN cuts USING (anon_id) JOIN intent_evidence w USING (content_type)
+            WHERE k.ts > cuts.cut GROUP BY ALL
+        ),
+        labels AS (
+            SELECT anon_id, intent FROM later
+            QUALIFY row_number() OVER (PARTITION BY anon_id ORDER BY score DESC, intent) = 1
+        )
+        SELECT cuts.anon_id, cuts.cut, labels.intent AS label
+        FROM cuts JOIN labels USING (anon_id) ORDER BY cuts.anon_id
+        """
+    ).to_arrow_table()
+
+
+def train_intent_model(
+    con: duckdb.DuckDBPyConnection,
+    evidence: Mapping[str, Mapping[str, float]],
+    topics: Sequence[str],
+    seed: int = 0,
+) -> IntentModel:
+    """Train LightGBM on the labelled visitors and compare it with the evidence argmax on held-out ones.
+
+    The model is used for assignment only when its held-out accuracy beats the evidence argmax's.
+    """
+    intents = tuple(sorted({i for weights in evidence.values() for i in weights}))
+    cutoffs = training_cutoffs(con)
+    labels = dict(zip(cutoffs["anon_id"].to_pylist(), cutoffs["label"].to_pylist(), strict=True))
+    features = visitor_features(con, cutoffs.select(["anon_id", "cut"]), evidence, topics)
+    y = np.array([intents.index(labels[a]) for a in features.anon_ids], dtype=np.int32)
+    heldout = np.array([_heldout(a) for a in features.anon_ids], dtype=bool)
+    stats: dict[str, float | int | bool] = {
+        "train_visitors": int((~heldout).sum()),
+        "heldout_visitors": int(heldout.sum()),
+    }
+    categories = features.categories()
+    if (~heldout).sum() < MIN_TRAINING_VISITORS or heldout.sum() == 0 or len(set(y[~heldout])) < 2:
+        return IntentModel(None, intents, categories, False, stats | {"use_model": False})
+    matrix = features.matrix(categories)
+    booster = lgb.train(
+        _PARAMS | {"num_class": len(intents), "seed": seed},
+        lgb.Dataset(
+            matrix[~heldout],
+            label=y[~heldout],
+            feature_name=[_safe(i, n) for i, n in enumerate(features.table.column_names)],
+            categorical_feature=[i for i, n in enumerate(features.table.column_names) if n in CATEGORICAL],
+        ),
+        num_boost_round=_ROUNDS,
+    )
+    model_accuracy = float(np.mean(booster.predict(matrix[heldout]).argmax(axis=1) == y[heldout]))
+    evidence_accuracy = float(
+        np.mean(
+            [
+                e == intents[t]
+                for e, t in zip(np.array(features.evidence_intent, dtype=object)[heldout], y[heldout], strict=True)
+            ]
+        )
+    )
+    use_model = model_accuracy > evidence_accuracy
+    stats |= {
+        "model_heldout_accuracy": round(model_accuracy, 4),
+        "evidence_heldout_accuracy": round(evidence_accuracy, 4),
+        "use_model": use_model,
+    }
+    return IntentModel(booster, intents, categories, use_model, stats)
+
+
+def assign_intents(
+    con: duckdb.DuckDBPyConnection,
+    model: IntentModel,
+    anon_ids: Sequence[str],
+    now: datetime,
+    evidence: Mapping[str, Mapping[str, float]],
+    topics: Sequence[str],
+) -> dict[str, tuple[str, float]]:
+    """Intent and confidence of each visitor from their whole history up to `now`, by the chosen method."""
+    cutoffs = pa.table({"anon_id": pa.array(list(anon_ids), pa.string()), "cut": pa.array([now] * len(anon_ids))})
+    features = visitor_features(con, cutoffs, evidence, topics)
+    intent, confidence = model.predict(features)
+    return {a: (i, float(c)) for a, i, c in zip(features.anon_ids, intent, confidence, strict=True) if i is not None}
+
+
+def _heldout(anon_id: str) -> bool:
+    return int(hashlib.sha256(anon_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < HELDOUT_SHARE
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _ident(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"'
+
+
+def _safe(index: int, name: str) -> str:
+    """A LightGBM-safe, unique feature name (LightGBM rejects JSON punctuation in names)."""
+    return f"f{index}_{re.sub(r'[^A-Za-z0-9_]+', '_', name)}"
