@@ -2,7 +2,7 @@
 
 For every `request-N.bin` (a serialized RankRequest) in `--requests`, runs the real `DecisionService.Rank`
 adapter on the bench bundle and writes the serialized reply next to it as `response-N.bin`: what the bare
-server replays. Then times, in this one thread (run it with OPENBLAS_NUM_THREADS=1 so numpy uses one core):
+server replays. Then times (CPU time of this one thread; run it with OPENBLAS_NUM_THREADS=1 so numpy uses one core):
 `decide()` alone, the whole `Rank` adapter (validation, decide, response protos, request id, decision log
 append) and the numpy query embedding. Prints the figures as one JSON object.
 
@@ -55,26 +55,29 @@ def percentiles_us(samples_ns: Sequence[int]) -> dict[str, float]:
 
 
 def time_calls(call: Callable[[int], object], calls: int, warmup: int = 200) -> dict[str, float]:
-    """Time `call(i)` for i in range(calls) after `warmup` untimed calls."""
+    """CPU time of this thread per `call(i)`, i in range(calls), after `warmup` untimed calls.
+
+    The thread's CPU clock, not the wall clock: other processes on a shared machine do not inflate it.
+    """
     for i in range(warmup):
         call(i)
     samples = []
     for i in range(calls):
-        start = time.perf_counter_ns()
+        start = time.thread_time_ns()
         call(i)
-        samples.append(time.perf_counter_ns() - start)
+        samples.append(time.thread_time_ns() - start)
     return percentiles_us(samples)
 
 
 async def time_async_calls(call: Callable[[int], object], calls: int, warmup: int = 200) -> dict[str, float]:
-    """Like `time_calls` for a coroutine function."""
+    """Like `time_calls` for a coroutine function that does not wait on I/O."""
     for i in range(warmup):
         await call(i)
     samples = []
     for i in range(calls):
-        start = time.perf_counter_ns()
+        start = time.thread_time_ns()
         await call(i)
-        samples.append(time.perf_counter_ns() - start)
+        samples.append(time.thread_time_ns() - start)
     return percentiles_us(samples)
 
 

@@ -13,8 +13,14 @@ PROC = Path("/proc")
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (utime + stime of /proc/<pid>/stat)."""
-    fields = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU seconds a process has used so far (utime + stime of /proc/<pid>/stat).
+
+    ProcessLookupError if the process is gone (a server worker that died during a phase).
+    """
+    try:
+        fields = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        raise ProcessLookupError(f"process {pid} exited during the measurement.") from None
     # Fields after the command name start at field 3 (state); utime and stime are fields 14 and 15.
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 

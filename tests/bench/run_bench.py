@@ -12,7 +12,7 @@ Every server's own count of OK responses (the bare server's counters, the node's
 equal the load generator's count of 2xx responses, so a gRPC error (HTTP 200 with a grpc-status) cannot
 pass as a success. Exit status 1 when a check fails (with --strict, also when a target is missed).
 
-    .venv/bin/python -m tests.bench.run_bench [--rebuild] [--seconds 10] [--rate-seconds 15] [--strict]
+    .venv/bin/python -m tests.bench.run_bench [--dir var/bench] [--rebuild] [--seconds 10] [--rate-seconds 15]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import pytest
 from google.protobuf.json_format import MessageToDict
 
 from aura.bundle.format import INDEX_IDS, POSTERIORS, SCHEMAS, USER_SEGMENTS, Manifest
-from aura.bundle.loader import verify_bundle
+from aura.bundle.loader import load_bundle
 from aura.bundle.store import open_store
 from aura.bundle.writer import new_bundle_version, write_bundle
 from aura.config import AppConfig, load_config
@@ -68,12 +68,11 @@ from tests.conftest import EdgeNode, free_port, start_edge_node, stop_edge_node
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-CACHE = REPO / "var" / "bench"
 BENCH_SHAPE = {"content": 1200, "segments": 50, "surfaces": 20}
 WORKERS = 2
 SATURATION_CONNECTIONS, SATURATION_STREAMS = 16, 8
 FIXED_RPS = 1000.0
-FIXED_CONNECTIONS, FIXED_STREAMS = 8, 8
+FIXED_CONNECTIONS, FIXED_STREAMS = 16, 8
 GATEWAY_CONNECTIONS = 16
 WARMUP_REQUESTS = 4000
 TARGET_RPS_RATIO = 0.80
@@ -82,6 +81,7 @@ TARGET_GATEWAY_RPS = 1000.0
 TARGET_GATEWAY_P99_MS = 15.0
 SWAP_AFTER_SECONDS = 4.0
 LOG_SETTLE_SECONDS = 10.0
+READY_ROUNDS = 8
 SHARED_MACHINE_PERCENT = 20.0
 
 
@@ -157,14 +157,14 @@ def _bundle_dirs(out: Path) -> list[Path]:
     return [p for p in out.glob("*") if p.is_dir() and p.name != "config" and not p.name.startswith(".")]
 
 
-def bench_bundle(rebuild: bool) -> tuple[Path, Path]:
-    """The bench bundle and its config directory: cached under var/bench, else built by `aura build --bench`."""
-    out = CACHE / "bundle"
+def bench_bundle(cache: Path, rebuild: bool) -> tuple[Path, Path]:
+    """The bench bundle and its config directory: cached in `cache`, else built by `aura build --bench`."""
+    out = cache / "bundle"
     config_dir = out / "config"
     cached = _bundle_dirs(out)
     if not rebuild and len(cached) == 1 and config_dir.is_dir():
         try:
-            verify_bundle(cached[0])
+            load_bundle(cached[0])  # verifies checksums and schemas: a bundle of an older format is rebuilt
         except BundleError as exc:
             print(f"the cached bench bundle is unusable ({exc}); rebuilding it")
         else:
@@ -380,16 +380,29 @@ def settled_count(count: Callable[[], int], expected: int) -> int:
     return last
 
 
-def real_response_sizes(node: EdgeNode, requests: list[pb.RankRequest], server: Server) -> list[int]:
-    """Call Rank once per request over gRPC (counted as OK responses) and return the response sizes."""
-    with grpc.insecure_channel(node.grpc_address) as channel:
-        stub = pb_grpc.DecisionServiceStub(channel)
-        try:
-            sizes = [stub.Rank(request, timeout=5).ByteSize() for request in requests]
-        except grpc.RpcError as exc:
-            raise BenchError(f"Rank failed on the real node: {exc.code().name}: {exc.details()}") from None
-    server.expected_ok += len(requests)
-    return sizes
+def wait_all_serving(node: EdgeNode, requests: list[pb.RankRequest], server: Server) -> list[int]:
+    """Wait until every decision worker serves, then return the node's response size for each request.
+
+    A worker reports SERVING only for itself, and SO_REUSEPORT sends a new connection to any worker, so
+    health can say SERVING while another worker has no bundle yet: only READY_ROUNDS rounds of Rank calls
+    in a row, each on a new connection, all answered, show that every worker serves. Every OK call counts.
+    """
+    deadline = time.monotonic() + 60
+    in_a_row, sizes = 0, []
+    while in_a_row < READY_ROUNDS:
+        with grpc.insecure_channel(node.grpc_address) as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            try:
+                for request in requests:
+                    sizes.append(stub.Rank(request, timeout=5).ByteSize())
+                    server.expected_ok += 1
+                in_a_row += 1
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                    raise BenchError(f"Rank failed on the real node: {exc.code().name}: {exc.details()}") from None
+                in_a_row, sizes = 0, []
+                time.sleep(0.2)
+    return sizes[-len(requests) :]
 
 
 # ------------------------------------------------------------------------------------------------- phases
@@ -427,12 +440,17 @@ def drive(
     return record(report, server, name, result, meter.stop())
 
 
-def grpc_phases(report: Report, server: Server, bodies: list[Path], work: Path, seconds: float, rate_s: float) -> None:
-    """Warm-up (which also sizes the saturation phase to about `seconds`), saturation, then 1,000 RPS."""
-    warmup = drive(report, server, "warm-up", saturation(WARMUP_REQUESTS), bodies, work)
-    requests = max(WARMUP_REQUESTS, int(round(warmup.result.rps * seconds, -3)))
-    drive(report, server, "saturation", saturation(requests), bodies, work)
-    drive(report, server, "1000rps", fixed_rate(rate_s), bodies, work)
+def grpc_phases(report: Report, servers: list[Server], bodies: list[Path], work: Path, args: argparse.Namespace):
+    """Warm up each server (which also sizes its saturation phase to about --seconds), then saturate each, then
+    drive each at 1,000 RPS: the phases compared with each other run back to back, under the same background."""
+    requests = {}
+    for server in servers:
+        warmup = drive(report, server, "warm-up", saturation(WARMUP_REQUESTS), bodies, work)
+        requests[server.name] = max(WARMUP_REQUESTS, int(round(warmup.result.rps * args.seconds, -3)))
+    for server in servers:
+        drive(report, server, "saturation", saturation(requests[server.name]), bodies, work)
+    for server in servers:
+        drive(report, server, "1000rps", fixed_rate(args.rate_seconds), bodies, work)
 
 
 def swap_under_load(
@@ -539,12 +557,14 @@ def targets(report: Report) -> list[tuple[str, str, bool]]:
     return [
         (
             "real saturated RPS >= 80% of bare",
-            f"{rps_ratio:.0%} ({real_sat.result.rps:,.0f} / {bare_sat.result.rps:,.0f} RPS)",
+            f"{rps_ratio:.0%} ({real_sat.result.rps:,.0f} / {bare_sat.result.rps:,.0f} RPS); bare/real server CPU "
+            f"per request {bare_sat.cpu_us_per_request() / real_sat.cpu_us_per_request():.0%}",
             rps_ratio >= TARGET_RPS_RATIO,
         ),
         (
             "real p99 at 1,000 RPS <= 1.5x bare",
-            f"{p99_ratio:.2f}x ({real_fix.result.p99_ms:.2f} / {bare_fix.result.p99_ms:.2f} ms)",
+            f"{p99_ratio:.2f}x ({real_fix.result.p99_ms:.2f} / {bare_fix.result.p99_ms:.2f} ms, "
+            f"at {real_fix.result.rps:,.0f} / {bare_fix.result.rps:,.0f} RPS)",
             p99_ratio <= TARGET_P99_RATIO,
         ),
         (
@@ -652,8 +672,8 @@ def report_json(report: Report) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace, work: Path, report: Report) -> None:
-    """Every step; each server is stopped when its step ends or fails."""
-    bundle_dir, config_dir = bench_bundle(args.rebuild)
+    """Every step; the servers are stopped when their step ends or fails."""
+    bundle_dir, config_dir = bench_bundle(args.dir, args.rebuild)
     report.bundle = describe_bundle(bundle_dir)
     config = load_config({"AURA_CONFIG_DIR": str(config_dir)})
     store_dir = work / "store"
@@ -669,14 +689,11 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
     print("\n" + HEADER, flush=True)
     with contextlib.ExitStack() as stack:
         bare = start_bare(work, files.replies, stack)
-        grpc_phases(report, bare, files.grpc_bodies, work, args.seconds, args.rate_seconds)
-
-    with contextlib.ExitStack() as stack:
         node = start_node(work / "real", store_dir, config_dir, gateway=False, stack=stack)
         real = Server("real", f"http://{node.grpc_address}{RANK_METHOD}", node_workers(node), lambda: 0)
         real.count_ok = lambda: decision_rows(node).num_rows
-        report.core["node_response_bytes"] = real_response_sizes(node, requests, real)
-        grpc_phases(report, real, files.grpc_bodies, work, args.seconds, args.rate_seconds)
+        report.core["node_response_bytes"] = wait_all_serving(node, requests, real)
+        grpc_phases(report, [bare, real], files.grpc_bodies, work, args)
         swap_under_load(report, real, node, files.grpc_bodies, work, args.rate_seconds, new_bundle)
     logged = decision_rows(node).num_rows
     report.check(
@@ -688,6 +705,7 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
         node = start_node(work / "gateway", store_dir, config_dir, gateway=True, stack=stack)
         gateway = Server("gateway", f"{node.http_url}/v1/rank", node_workers(node), lambda: 0)
         gateway.count_ok = lambda: decision_rows(node).num_rows
+        wait_all_serving(node, requests, gateway)
         wrk_phase(report, gateway, "warm-up", files.jsonl, 3, work)
         wrk_phase(report, gateway, "saturation", files.jsonl, round(args.seconds), work)
         fixed = Load(GATEWAY_CONNECTIONS, round(FIXED_RPS * args.rate_seconds), rps=FIXED_RPS, h1=True)
@@ -695,8 +713,11 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark, print the report and write var/bench/run/results.json."""
+    """Run the benchmark, print the report and write DIR/run/results.json."""
     parser = argparse.ArgumentParser(prog="run_bench", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--dir", type=Path, default=REPO / "var" / "bench", help="bundle cache and run logs (default var/bench)"
+    )
     parser.add_argument("--rebuild", action="store_true", help="build a new bench bundle instead of the cached one")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each saturation phase (default 10)")
     parser.add_argument("--rate-seconds", type=float, default=15.0, help="length of each fixed-rate phase (default 15)")
@@ -708,14 +729,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     # A SIGTERM unwinds like Ctrl-C does, so every server started so far is stopped.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
-    work = CACHE / "run"
+    args.dir = args.dir.resolve()
+    work = args.dir / "run"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     report = Report(machine=machine_info())
     started = time.monotonic()
     try:
         run(args, work, report)
-    except (BenchError, LoadError, subprocess.CalledProcessError) as exc:
+    except (BenchError, LoadError, ProcessLookupError, subprocess.CalledProcessError) as exc:
         print(f"run_bench: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 
 import numpy as np
 import pytest
@@ -88,3 +89,10 @@ def test_proc_readings_of_this_process() -> None:
         port = sock.getsockname()[1]
         assert port in listening_ports(os.getpid())
     assert cpu_seconds(os.getpid()) > 0
+
+
+def test_cpu_of_a_process_that_is_gone_is_an_error() -> None:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    with pytest.raises(ProcessLookupError, match=f"process {process.pid} exited"):
+        cpu_seconds(process.pid)
