@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -80,12 +81,17 @@ async def serve_decisions(config: AppConfig, stop: asyncio.Event | None = None, 
         control=sync,
         node_id=node,
     )
+    # Load the first bundle before joining the shared port, so that no connection reaches a process that
+    # cannot answer yet; with an empty or unreachable store it listens anyway and reports NOT_SERVING.
+    await loop.run_in_executor(None, sync.sync_once)
+    # The loaded bundle lives until the next swap: keep its objects out of the garbage collector's scans.
+    gc.freeze()
+    holder.on_swap(lambda _serving: gc.freeze())
     server, port = await create_server(settings.grpc_address, deps)
     await server.start()
     if bound is not None:
         bound.append(port)
     log.info("decision server pid %d listening on port %d", os.getpid(), port)
-    await loop.run_in_executor(None, sync.sync_once)
     sync.start()
     shipper = LogShipper(logs_root, store, node)
     shipper.start()

@@ -60,7 +60,7 @@ class SegmentResolution:
     holdout: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ChosenItem:
     """One item of a decision with what produced it."""
 

@@ -126,18 +126,6 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         response = pb.RankResponse(
             request_id=request_id,
             surface=decision.surface_id,
-            items=[
-                pb.RankedItem(
-                    content_id=content_ids[item.content_row],
-                    score=round(item.score, 6),
-                    reason=item.reason,
-                    metadata=serving.metadata[item.content_row],
-                    position=item.position,
-                    propensity=round(item.propensity, 6),
-                    explored=item.explored,
-                )
-                for item in decision.items
-            ],
             segment=common_pb2.Segment(
                 id=resolution.segment.id, confidence=round(resolution.confidence, 4), intent=resolution.segment.intent
             ),
@@ -149,6 +137,18 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             bundle_version=serving.version,
             seed=seed,
         )
+        add_item = response.items.add
+        for item in decision.items:
+            # add() then set fields: the message is built in place instead of copied into the list.
+            ranked = add_item(
+                content_id=content_ids[item.content_row],
+                score=item.score,
+                reason=item.reason,
+                position=item.position,
+                propensity=item.propensity,
+                explored=item.explored,
+            )
+            ranked.metadata.CopyFrom(serving.metadata[item.content_row])
         if explain:
             response.explanation.CopyFrom(self._explanation(serving, decision))
         return response

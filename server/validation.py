@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -27,6 +28,9 @@ REWARD_TYPES: dict[int, str] = {
     pb.REWARD_TYPE_ENGAGEMENT: "engagement",
     pb.REWARD_TYPE_DISMISS: "dismiss",
 }
+
+
+_referrer_class = functools.lru_cache(maxsize=4096)(referrer_class)
 
 
 def check_id(field: str, value: str, *, required: bool = True) -> str:
@@ -83,7 +87,7 @@ def rank_query(request: pb.RankRequest, surfaces: Mapping[str, Surface], now: da
         limit=limit,
         anon_id=ctx.anon_id,
         device=device,
-        referrer_class=referrer_class(ctx.referrer),
+        referrer_class=_referrer_class(ctx.referrer),
         page_type=ctx.page_type.lower(),
         country=country.upper(),
         time_of_day=given_time or time_of_day((now or datetime.now(UTC)).hour),

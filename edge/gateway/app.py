@@ -46,6 +46,7 @@ from .responses import error_response, json_response
 log = logging.getLogger(__name__)
 
 DECISION_TIMEOUT = 2.0
+DECISION_CONNECTIONS = 4
 ADMIN_TIMEOUT = 60.0  # a refresh may download and verify a whole bundle
 HEALTH_TIMEOUT = 1.0
 
@@ -92,7 +93,8 @@ class Gateway:
         self._id_counter = itertools.count(1)
         self._methods: dict[str, str] = {}
         self.channel: grpc.aio.Channel | None = None
-        self.decision: decision_grpc.DecisionServiceStub
+        self._decision_channels: list[grpc.aio.Channel] = []
+        self._decision_stubs: itertools.cycle[decision_grpc.DecisionServiceStub]
         self.admin: admin_grpc.AdminServiceStub
         self.health: health_pb2_grpc.HealthStub
 
@@ -134,8 +136,16 @@ class Gateway:
 
     async def start(self, app: web.Application) -> None:
         """Open the gRPC channel (and the event log, unless one was given)."""
-        self.channel = grpc.aio.insecure_channel(self.grpc_target, options=[("grpc.enable_http_proxy", 0)])
-        self.decision = decision_grpc.DecisionServiceStub(self.channel)
+        # Decision server processes share one port (SO_REUSEPORT balances connections, not calls), so
+        # decisions go round robin over several connections, each with its own subchannel.
+        options = [("grpc.enable_http_proxy", 0), ("grpc.use_local_subchannel_pool", 1)]
+        self._decision_channels = [
+            grpc.aio.insecure_channel(self.grpc_target, options=options) for _ in range(DECISION_CONNECTIONS)
+        ]
+        self.channel = self._decision_channels[0]
+        self._decision_stubs = itertools.cycle(
+            [decision_grpc.DecisionServiceStub(channel) for channel in self._decision_channels]
+        )
         self.admin = admin_grpc.AdminServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         if self.event_log is None:
@@ -150,9 +160,10 @@ class Gateway:
 
     async def stop(self, app: web.Application) -> None:
         """Close the gRPC channel and the event log this gateway opened."""
-        if self.channel is not None:
-            await self.channel.close()
-            self.channel = None
+        for channel in self._decision_channels:
+            await channel.close()
+        self._decision_channels = []
+        self.channel = None
         if self._owns_event_log and self.event_log is not None:
             await asyncio.to_thread(self.event_log.close)
             self.event_log = None
@@ -288,7 +299,7 @@ class Gateway:
     async def rank(self, request: web.Request) -> web.Response:
         """POST /v1/rank."""
         message = convert.rank_request_from_json(await self._json(request))
-        reply = await self.decision.Rank(message, timeout=DECISION_TIMEOUT)
+        reply = await next(self._decision_stubs).Rank(message, timeout=DECISION_TIMEOUT)
         response = json_response(convert.rank_response_to_json(reply))
         response.headers["X-Request-ID"] = reply.request_id
         return response
@@ -296,13 +307,13 @@ class Gateway:
     async def feedback(self, request: web.Request) -> web.Response:
         """POST /v1/feedback."""
         message = convert.feedback_request_from_json(await self._json(request))
-        reply = await self.decision.Feedback(message, timeout=DECISION_TIMEOUT)
+        reply = await next(self._decision_stubs).Feedback(message, timeout=DECISION_TIMEOUT)
         return json_response(convert.feedback_response_to_json(reply))
 
     async def segments(self, request: web.Request) -> web.Response:
         """GET /v1/segments/{user_id}."""
         user_id = convert.path_id(request.match_info["user_id"], "user_id")
-        reply = await self.decision.GetSegments(
+        reply = await next(self._decision_stubs).GetSegments(
             decision_pb.GetSegmentsRequest(user_id=user_id), timeout=DECISION_TIMEOUT
         )
         return json_response(convert.segments_response_to_json(reply))
@@ -310,7 +321,7 @@ class Gateway:
     async def search(self, request: web.Request) -> web.Response:
         """POST /v1/search."""
         message = convert.search_request_from_json(await self._json(request))
-        reply = await self.decision.Search(message, timeout=DECISION_TIMEOUT)
+        reply = await next(self._decision_stubs).Search(message, timeout=DECISION_TIMEOUT)
         return json_response(convert.search_response_to_json(reply))
 
     async def events(self, request: web.Request) -> web.Response:
