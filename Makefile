@@ -64,10 +64,11 @@ demo: install sdk ## Build a demo bundle (first run) and run the edge node with 
 	test -f var/bundle-store/CURRENT.json || $(VENV)/bin/aura demo-bundle --store var/bundle-store
 	AURA_ADMIN_TOKEN="$${AURA_ADMIN_TOKEN:-demo-admin-token}" API_WORKERS="$${API_WORKERS:-2}" $(PY) -m aura.edge.demo
 
-bench: ## Measure Rank against a bare grpcio server, a bundle swap and the gateway (docs/benchmarks.md)
+bench: ## Rank vs a bare grpcio server, swap, gateway; closed-loop CTR uplift and a 10M-event build (docs/benchmarks.md)
 	$(MAKE) install
 	command -v h2load >/dev/null || (apt-get update && apt-get install -y nghttp2-client)
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(PY) -m tests.bench.run_bench
+	$(PY) -m tests.bench.closed_loop
 
 .PHONY: help install proto sdk browser lint format test demo bench

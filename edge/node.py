@@ -25,12 +25,9 @@ from aura.edge.logship import LogShipper
 from aura.edge.sync import BundleSync
 from aura.embedding import default_embedder
 from aura.errors import ConfigError
-from aura.eventlog import EventLog, default_node_id
+from aura.eventlog import default_node_id
 from aura.server.app import create_server
-from aura.server.erasure import ErasedUsers
-from aura.server.posterior_state import FeedbackDedupe
-from aura.server.request_id import RequestIdCodec
-from aura.server.servicer import ServerDeps
+from aura.server.servicer import node_deps
 from aura.server.state import ServingHolder, prepare_serving
 
 log = logging.getLogger("aura.edge")
@@ -61,26 +58,9 @@ async def serve_decisions(config: AppConfig, stop: asyncio.Event | None = None, 
         keep=settings.model_retention_versions,
         poll_seconds=settings.bundle_poll_seconds,
     )
-    logs_root = state_dir / "logs"
     node = default_node_id()
-    flush = min(1.0, settings.event_flush_interval)
-    decisions = EventLog(logs_root, "decisions", node_id=node, flush_interval=flush)
-    feedback = EventLog(logs_root, "feedback", node_id=node, flush_interval=flush)
-    admin_log = EventLog(logs_root, "admin", node_id=node, flush_interval=flush)
     embedder = await loop.run_in_executor(None, default_embedder)
-    deps = ServerDeps(
-        config=config,
-        holder=holder,
-        codec=RequestIdCodec(settings.request_id_secret),
-        decisions=decisions,
-        feedback=feedback,
-        admin_log=admin_log,
-        dedupe=FeedbackDedupe(state_dir / "feedback-seen.u64"),
-        erased=ErasedUsers(state_dir / "erased-users.txt"),
-        embed_query=embedder.embed_query,
-        control=sync,
-        node_id=node,
-    )
+    deps = node_deps(config, holder, state_dir, embedder.embed_query, node_id=node, control=sync)
     # Load the first bundle before joining the shared port, so that no connection reaches a process that
     # cannot answer yet; with an empty or unreachable store it listens anyway and reports NOT_SERVING.
     await loop.run_in_executor(None, sync.sync_once)
@@ -93,7 +73,7 @@ async def serve_decisions(config: AppConfig, stop: asyncio.Event | None = None, 
         bound.append(port)
     log.info("decision server pid %d listening on port %d", os.getpid(), port)
     sync.start()
-    shipper = LogShipper(logs_root, store, node)
+    shipper = LogShipper(state_dir / "logs", store, node)
     shipper.start()
     try:
         await stop.wait()
@@ -101,7 +81,7 @@ async def serve_decisions(config: AppConfig, stop: asyncio.Event | None = None, 
         log.info("decision server pid %d stopping", os.getpid())
         await server.stop(STOP_GRACE_SECONDS)
         sync.stop()
-        for event_log in (decisions, feedback, admin_log):
+        for event_log in (deps.decisions, deps.feedback, deps.admin_log):
             event_log.close()
         await loop.run_in_executor(None, shipper.stop)
 

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -66,6 +67,33 @@ class ServerDeps:
     embed_query: Callable[[str], np.ndarray]
     control: BundleControl | None = None
     node_id: str = "edge"
+
+
+def node_deps(
+    config: AppConfig,
+    holder: ServingHolder,
+    state_dir: Path,
+    embed_query: Callable[[str], np.ndarray],
+    *,
+    node_id: str,
+    control: BundleControl | None = None,
+) -> ServerDeps:
+    """The dependencies of one server process whose node-local state (logs, dedupe, erasures) is in `state_dir`."""
+    logs_root = state_dir / "logs"
+    flush = min(1.0, config.settings.event_flush_interval)
+    return ServerDeps(
+        config=config,
+        holder=holder,
+        codec=RequestIdCodec(config.settings.request_id_secret),
+        decisions=EventLog(logs_root, "decisions", node_id=node_id, flush_interval=flush),
+        feedback=EventLog(logs_root, "feedback", node_id=node_id, flush_interval=flush),
+        admin_log=EventLog(logs_root, "admin", node_id=node_id, flush_interval=flush),
+        dedupe=FeedbackDedupe(state_dir / "feedback-seen.u64"),
+        erased=ErasedUsers(state_dir / "erased-users.txt"),
+        embed_query=embed_query,
+        control=control,
+        node_id=node_id,
+    )
 
 
 class DecisionService(pb_grpc.DecisionServiceServicer):

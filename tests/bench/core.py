@@ -25,12 +25,8 @@ import numpy as np
 
 from aura.config import load_config
 from aura.embedding import default_embedder
-from aura.eventlog import EventLog
 from aura.server.decision import Traffic, decide
-from aura.server.erasure import ErasedUsers
-from aura.server.posterior_state import FeedbackDedupe
-from aura.server.request_id import RequestIdCodec
-from aura.server.servicer import DecisionService, ServerDeps
+from aura.server.servicer import DecisionService, node_deps
 from aura.server.state import ServingHolder, prepare_serving
 from aura.server.validation import rank_query
 from aura.v1 import decision_service_pb2 as pb
@@ -94,22 +90,8 @@ async def run(bundle_dir: Path, config_dir: Path, requests_dir: Path, calls: int
         holder = ServingHolder()
         holder.swap(serving)
         embedder = default_embedder()
-        decisions = EventLog(state_dir / "logs", "decisions", node_id="bench", flush_interval=1.0)
-        feedback = EventLog(state_dir / "logs", "feedback", node_id="bench")
-        admin_log = EventLog(state_dir / "logs", "admin", node_id="bench")
-        service = DecisionService(
-            ServerDeps(
-                config=config,
-                holder=holder,
-                codec=RequestIdCodec(config.settings.request_id_secret),
-                decisions=decisions,
-                feedback=feedback,
-                admin_log=admin_log,
-                dedupe=FeedbackDedupe(state_dir / "feedback-seen.u64"),
-                erased=ErasedUsers(state_dir / "erased-users.txt"),
-                embed_query=embedder.embed_query,
-            )
-        )
+        deps = node_deps(config, holder, state_dir, embedder.embed_query, node_id="bench")
+        service = DecisionService(deps)
         sizes, items = [], []
         for path, request in zip(request_paths, requests, strict=True):
             response = await service.Rank(request, None)
@@ -139,7 +121,7 @@ async def run(bundle_dir: Path, config_dir: Path, requests_dir: Path, calls: int
             "rank_adapter": await time_async_calls(one_rank, calls),
             "embed_query": time_calls(lambda i: embedder.embed_query(texts[i % len(texts)]), len(texts), warmup=5),
         }
-        for event_log in (decisions, feedback, admin_log):
+        for event_log in (deps.decisions, deps.feedback, deps.admin_log):
             event_log.close()
     return figures
 
