@@ -722,20 +722,6 @@ def cold_start_table(
     )
 
 
-def match_cold_start(rules: pa.Table, context: Mapping[str, str | None]) -> tuple[str, float] | None:
-    """Look a context up in a cold-start table the way the edge does: most specific rule first."""
-    by_key = {tuple(r[k] for k in COLD_START_KEYS): (r["segment_id"], r["confidence"]) for r in rules.to_pylist()}
-    patterns = sorted({tuple(v is not None for v in key) for key in by_key}, key=lambda p: (-sum(p), p))
-    values = tuple(context.get(k) for k in COLD_START_KEYS)
-    for pattern in patterns:
-        if any(used and not v for v, used in zip(values, pattern, strict=True)):
-            continue
-        hit = by_key.get(tuple(v if used else None for v, used in zip(values, pattern, strict=True)))
-        if hit is not None:
-            return hit
-    return None
-
-
 def eligible_content(content: pl.DataFrame, surfaces: Mapping[str, Surface]) -> dict[str, list[str]]:
     """Content ids per surface, limited to its eligible content types, in id order."""
     result = {}

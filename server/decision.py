@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from aura.bundle.format import GLOBAL_SEGMENT
-from aura.bundle.loader import SegmentInfo
+from aura.bundle.loader import SegmentInfo, match_cold_start
 from aura.config import Policies
 from aura.context import jurisdictions_of
 from aura.errors import ConsentRequired
@@ -122,15 +122,7 @@ def resolve_segment(
 def _cold_start(index: ServingIndex, query: RankQuery) -> tuple[str, float] | None:
     # The order of aura.bundle.format.COLD_START_KEYS.
     values = (query.device, query.referrer_class, query.page_type, query.country, query.time_of_day, query.campaign)
-    rules = index.bundle.cold_start
-    for pattern in index.bundle.cold_start_patterns:
-        key = tuple(v if used else None for v, used in zip(values, pattern, strict=True))
-        if any(used and not v for v, used in zip(values, pattern, strict=True)):
-            continue
-        match = rules.get(key)
-        if match is not None:
-            return match
-    return None
+    return match_cold_start(index.bundle, values)
 
 
 def decide(

@@ -117,6 +117,20 @@ class LoadedBundle:
         return datetime.fromisoformat(self.manifest.created_at.replace("Z", "+00:00"))
 
 
+def match_cold_start(bundle: LoadedBundle, values: tuple[str, ...]) -> tuple[str, float] | None:
+    """The (segment, confidence) of the most specific cold-start rule matching `values`, or None.
+
+    `values` follow COLD_START_KEYS; an empty value matches only rules that leave that key open.
+    """
+    for pattern in bundle.cold_start_patterns:
+        if any(used and not value for value, used in zip(values, pattern, strict=True)):
+            continue
+        match = bundle.cold_start.get(tuple(v if used else None for v, used in zip(values, pattern, strict=True)))
+        if match is not None:
+            return match
+    return None
+
+
 def verify_bundle(bundle_dir: str | Path) -> Manifest:
     """Check manifest, file presence, checksums and row counts; return the manifest or raise BundleError."""
     bundle_dir = Path(bundle_dir)

@@ -27,7 +27,6 @@ from aura.batch.build import (
     flesch_kincaid_grade,
     freshness_scores,
     kmeans,
-    match_cold_start,
     register_site,
     resolve,
     sentiment,
@@ -35,7 +34,7 @@ from aura.batch.build import (
 from aura.batch.ope import LOGGED_SCHEMA
 from aura.batch.synthetic import DEFAULT_SURFACES, SyntheticSite, generate_site
 from aura.bundle.format import CONTENT, EMBEDDING_DIM, GLOBAL_SEGMENT, POSTERIORS, Manifest
-from aura.bundle.loader import LoadedBundle, load_bundle
+from aura.bundle.loader import LoadedBundle, load_bundle, match_cold_start
 from aura.config import Policies, Surface
 from aura.context import referrer_class
 from aura.errors import ConfigError, InvalidRequest, NotFound
@@ -344,15 +343,15 @@ def test_cold_start_rules_cover_first_visits(built: tuple[Manifest, LoadedBundle
     firsts = site.events.group_by("anon_id", maintain_order=True).first()
     matched = [
         match_cold_start(
-            rules,
-            {
-                "device": row["device"],
-                "referrer_class": referrer_class(row["referrer"]),
-                "page_type": row["page_type"],
-                "country": row["country"],
-                "time_of_day": row["time_of_day"],
-                "campaign": row["campaign"],
-            },
+            bundle,
+            (
+                row["device"] or "",
+                referrer_class(row["referrer"]),
+                row["page_type"] or "",
+                row["country"] or "",
+                row["time_of_day"] or "",
+                row["campaign"] or "",
+            ),
         )
         for row in firsts.iter_rows(named=True)
     ]
