@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import hmac
 import logging
 import random
 import time
@@ -19,7 +21,7 @@ import orjson
 from aura.bundle.format import EMBEDDING_DIM, EMBEDDING_MODEL
 from aura.config import AppConfig
 from aura.context import referrer_host
-from aura.errors import InvalidRequest, NotFound
+from aura.errors import InvalidRequest, NotFound, Unauthenticated
 from aura.eventlog import EventLog
 from aura.server.decision import HOLDOUT_VARIANT, Decision, Traffic, decide
 from aura.server.erasure import ErasedUsers
@@ -360,11 +362,35 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         )
 
 
+def _operator_only(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Guard a state-changing admin RPC: the call must carry `authorization: Bearer <AURA_ADMIN_TOKEN>`."""
+
+    @functools.wraps(method)
+    async def guarded(self: AdminService, request: Any, context: Any) -> Any:
+        self._authorize(context)
+        return await method(self, request, context)
+
+    return guarded
+
+
 class AdminService(admin_grpc.AdminServiceServicer):
-    """Bundle status, activation, rollback, refresh, retraining requests and erasure."""
+    """Bundle status, activation, rollback, refresh, retraining requests and erasure.
+
+    Status reads are open (like health); every RPC that changes the node needs the admin bearer token,
+    and with no AURA_ADMIN_TOKEN configured those RPCs are disabled.
+    """
 
     def __init__(self, deps: ServerDeps) -> None:
         self._deps = deps
+        token = deps.config.settings.admin_token
+        self._expected = f"Bearer {token}".encode() if token else b""
+
+    def _authorize(self, context: Any) -> None:
+        if not self._expected:
+            raise Unauthenticated("the admin API is disabled: set AURA_ADMIN_TOKEN to enable it.")
+        presented = dict(context.invocation_metadata() or ()).get("authorization", "")
+        if not hmac.compare_digest(presented.encode(), self._expected):
+            raise Unauthenticated("admin RPCs need the metadata 'authorization: Bearer <AURA_ADMIN_TOKEN>'.")
 
     def _control(self) -> BundleControl:
         if self._deps.control is None:
@@ -412,6 +438,7 @@ class AdminService(admin_grpc.AdminServiceServicer):
                 )
         return response
 
+    @_operator_only
     async def ActivateBundle(self, request: admin_pb.ActivateBundleRequest, context: Any):
         """Pin this node to a version and load it now."""
         version = check_id("version", request.version)
@@ -419,12 +446,14 @@ class AdminService(admin_grpc.AdminServiceServicer):
         await self._blocking(self._control().activate, version)
         return admin_pb.ActivateBundleResponse(active_version=self._active(), previous_version=previous)
 
+    @_operator_only
     async def RollbackBundle(self, request: admin_pb.RollbackBundleRequest, context: Any):
         """Pin this node to the version served before the current one."""
         previous = self._active()
         await self._blocking(self._control().rollback)
         return admin_pb.RollbackBundleResponse(active_version=self._active(), previous_version=previous)
 
+    @_operator_only
     async def RefreshContentIndex(self, request: admin_pb.RefreshContentIndexRequest, context: Any):
         """Check the store for a newer bundle now."""
         changed = await self._blocking(self._control().refresh)
@@ -444,6 +473,7 @@ class AdminService(admin_grpc.AdminServiceServicer):
             newest_content_at=_iso(newest) if newest else "",
         )
 
+    @_operator_only
     async def TriggerRetraining(self, request: admin_pb.TriggerRetrainingRequest, context: Any):
         """Queue a retraining request for the batch, durably."""
         if len(request.reason) > 1000:
@@ -452,6 +482,7 @@ class AdminService(admin_grpc.AdminServiceServicer):
         await self._admin_event("retrain", job_id, request.reason)
         return admin_pb.TriggerRetrainingResponse(job_id=job_id, status="queued")
 
+    @_operator_only
     async def EraseUser(self, request: admin_pb.EraseUserRequest, context: Any):
         """Forget a visitor on this node now and queue erasure of stored history for the batch."""
         user_id = check_id("user_id", request.user_id)

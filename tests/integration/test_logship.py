@@ -25,7 +25,7 @@ from aura.v1 import admin_service_pb2_grpc as admin_grpc
 from aura.v1 import common_pb2
 from aura.v1 import decision_service_pb2 as pb
 from aura.v1 import decision_service_pb2_grpc as pb_grpc
-from tests.conftest import seed_store, start_edge_node, stop_edge_node
+from tests.conftest import ADMIN_TOKEN, seed_store, start_edge_node, stop_edge_node
 
 pytest_plugins = ["tests.moto_fixture"]
 
@@ -68,7 +68,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict:
                     )
                 )
                 decisions.append((ranked, anon_id, clicked))
-            admin_grpc.AdminServiceStub(channel).EraseUser(admin_pb.EraseUserRequest(user_id="anon_3"))
+            admin_grpc.AdminServiceStub(channel).EraseUser(
+                admin_pb.EraseUserRequest(user_id="anon_3"), metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),)
+            )
     finally:
         assert stop_edge_node(node) == 0
     return {"node": node, "decisions": decisions, "store": LocalBundleStore(store_dir)}

@@ -21,9 +21,10 @@ from aura.v1 import common_pb2
 from aura.v1 import decision_service_pb2 as pb
 from aura.v1 import decision_service_pb2_grpc as pb_grpc
 from tests.bundle_factory import corrupt_file, make_tiny_bundle
-from tests.conftest import CONFIG_SURFACES, seed_store, start_edge_node, stop_edge_node
+from tests.conftest import ADMIN_TOKEN, CONFIG_SURFACES, seed_store, start_edge_node, stop_edge_node
 
 V1 = "20260101T000000Z-aaaaaa"
+ADMIN = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
 
 
 def rank_request(**overrides) -> pb.RankRequest:
@@ -212,18 +213,26 @@ def test_standard_health_and_reflection(channel) -> None:
     assert {"aura.v1.DecisionService", "aura.v1.AdminService", "grpc.health.v1.Health"} <= names
 
 
+@pytest.mark.parametrize("metadata", [(), (("authorization", "Bearer wrong"),)])
+def test_changing_the_node_needs_the_admin_token(admin, metadata) -> None:
+    with pytest.raises(grpc.RpcError) as error:
+        admin.EraseUser(admin_pb.EraseUserRequest(user_id="anon_abc123"), metadata=metadata)
+    assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "AURA_ADMIN_TOKEN" in error.value.details()
+
+
 def test_admin_status_and_erasure(admin, decisions) -> None:
     status = admin.GetBundleStatus(admin_pb.GetBundleStatusRequest())
     assert status.active_version == V1 and status.store_version == V1 and not status.pinned
     indexer = admin.GetIndexerStatus(admin_pb.GetIndexerStatusRequest())
     assert (indexer.content_items, indexer.embedding_dim) == (20, 384)
-    job = admin.TriggerRetraining(admin_pb.TriggerRetrainingRequest(reason="weekly"))
+    job = admin.TriggerRetraining(admin_pb.TriggerRetrainingRequest(reason="weekly"), metadata=ADMIN)
     assert job.status == "queued" and job.job_id.startswith("job_")
     with pytest.raises(grpc.RpcError) as error:
-        admin.ActivateBundle(admin_pb.ActivateBundleRequest(version="20990101T000000Z-ffffff"))
+        admin.ActivateBundle(admin_pb.ActivateBundleRequest(version="20990101T000000Z-ffffff"), metadata=ADMIN)
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
 
-    erased = admin.EraseUser(admin_pb.EraseUserRequest(user_id="anon_abc123"))
+    erased = admin.EraseUser(admin_pb.EraseUserRequest(user_id="anon_abc123"), metadata=ADMIN)
     assert erased.status == "erased"
     with pytest.raises(grpc.RpcError) as error:
         decisions.GetSegments(pb.GetSegmentsRequest(user_id="anon_abc123"))
@@ -284,7 +293,7 @@ def test_swap_under_load_drops_nothing_and_a_corrupt_bundle_never_serves(tmp_pat
             assert "corrupt" in status.last_error or "checksum" in status.last_error
             assert pb_grpc.DecisionServiceStub(chan).Rank(rank_request()).bundle_version == v2
 
-            rolled = admin.RollbackBundle(admin_pb.RollbackBundleRequest())
+            rolled = admin.RollbackBundle(admin_pb.RollbackBundleRequest(), metadata=ADMIN)
             assert (rolled.active_version, rolled.previous_version) == (V1, v2)
             assert admin.GetBundleStatus(admin_pb.GetBundleStatusRequest()).pinned
     finally:
