@@ -8,6 +8,7 @@ durable feedback log, not this cache, is what the batch learns from.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -52,9 +53,8 @@ class PosteriorState:
             tmp = directory / f".{bundle.version}.{os.getpid()}.tmp"
             np.concatenate([bundle.alpha, bundle.beta]).astype(np.float64).tofile(tmp)
             try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass
+                with contextlib.suppress(FileExistsError):  # a sibling process created it first: use theirs
+                    os.link(tmp, path)
             finally:
                 tmp.unlink()
         # A plain ndarray view of the mapping: slicing a np.memmap costs a subclass round trip per request.
