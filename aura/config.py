@@ -7,6 +7,7 @@ Everything is validated once, at start-up. Unknown keys, wrong types and out-of-
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import types
@@ -415,10 +416,8 @@ def _coerce(hint: Any, raw: Any, label: str, from_env: bool) -> Any:
         if isinstance(raw, int | float):
             return float(raw)
         if from_env and isinstance(raw, str):
-            try:
+            with contextlib.suppress(ValueError):  # not a number: the ConfigError below says so
                 return float(raw)
-            except ValueError:
-                pass
         raise ConfigError(f"{label} must be a number, got {raw!r}.")
     if hint is str:
         if isinstance(raw, str):

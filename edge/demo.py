@@ -33,7 +33,7 @@ DEMO_SITE_PORT = int(os.environ.get("AURA_DEMO_SITE_PORT", "8080"))
 
 class _QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
-        pass
+        """Keep the demo's terminal for the node's own log: no line per static file served."""
 
 
 def serve_demo_site(host: str, port: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -58,22 +59,17 @@ def wait_until_serving(grpc_address: str, http_url: str | None, process: subproc
         while True:
             if process.poll() is not None:
                 pytest.fail(f"edge node exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
+            with contextlib.suppress(grpc.RpcError):  # not listening yet
                 status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status
                 if status == health_pb2.HealthCheckResponse.SERVING:
                     break
-            except grpc.RpcError:
-                pass
             if time.monotonic() > deadline:
                 pytest.fail(f"edge node did not become SERVING:\n{log_path.read_text()[-4000:]}")
             time.sleep(0.2)
     while http_url is not None:
-        try:
-            with urllib.request.urlopen(f"{http_url}/health", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{http_url}/health", timeout=1) as response:
+            if response.status == 200:  # until the gateway listens, the connection is refused
+                return
         if time.monotonic() > deadline:
             pytest.fail(f"gateway did not answer /health:\n{log_path.read_text()[-4000:]}")
         time.sleep(0.2)

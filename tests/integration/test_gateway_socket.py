@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -156,11 +157,9 @@ def test_run_gateway_serves_until_sigterm(
     try:
         deadline = time.monotonic() + 30
         while True:
-            try:
+            with contextlib.suppress(OSError):  # refused until the gateway listens
                 if http("GET", f"http://127.0.0.1:{port}/health")[0] == 200:
                     break
-            except OSError:
-                pass
             assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
             assert time.monotonic() < deadline, "run_gateway did not start listening"
             time.sleep(0.1)

@@ -141,7 +141,7 @@ class _CmsHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def log_message(self, *args: Any) -> None:
-        pass
+        """Silence the per-request log line of the test's HTTP server."""
 
 
 @pytest.fixture(scope="module")
