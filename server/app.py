@@ -1,59 +1,59 @@
-"""The gRPC server factory: services, the error interceptor, standard health and reflection."""
+"""The gRPC server factory: services with their error mapping, standard health and reflection."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from aura.errors import AuraError
 from aura.server.servicer import AdminService, DecisionService, ServerDeps
-from aura.v1 import admin_service_pb2, admin_service_pb2_grpc, decision_service_pb2, decision_service_pb2_grpc
+from aura.v1 import admin_service_pb2, decision_service_pb2
 
 log = logging.getLogger(__name__)
 
-DECISION_SERVICE = decision_service_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name
-ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+DECISION_DESCRIPTOR = decision_service_pb2.DESCRIPTOR.services_by_name["DecisionService"]
+ADMIN_DESCRIPTOR = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"]
+DECISION_SERVICE = DECISION_DESCRIPTOR.full_name
+ADMIN_SERVICE = ADMIN_DESCRIPTOR.full_name
 MAX_MESSAGE_BYTES = 1 << 20
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps AuraError to its gRPC status and anything unexpected to INTERNAL, without leaking a trace."""
+def guarded(method: Callable[[Any, Any], Awaitable[Any]], name: str) -> Callable[[Any, Any], Awaitable[Any]]:
+    """Wrap an RPC method so AuraError becomes its gRPC status and anything unexpected INTERNAL, without a trace."""
 
-    def __init__(self) -> None:
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(request, context)
+        except AuraError as exc:
+            await context.abort(exc.grpc_code, str(exc))
+        except Exception:
+            log.exception("unhandled error in %s", name)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the node logged the details.")
 
-    async def intercept_service(self, continuation: Any, handler_call_details: grpc.HandlerCallDetails) -> Any:
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        inner = handler.unary_unary
+    return call
 
-        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                return await inner(request, context)
-            except AuraError as exc:
-                await context.abort(exc.grpc_code, str(exc))
-            except Exception:
-                log.exception("unhandled error in %s", method)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error; the node logged the details.")
 
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+def service_handler(
+    service: ServiceDescriptor, servicer: object, raw_responses: frozenset[str] = frozenset()
+) -> grpc.GenericRpcHandler:
+    """The guarded unary handlers of every method of `service`; methods in `raw_responses` return bytes."""
+    handlers = {}
+    for method in service.methods:
+        response_class = GetMessageClass(method.output_type)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            guarded(getattr(servicer, method.name), method.full_name),
+            request_deserializer=GetMessageClass(method.input_type).FromString,
+            response_serializer=None if method.name in raw_responses else response_class.SerializeToString,
         )
-        if method.startswith(f"/{DECISION_SERVICE}/") or method.startswith(f"/{ADMIN_SERVICE}/"):
-            self._wrapped[method] = wrapped
-        return wrapped
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
 async def create_server(address: str, deps: ServerDeps) -> tuple[grpc.aio.Server, int]:
@@ -64,15 +64,18 @@ async def create_server(address: str, deps: ServerDeps) -> tuple[grpc.aio.Server
     share the port.
     """
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
         options=[
             ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
         ],
     )
-    decision_service_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionService(deps), server)
-    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(deps), server)
+    server.add_generic_rpc_handlers(
+        (
+            service_handler(DECISION_DESCRIPTOR, DecisionService(deps), raw_responses=frozenset({"Rank"})),
+            service_handler(ADMIN_DESCRIPTOR, AdminService(deps)),
+        )
+    )
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -6,7 +6,9 @@ replayed from its logged seed, bundle version and posterior state.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -15,15 +17,14 @@ from aura.bundle.loader import SegmentInfo, match_cold_start
 from aura.config import Policies
 from aura.context import jurisdictions_of
 from aura.errors import ConsentRequired
-from aura.server.serving import DEVICE_BITS, CellView, ServingIndex
+from aura.server.serving import DEVICE_BITS, CellView, EligiblePool, ServingIndex
 
 PERSONALIZATION = "personalization"
 HOLDOUT_VARIANT = "holdout"
 
 
-@dataclass(frozen=True)
-class RankQuery:
-    """A validated Rank request in domain terms."""
+class RankQuery(NamedTuple):
+    """A validated Rank request in domain terms (a named tuple: built on every request, cheaply)."""
 
     surface_id: str
     limit: int
@@ -39,8 +40,7 @@ class RankQuery:
     explain: bool = False
 
 
-@dataclass(frozen=True)
-class Traffic:
+class Traffic(NamedTuple):
     """Runtime inputs that are not part of the request."""
 
     user_explore_share: float = 0.0
@@ -60,9 +60,9 @@ class SegmentResolution:
     holdout: bool
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class ChosenItem:
-    """One item of a decision with what produced it."""
+    """One item of a decision with what produced it (a view built on demand, for explanations and tests)."""
 
     content_row: int
     posterior_row: int
@@ -79,16 +79,42 @@ class ChosenItem:
 
 @dataclass(frozen=True)
 class Decision:
-    """The outcome of `decide`."""
+    """The outcome of `decide`: the slate, best first, as parallel lists."""
 
     surface_id: str
     resolution: SegmentResolution
     cell_segment_id: str
-    items: tuple[ChosenItem, ...]
+    content_rows: list[int]
+    posterior_rows: list[int]
+    scores: list[float]
+    propensities: list[float]
+    reasons: list[str]
+    explored_slot: int
+    """The slot the exploration budget filled, or -1."""
+    draws: tuple[list[float], list[float], list[float], list[float]]
+    """Per slot: posterior alpha, posterior beta, sampled value, freshness multiplier."""
     exploration_rate: float
     eligible_count: int
     removed: tuple[tuple[int, str], ...]
     """(content row, rule) for each candidate a rule removed; filled only when the query asks to explain."""
+
+    @property
+    def items(self) -> tuple[ChosenItem, ...]:
+        """The slate as one object per item."""
+        return tuple(
+            ChosenItem(row, posterior_row, slot + 1, score, propensity, slot == self.explored_slot, reason, *draws)
+            for slot, (row, posterior_row, score, propensity, reason, *draws) in enumerate(
+                zip(
+                    self.content_rows,
+                    self.posterior_rows,
+                    self.scores,
+                    self.propensities,
+                    self.reasons,
+                    *self.draws,
+                    strict=True,
+                )
+            )
+        )
 
 
 def resolve_segment(
@@ -119,16 +145,27 @@ def resolve_segment(
     return SegmentResolution(segments[segment_id], confidence, source, holdout=False)
 
 
+COLD_START_CACHE_SIZE = 4096
+
+
 def _cold_start(index: ServingIndex, query: RankQuery) -> tuple[str, float] | None:
     # The order of aura.bundle.format.COLD_START_KEYS.
     values = (query.device, query.referrer_class, query.page_type, query.country, query.time_of_day, query.campaign)
-    return match_cold_start(index.bundle, values)
+    cache = index.cold_starts
+    match = cache.get(values, _UNSEEN)
+    if match is _UNSEEN:
+        if len(cache) >= COLD_START_CACHE_SIZE:
+            cache.clear()
+        match = cache[values] = match_cold_start(index.bundle, values)
+    return match
+
+
+_UNSEEN = object()
 
 
 def decide(
     index: ServingIndex,
-    alpha: np.ndarray,
-    beta: np.ndarray,
+    params: np.ndarray,
     query: RankQuery,
     policies: Policies,
     traffic: Traffic,
@@ -138,93 +175,99 @@ def decide(
 ) -> Decision:
     """Rank content for one query: eligibility, Thompson sampling, freshness, diversity, exploration.
 
-    `alpha` and `beta` are the posterior arrays of `index.bundle` (online state included); `rng` is
-    seeded by the caller, who logs the seed.
+    `params` holds the posterior alphas of `index.bundle`'s rows followed by their betas (online state
+    included); `rng` is seeded by the caller, who logs the seed.
     """
     resolution = resolve_segment(index, query, policies, consent_required)
     cell = index.cell(query.surface_id, resolution.segment.id)
     surface = index.surfaces[query.surface_id]
-    eligible, removed = _eligibility(index, cell, query, policies)
-    positions = np.flatnonzero(eligible)
+    pool, removed = _eligible_pool(index, cell, query, policies)
     exploration_rate = _exploration_rate(policies, traffic)
-    if positions.size == 0:
-        return Decision(query.surface_id, resolution, cell.segment_id, (), exploration_rate, 0, removed)
+    n = pool.size
+    if n == 0:
+        return Decision(
+            query.surface_id, resolution, cell.segment_id, [], [], [], [], [], -1, ([], [], [], []),
+            exploration_rate, 0, removed,
+        )  # fmt: skip
 
-    a = alpha[cell.start : cell.stop][positions]
-    b = beta[cell.start : cell.stop][positions]
-    samples = rng.beta(a, b)
-    freshness = cell.freshness[positions]
-    scores = samples * freshness
-    order = np.argsort(-scores, kind="stable")
+    # Beta(a, b) draws as Ga / (Ga + Gb), with one gamma call for both halves.
+    shapes = params[pool.param_rows]
+    gammas = rng.standard_gamma(shapes)
+    samples = gammas[:n] / (gammas[:n] + gammas[n:])
+    scores = samples * pool.freshness
 
-    limit = min(query.limit, positions.size)
-    if surface.diversity:
-        chosen, demoted = _diversify(index, cell, positions, order, limit, policies)
+    limit = min(query.limit, n)
+    diversity = policies.decisioning.diversity
+    top_n = min(diversity.enforce_in_top_n, limit) if surface.diversity else 0
+    order = _best_first(scores, limit + DIVERSITY_SCAN_PER_SLOT * top_n)
+    if top_n:
+        chosen, demoted = _diversify(index, pool, order, limit, top_n, diversity.max_per_topic_cluster)
         if query.explain:
-            removed += tuple((int(cell.items[positions[i]]), "diversity") for i in demoted)
+            removed += tuple((pool.content_rows[i], "diversity") for i in demoted)
     else:
-        chosen = [int(i) for i in order[:limit]]
+        chosen = order[:limit]
 
     explored_slot = -1
-    if chosen and positions.size > len(chosen) and exploration_rate > 0 and rng.random() < exploration_rate:
+    if n > len(chosen) and exploration_rate > 0 and rng.random() < exploration_rate:
         in_slate = set(chosen)
         explored_slot = int(rng.integers(len(chosen)))
-        pick = int(rng.integers(positions.size))
+        pick = int(rng.integers(n))
         while pick in in_slate:  # rejection sampling: the slate is a small part of the eligible set
-            pick = int(rng.integers(positions.size))
+            pick = int(rng.integers(n))
         chosen[explored_slot] = pick
-    pool_size = max(1, positions.size - len(chosen) + 1)
 
-    slate = np.asarray(chosen, dtype=np.intp)
-    cell_positions = positions[slate]
-    propensities = _slate_propensities(
-        cell.propensity[cell_positions], exploration_rate, len(chosen), pool_size, positions.size
-    )
-    reason_tail = _reason_tail(query, resolution)
-    items = tuple(
-        ChosenItem(
-            content_row=content_row,
-            posterior_row=cell.start + cell_pos,
-            position=slot + 1,
-            score=score,
-            propensity=propensity,
-            explored=slot == explored_slot,
-            reason=index.reason_heads[content_row]
-            + (reason_tail if slot != explored_slot else _reason_tail(query, resolution, explored=True)),
-            alpha=alpha_value,
-            beta=beta_value,
-            sample=sample,
-            freshness=fresh,
+    content_rows = [pool.content_rows[i] for i in chosen]
+    tail = _reason_tail(query, resolution)
+    reasons = [index.reason_heads[row] + tail for row in content_rows]
+    if explored_slot >= 0:
+        reasons[explored_slot] = index.reason_heads[content_rows[explored_slot]] + _reason_tail(
+            query, resolution, explored=True
         )
-        for slot, (content_row, cell_pos, score, propensity, alpha_value, beta_value, sample, fresh) in enumerate(
-            zip(
-                cell.items[cell_positions].tolist(),
-                cell_positions.tolist(),
-                scores[slate].tolist(),
-                propensities.tolist(),
-                a[slate].tolist(),
-                b[slate].tolist(),
-                samples[slate].tolist(),
-                freshness[slate].tolist(),
-                strict=True,
-            )
-        )
+    draws = (
+        shapes[chosen].tolist(),
+        shapes[[i + n for i in chosen]].tolist(),
+        samples[chosen].tolist(),
+        pool.freshness[chosen].tolist(),
     )
     return Decision(
-        query.surface_id, resolution, cell.segment_id, items, exploration_rate, int(positions.size), removed
+        surface_id=query.surface_id,
+        resolution=resolution,
+        cell_segment_id=cell.segment_id,
+        content_rows=content_rows,
+        posterior_rows=[pool.posterior_rows[i] for i in chosen],
+        scores=scores[chosen].tolist(),
+        propensities=_slate_propensities(
+            pool.propensity[chosen].tolist(), exploration_rate, len(chosen), max(1, n - len(chosen) + 1), n
+        ),
+        reasons=reasons,
+        explored_slot=explored_slot,
+        draws=draws,
+        exploration_rate=exploration_rate,
+        eligible_count=n,
+        removed=removed,
     )
 
 
-ELIGIBILITY_CACHE_SIZE = 4096
+def _best_first(scores: np.ndarray, count: int) -> list[int]:
+    """Indices of the `count` highest scores, highest first (all of them when there are fewer)."""
+    negated = -scores
+    if negated.size > count:
+        top = negated.argpartition(count)[:count]
+        return top[negated[top].argsort(kind="stable")].tolist()
+    return negated.argsort(kind="stable").tolist()
 
 
-def _eligibility(
+POOL_CACHE_SIZE = 1024
+"""Pools kept per bundle (each holds a few arrays of its cell: tens of KiB for cells of hundreds of items)."""
+
+
+def _eligible_pool(
     index: ServingIndex, cell: CellView, query: RankQuery, policies: Policies
-) -> tuple[np.ndarray, tuple[tuple[int, str], ...]]:
-    """Return the eligible mask over the cell and, when explaining, which rule removed which candidate.
+) -> tuple[EligiblePool, tuple[tuple[int, str], ...]]:
+    """The cell's eligible items and, when explaining, which rule removed which candidate.
 
     The rules depend on few request values (consent scopes that unlock flags, jurisdiction, device),
-    so their combined mask is memoized per cell and combination.
+    so the pool is memoized per cell and combination; `candidates` narrow it per request.
     """
     rules = policies.decisioning.eligibility
     unlocked = 0
@@ -233,30 +276,15 @@ def _eligibility(
     jurisdiction_bits = index.jurisdiction_mask(jurisdictions_of(query.country)) if rules.check_jurisdiction else -1
     device = query.device if rules.check_device else ""
     key = (cell.surface_id, cell.segment_id, unlocked, jurisdiction_bits, device)
-    cache = index.eligibility_cache
-    rule_mask = None if query.explain else cache.get(key)
-    failures: list[tuple[str, np.ndarray]] = []
-    if rule_mask is None:
-        if rules.check_policy_flags or rules.check_consent:
-            blocked = cell.blocked_flags & np.uint32(~unlocked & 0xFFFFFFFF)
-            if rules.check_consent:
-                failures.append(("consent", (blocked & np.uint32(index.consent_flag_bits)) != 0))
-            if rules.check_policy_flags:
-                failures.append(("policy_flag", (blocked & np.uint32(~index.consent_flag_bits & 0xFFFFFFFF)) != 0))
-        if rules.check_jurisdiction:
-            wanted = np.uint64(jurisdiction_bits)
-            failures.append(("jurisdiction", (cell.jurisdictions != 0) & ((cell.jurisdictions & wanted) == 0)))
-        if device:
-            device_bit = np.uint8(DEVICE_BITS[device])
-            failures.append(("device", (cell.devices != 0) & ((cell.devices & device_bit) == 0)))
-        rule_mask = cell.type_ok.copy()
-        for _, failed in failures:
-            rule_mask &= ~failed
-        rule_mask.flags.writeable = False
-        if len(cache) >= ELIGIBILITY_CACHE_SIZE:
-            cache.clear()
-        cache[key] = rule_mask
+    cache = index.pools
+    pool = None if query.explain or query.candidates else cache.get(key)
+    if pool is not None:
+        return pool, ()
 
+    failures = _rule_failures(index, cell, unlocked, jurisdiction_bits, device, policies)
+    rule_mask = cell.type_ok.copy()
+    for _, failed in failures:
+        rule_mask &= ~failed
     considered = cell.type_ok
     if query.candidates:
         wanted_rows = np.array(
@@ -264,14 +292,39 @@ def _eligibility(
             dtype=np.int32,
         )
         considered = considered & np.isin(cell.items, wanted_rows, assume_unique=True)
-    eligible = rule_mask & considered if query.candidates else rule_mask
+    pool = EligiblePool.of(cell, rule_mask & considered, index.n_posteriors)
+    if not (query.explain or query.candidates):
+        if len(cache) >= POOL_CACHE_SIZE:
+            cache.clear()
+        cache[key] = pool
     if not query.explain:
-        return eligible, ()
+        return pool, ()
     removed = []
-    for cell_pos in np.flatnonzero(considered & ~eligible):
+    for cell_pos in np.flatnonzero(considered & ~rule_mask):
         rule = next(name for name, failed in failures if failed[cell_pos])
         removed.append((int(cell.items[cell_pos]), rule))
-    return eligible, tuple(removed)
+    return pool, tuple(removed)
+
+
+def _rule_failures(
+    index: ServingIndex, cell: CellView, unlocked: int, jurisdiction_bits: int, device: str, policies: Policies
+) -> list[tuple[str, np.ndarray]]:
+    """Per eligibility rule in force, the cell positions it removes."""
+    rules = policies.decisioning.eligibility
+    failures: list[tuple[str, np.ndarray]] = []
+    if rules.check_policy_flags or rules.check_consent:
+        blocked = cell.blocked_flags & np.uint32(~unlocked & 0xFFFFFFFF)
+        if rules.check_consent:
+            failures.append(("consent", (blocked & np.uint32(index.consent_flag_bits)) != 0))
+        if rules.check_policy_flags:
+            failures.append(("policy_flag", (blocked & np.uint32(~index.consent_flag_bits & 0xFFFFFFFF)) != 0))
+    if rules.check_jurisdiction:
+        wanted = np.uint64(jurisdiction_bits)
+        failures.append(("jurisdiction", (cell.jurisdictions != 0) & ((cell.jurisdictions & wanted) == 0)))
+    if device:
+        device_bit = np.uint8(DEVICE_BITS[device])
+        failures.append(("device", (cell.devices != 0) & ((cell.devices & device_bit) == 0)))
+    return failures
 
 
 DIVERSITY_SCAN_PER_SLOT = 8
@@ -279,43 +332,33 @@ DIVERSITY_SCAN_PER_SLOT = 8
 
 
 def _diversify(
-    index: ServingIndex, cell: CellView, positions: np.ndarray, order: np.ndarray, limit: int, policies: Policies
+    index: ServingIndex, pool: EligiblePool, order: list[int], limit: int, top_n: int, max_per_cluster: int
 ) -> tuple[list[int], list[int]]:
-    """Greedy diversity over the score order: within the top N, at most `max_per_topic_cluster` per
-    cluster and a minimum cosine distance between items; what is skipped moves below the top N.
+    """Greedy diversity over the score order: within the top N, at most `max_per_cluster` per topic
+    cluster and no two items closer than the minimum topic distance; what is skipped moves below the top N.
 
-    The scan is bounded (DIVERSITY_SCAN_PER_SLOT candidates per slot), so a cell that cannot be
-    diversified costs no more than one that can.
+    `order` is the best part of the score order (DIVERSITY_SCAN_PER_SLOT candidates per slot beyond
+    the limit), so a cell that cannot be diversified costs no more than one that can.
     """
-    diversity = policies.decisioning.diversity
-    top_n = min(diversity.enforce_in_top_n, limit)
-    embeddings = index.bundle.content.embeddings
-    max_similarity = 1.0 - diversity.min_topic_distance
-    check_distance = diversity.min_topic_distance > 0.0
+    too_similar = index.too_similar
+    clusters, content_rows = pool.clusters, pool.content_rows
     chosen: list[int] = []
-    chosen_vectors = np.empty((max(top_n, 1), embeddings.shape[1]), dtype=embeddings.dtype)
+    chosen_rows: set[int] = set()
     per_cluster: dict[int, int] = {}
     deferred: list[int] = []
-    window = order[: min(order.size, limit + DIVERSITY_SCAN_PER_SLOT * top_n)]
-    window_positions = positions[window]
-    clusters = cell.clusters[window_positions].tolist()
-    candidates = zip(window.tolist(), clusters, cell.items[window_positions].tolist(), strict=True)
     cursor = 0
-    for i, cluster, content_row in candidates:
+    for i in order:
         if len(chosen) == top_n:
             break
         cursor += 1
-        if per_cluster.get(cluster, 0) >= diversity.max_per_topic_cluster:
+        cluster, row = clusters[i], content_rows[i]
+        if per_cluster.get(cluster, 0) >= max_per_cluster or not too_similar[row].isdisjoint(chosen_rows):
             deferred.append(i)
             continue
-        vector = embeddings[content_row]
-        if check_distance and chosen and float((chosen_vectors[: len(chosen)] @ vector).max()) > max_similarity:
-            deferred.append(i)
-            continue
-        chosen_vectors[len(chosen)] = vector
         chosen.append(i)
+        chosen_rows.add(row)
         per_cluster[cluster] = per_cluster.get(cluster, 0) + 1
-    rest = deferred + order[cursor : cursor + limit].tolist()
+    rest = deferred + order[cursor : cursor + limit]
     chosen.extend(rest[: limit - len(chosen)])
     shown = set(chosen)
     return chosen, [i for i in deferred if i not in shown]
@@ -331,17 +374,18 @@ def _exploration_rate(policies: Policies, traffic: Traffic) -> float:
     return rate
 
 
-def _slate_propensities(batch_estimates: np.ndarray, rate: float, slate: int, pool: int, eligible: int) -> np.ndarray:
+def _slate_propensities(batch_estimates: list[float], rate: float, slate: int, pool: int, eligible: int) -> list[float]:
     """Marginal probability that each item is in the slate under Thompson sampling plus the exploration budget.
 
     Thompson sampling's inclusion probability comes from the batch's Monte-Carlo estimate (uniform
     slate/eligible where the bundle has none); the exploration part is exact: with probability `rate`
     one slot is given to a uniform pick among the `pool` items that sampling left out.
     """
-    sampled = np.clip(np.where(np.isfinite(batch_estimates), batch_estimates, slate / eligible), 0.0, 1.0)
-    kept = sampled * (1.0 - rate / slate)
-    added = rate * (1.0 - sampled) / pool
-    return np.minimum(1.0, kept + added)
+    propensities = []
+    for estimate in batch_estimates:
+        sampled = min(1.0, max(0.0, estimate if math.isfinite(estimate) else slate / eligible))
+        propensities.append(min(1.0, sampled * (1.0 - rate / slate) + rate * (1.0 - sampled) / pool))
+    return propensities
 
 
 def _reason_tail(query: RankQuery, resolution: SegmentResolution, explored: bool = False) -> str:

@@ -30,17 +30,22 @@ def examination_weight(position: int) -> float:
 
 
 class PosteriorState:
-    """Alpha and beta of every posterior row of one bundle, as writable views of a shared file."""
+    """Alpha and beta of every posterior row of one bundle, as writable views of a shared file.
 
-    def __init__(self, alpha: np.ndarray, beta: np.ndarray, beta_floor: np.ndarray) -> None:
-        self.alpha = alpha
-        self.beta = beta
+    `params` holds every alpha followed by every beta; `alpha` and `beta` are views of its halves.
+    """
+
+    def __init__(self, params: np.ndarray, beta_floor: np.ndarray) -> None:
+        n = len(beta_floor)
+        self.params = params
+        self.alpha = params[:n]
+        self.beta = params[n:]
         self._beta_floor = beta_floor
 
     @classmethod
     def in_memory(cls, bundle: LoadedBundle) -> PosteriorState:
         """A private copy, for tests and single-process tools."""
-        return cls(bundle.alpha.copy(), bundle.beta.copy(), bundle.beta)
+        return cls(np.concatenate([bundle.alpha, bundle.beta]).astype(np.float64), bundle.beta)
 
     @classmethod
     def shared(cls, state_dir: str | Path, bundle: LoadedBundle) -> PosteriorState:
@@ -58,8 +63,7 @@ class PosteriorState:
             finally:
                 tmp.unlink()
         # A plain ndarray view of the mapping: slicing a np.memmap costs a subclass round trip per request.
-        data = np.memmap(path, dtype=np.float64, mode="r+", shape=(2 * n,)).view(np.ndarray)
-        return cls(data[:n], data[n:], bundle.beta)
+        return cls(np.memmap(path, dtype=np.float64, mode="r+", shape=(2 * n,)).view(np.ndarray), bundle.beta)
 
     def record_impressions(self, rows: np.ndarray, weights: np.ndarray) -> None:
         """Count the items of a decision as (position-weighted) impressions: beta += weight."""

@@ -2,11 +2,11 @@
 
 A request id carries what a Feedback call needs to validate and apply a reward without the decision
 ever having been seen by the process that receives it: when the decision was made, with which bundle,
-for which surface and segment, and a fingerprint of every item shown, in order. An HMAC over all of it
+for which surface and segment, and a fingerprint of every item shown, in order. A MAC over all of it
 (key: AURA_REQUEST_ID_SECRET, shared by the fleet) makes it unforgeable.
 
 Layout before base64url: version (1) | decided_at ms (6) | nonce (6) | bundle tag (4) |
-surface index (2) | segment index (2) | item count (1) | crc32 per item (4 each) | HMAC-SHA256[:10].
+surface index (2) | segment index (2) | item count (1) | crc32 per item (4 each) | keyed BLAKE2b (10).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from aura.errors import InvalidRequest
 
 PREFIX = "req_"
-_VERSION = 1
+_VERSION = 2
 _HEADER = struct.Struct(">B6s6sIHHB")
 _MAC_BYTES = 10
 MAX_ITEMS = 100
@@ -63,6 +63,9 @@ class RequestIdCodec:
     def __init__(self, secret: str) -> None:
         self._key = hashlib.sha256(secret.encode()).digest()
 
+    def _mac(self, body: bytes) -> bytes:
+        return hashlib.blake2b(body, key=self._key, digest_size=_MAC_BYTES).digest()
+
     def encode(self, ref: DecisionRef, nonce: bytes) -> str:
         """Return the request id of a decision; `nonce` is 6 random bytes."""
         body = _HEADER.pack(
@@ -74,7 +77,7 @@ class RequestIdCodec:
             ref.segment_index,
             len(ref.item_fingerprints),
         ) + struct.pack(f">{len(ref.item_fingerprints)}I", *ref.item_fingerprints)
-        mac = hmac.new(self._key, body, hashlib.sha256).digest()[:_MAC_BYTES]
+        mac = self._mac(body)
         return PREFIX + base64.urlsafe_b64encode(body + mac).rstrip(b"=").decode()
 
     def decode(self, request_id: str) -> DecisionRef:
@@ -89,7 +92,7 @@ class RequestIdCodec:
         if len(raw) < _HEADER.size + _MAC_BYTES:
             raise InvalidRequest("request_id is truncated.")
         body, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
-        expected = hmac.new(self._key, body, hashlib.sha256).digest()[:_MAC_BYTES]
+        expected = self._mac(body)
         if not hmac.compare_digest(mac, expected):
             raise InvalidRequest("request_id failed verification: it was altered or issued by another deployment.")
         version, decided, _nonce, tag, surface, segment, count = _HEADER.unpack_from(body)

@@ -26,17 +26,19 @@ from aura.eventlog import EventLog
 from aura.server.decision import HOLDOUT_VARIANT, Decision, Traffic, decide
 from aura.server.erasure import ErasedUsers
 from aura.server.posterior_state import EXAMINATION_WEIGHTS, FeedbackDedupe, examination_weight
-from aura.server.request_id import DecisionRef, RequestIdCodec, item_fingerprint
+from aura.server.request_id import DecisionRef, RequestIdCodec
 from aura.server.search import search
 from aura.server.state import ExplorationTracker, RateMeter, SeededGenerator, Serving, ServingHolder
 from aura.server.validation import check_id, feedback_reward, parse_timestamp, rank_query, search_limit
+from aura.server.wire import rank_response, ranked_item
 from aura.v1 import admin_service_pb2 as admin_pb
 from aura.v1 import admin_service_pb2_grpc as admin_grpc
-from aura.v1 import common_pb2
 from aura.v1 import decision_service_pb2 as pb
 from aura.v1 import decision_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+
+_referrer_host = functools.lru_cache(maxsize=4096)(referrer_host)
 
 FEEDBACK_WINDOW_SECONDS = 30 * 86400
 
@@ -110,78 +112,62 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         self._generator = SeededGenerator()
         self._variant = deps.config.settings.bandit_algorithm
 
-    async def Rank(self, request: pb.RankRequest, context: Any) -> pb.RankResponse:
-        """Rank content for one surface and visitor, and log the decision."""
+    async def Rank(self, request: pb.RankRequest, context: Any) -> bytes:
+        """Rank content for one surface and visitor, log the decision, and return the serialized RankResponse."""
         serving = self._deps.holder.require()
         query = rank_query(request, self._config.surfaces)
         if query.anon_id and query.anon_id in self._deps.erased:
-            query = dataclasses.replace(query, anon_id="")
+            query = query._replace(anon_id="")
         now = time.time()
         traffic = Traffic(self._exploration.share(query.anon_id), self._rate.tick(time.monotonic()))
         seed = self._random.getrandbits(64)
         decision = decide(
             serving.index,
-            serving.posteriors.alpha,
-            serving.posteriors.beta,
+            serving.posteriors.params,
             query,
             self._config.policies,
             traffic,
             self._generator.seeded(seed),
             consent_required=self._config.settings.consent_required,
         )
-        items = decision.items
-        if items:
-            rows = np.fromiter((item.posterior_row for item in items), dtype=np.int64, count=len(items))
-            serving.posteriors.record_impressions(rows, EXAMINATION_WEIGHTS[: len(items)])
-        self._exploration.record(query.anon_id, any(item.explored for item in items))
+        if decision.posterior_rows:
+            serving.posteriors.record_impressions(
+                decision.posterior_rows, EXAMINATION_WEIGHTS[: len(decision.posterior_rows)]
+            )
+        self._exploration.record(query.anon_id, decision.explored_slot >= 0)
         index = serving.index
+        fingerprints = serving.item_fingerprints
         ref = DecisionRef(
             decided_at_ms=int(now * 1000),
             bundle_tag=serving.bundle_tag,
             surface_index=index.surface_index[query.surface_id],
             segment_index=index.segment_index[decision.cell_segment_id],
-            item_fingerprints=tuple(item_fingerprint(index.bundle.content.ids[i.content_row]) for i in items),
+            item_fingerprints=tuple(fingerprints[row] for row in decision.content_rows),
         )
         request_id = self._deps.codec.encode(ref, self._random.getrandbits(48).to_bytes(6, "big"))
-        response = self._response(request_id, serving, decision, seed, query.explain)
         self._log_decision(request_id, now, request, serving, decision, seed)
-        return response
+        return self._response(request_id, serving, decision, seed, query.explain)
 
-    def _response(
-        self, request_id: str, serving: Serving, decision: Decision, seed: int, explain: bool
-    ) -> pb.RankResponse:
-        content_ids = serving.index.bundle.content.ids
-        resolution = decision.resolution
-        surface = self._config.surfaces[decision.surface_id]
-        response = pb.RankResponse(
-            request_id=request_id,
-            surface=decision.surface_id,
-            segment=common_pb2.Segment(
-                id=resolution.segment.id, confidence=round(resolution.confidence, 4), intent=resolution.segment.intent
-            ),
-            experiment=common_pb2.Experiment(
-                variant=HOLDOUT_VARIANT if resolution.holdout else self._variant, holdout=resolution.holdout
-            ),
-            policy_version=self._config.policies.policy_version,
-            cache_ttl=surface.cache_ttl,
-            bundle_version=serving.version,
-            seed=seed,
-        )
-        add_item = response.items.add
-        for item in decision.items:
-            # add() then set fields: the message is built in place instead of copied into the list.
-            ranked = add_item(
-                content_id=content_ids[item.content_row],
-                score=item.score,
-                reason=item.reason,
-                position=item.position,
-                propensity=item.propensity,
-                explored=item.explored,
+    def _response(self, request_id: str, serving: Serving, decision: Decision, seed: int, explain: bool) -> bytes:
+        tails = serving.response_parts.item_tails
+        explored_slot = decision.explored_slot
+        items = [
+            ranked_item(score, reason, slot + 1, propensity, slot == explored_slot, tails[row])
+            for slot, (row, score, reason, propensity) in enumerate(
+                zip(decision.content_rows, decision.scores, decision.reasons, decision.propensities, strict=True)
             )
-            ranked.metadata.CopyFrom(serving.metadata[item.content_row])
-        if explain:
-            response.explanation.CopyFrom(self._explanation(serving, decision))
-        return response
+        ]
+        resolution = decision.resolution
+        segment = resolution.segment
+        return rank_response(
+            request_id,
+            serving.response_parts.surface_fields[decision.surface_id],
+            items,
+            (segment.id, round(resolution.confidence, 4), segment.intent),
+            (HOLDOUT_VARIANT if resolution.holdout else self._variant, resolution.holdout),
+            seed,
+            self._explanation(serving, decision).SerializeToString() if explain else b"",
+        )
 
     def _explanation(self, serving: Serving, decision: Decision) -> pb.Explanation:
         content_ids = serving.index.bundle.content.ids
@@ -208,6 +194,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         ctx = request.user_ctx
         content_ids = serving.index.bundle.content.ids
         personalized = decision.resolution.source != "no_consent"
+        explored_slot = decision.explored_slot
         self._deps.decisions.append(
             {
                 "event_id": request_id,
@@ -223,7 +210,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
                 "anon_id": ctx.anon_id if personalized else "",
                 "session_id": ctx.session_id if personalized else "",
                 "device": ctx.device,
-                "referrer_host": referrer_host(ctx.referrer),
+                "referrer_host": _referrer_host(ctx.referrer),
                 "page_type": ctx.page_type,
                 "country": ctx.geo.country,
                 "region": ctx.geo.region,
@@ -234,13 +221,15 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
                 "eligible_count": decision.eligible_count,
                 "items": [
                     {
-                        "content_id": content_ids[item.content_row],
-                        "position": item.position,
-                        "score": item.score,
-                        "propensity": item.propensity,
-                        "explored": item.explored,
+                        "content_id": content_ids[row],
+                        "position": slot + 1,
+                        "score": score,
+                        "propensity": propensity,
+                        "explored": slot == explored_slot,
                     }
-                    for item in decision.items
+                    for slot, (row, score, propensity) in enumerate(
+                        zip(decision.content_rows, decision.scores, decision.propensities, strict=True)
+                    )
                 ],
             }
         )

@@ -14,9 +14,10 @@ from aura.bundle.loader import load_bundle
 from aura.config import AppConfig
 from aura.errors import NotReady
 from aura.server.posterior_state import PosteriorState
-from aura.server.request_id import bundle_tag
+from aura.server.request_id import bundle_tag, item_fingerprint
 from aura.server.search import SearchIndex, build_search_index
 from aura.server.serving import ServingIndex, build_serving_index
+from aura.server.wire import ResponseParts, response_parts
 from aura.v1 import common_pb2
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,10 @@ class Serving:
     index: ServingIndex
     posteriors: PosteriorState
     search: SearchIndex
-    metadata: tuple[common_pb2.ItemMetadata, ...]
-    """Prebuilt response metadata per content row."""
+    response_parts: ResponseParts
+    """Prepared bytes of the Rank responses."""
+    item_fingerprints: tuple[int, ...]
+    """Per content row, its fingerprint in request ids."""
     bundle_tag: int
     loaded_at: float
 
@@ -45,16 +48,19 @@ def prepare_serving(bundle_dir: Path, config: AppConfig, state_dir: Path | None)
     bundle = load_bundle(bundle_dir)
     index = build_serving_index(bundle, config.surfaces, config.policies)
     content = bundle.content
-    metadata = tuple(
+    metadata = [
         common_pb2.ItemMetadata(title=content.titles[i], url=content.urls[i], topics=content.topics[i])
         for i in range(len(content))
-    )
+    ]
     posteriors = PosteriorState.in_memory(bundle) if state_dir is None else PosteriorState.shared(state_dir, bundle)
     return Serving(
         index=index,
         posteriors=posteriors,
         search=build_search_index(bundle),
-        metadata=metadata,
+        response_parts=response_parts(
+            content.ids, metadata, config.surfaces, config.policies.policy_version, bundle.version
+        ),
+        item_fingerprints=tuple(item_fingerprint(content_id) for content_id in content.ids),
         bundle_tag=bundle_tag(bundle.version),
         loaded_at=time.time(),
     )
@@ -138,25 +144,48 @@ class RateMeter:
         return self._rate
 
 
-class SeededGenerator:
-    """One reusable generator per process, re-keyed for every decision.
+_MASK64 = (1 << 64) - 1
 
-    `seeded(seed)` yields exactly the stream of `np.random.Generator(np.random.Philox(key=seed))`,
-    which is how a logged decision is replayed, at a third of the cost of building a generator.
+
+def _splitmix64(value: int) -> int:
+    value = (value + 0x9E3779B97F4A7C15) & _MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return value ^ (value >> 31)
+
+
+def _sfc64_words(seed: int) -> list[int]:
+    """SFC64's state for a decision seed: three splitmix64 outputs and the counter 1."""
+    a = _splitmix64(seed)
+    b = _splitmix64(a)
+    return [a, b, _splitmix64(b), 1]
+
+
+class SeededGenerator:
+    """One reusable SFC64 generator per process, reset to a decision's seed for every decision.
+
+    SFC64 is numpy's fastest bit generator; setting its state directly costs a fraction of seeding a
+    new generator. `replay_generator(seed)` gives the same stream, which is how a logged decision is replayed.
     """
 
     def __init__(self) -> None:
-        self._bits = np.random.Philox(key=0)
-        self._fresh_state = self._bits.state
+        self._bits = np.random.SFC64(0)
+        self._state = self._bits.state
         self._generator = np.random.Generator(self._bits)
 
     def seeded(self, seed: int) -> np.random.Generator:
         """The process's generator, reset to the stream of `seed` (a 64-bit unsigned integer)."""
-        self._fresh_state["state"]["key"][0] = seed
-        self._bits.state = self._fresh_state
+        self._state["state"]["state"][:] = _sfc64_words(seed)
+        self._state["has_uint32"] = 0
+        self._bits.state = self._state
         return self._generator
 
 
 def replay_generator(seed: int) -> np.random.Generator:
     """A fresh generator with the stream a decision logged with `seed` used."""
-    return np.random.Generator(np.random.Philox(key=seed))
+    bits = np.random.SFC64(0)
+    state = bits.state
+    state["state"]["state"][:] = _sfc64_words(seed)
+    state["has_uint32"] = 0
+    bits.state = state
+    return np.random.Generator(bits)

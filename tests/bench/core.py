@@ -94,19 +94,18 @@ async def run(bundle_dir: Path, config_dir: Path, requests_dir: Path, calls: int
         service = DecisionService(deps)
         sizes, items = [], []
         for path, request in zip(request_paths, requests, strict=True):
-            response = await service.Rank(request, None)
-            data = response.SerializeToString()
+            data = await service.Rank(request, None)
             path.with_name(path.name.replace("request-", "response-")).write_bytes(data)
             sizes.append(len(data))
-            items.append(len(response.items))
+            items.append(len(pb.RankResponse.FromString(data).items))
 
         queries = [rank_query(request, config.surfaces) for request in requests]
         rng = np.random.Generator(np.random.PCG64(0))
-        alpha, beta = serving.posteriors.alpha, serving.posteriors.beta
+        params = serving.posteriors.params
         policies, traffic = config.policies, Traffic()
 
         def one_decision(i: int) -> object:
-            return decide(serving.index, alpha, beta, queries[i % len(queries)], policies, traffic, rng)
+            return decide(serving.index, params, queries[i % len(queries)], policies, traffic, rng)
 
         async def one_rank(i: int) -> object:
             return await service.Rank(requests[i % len(requests)], None)

@@ -694,6 +694,8 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
         real.count_ok = lambda: decision_rows(node).num_rows
         report.core["node_response_bytes"] = wait_all_serving(node, requests, real)
         grpc_phases(report, [bare, real], files.grpc_bodies, work, args)
+        if args.grpc_only:
+            return
         swap_under_load(report, real, node, files.grpc_bodies, work, args.rate_seconds, new_bundle)
     logged = decision_rows(node).num_rows
     report.check(
@@ -722,6 +724,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each saturation phase (default 10)")
     parser.add_argument("--rate-seconds", type=float, default=15.0, help="length of each fixed-rate phase (default 15)")
     parser.add_argument("--strict", action="store_true", help="also exit 1 when a target is missed")
+    parser.add_argument("--grpc-only", action="store_true", help="only bare vs real (no swap, no gateway)")
     args = parser.parse_args(argv)
     for tool, package in (("h2load", "nghttp2-client"), ("wrk", "wrk")):
         if shutil.which(tool) is None:

@@ -48,7 +48,7 @@ def query(**fields) -> RankQuery:
 
 def run(index, pol, q, seed: int = 7, traffic: Traffic = NO_TRAFFIC, state: PosteriorState | None = None):
     state = state or PosteriorState.in_memory(index.bundle)
-    return decide(index, state.alpha, state.beta, q, pol, traffic, np.random.Generator(np.random.PCG64(seed)))
+    return decide(index, state.params, q, pol, traffic, np.random.Generator(np.random.PCG64(seed)))
 
 
 def shown(index, decision) -> list[str]:
@@ -254,6 +254,6 @@ def test_reused_generator_replays_exactly_from_the_logged_seed(tmp_path: Path) -
     state = PosteriorState.in_memory(index.bundle)
     reused = SeededGenerator()
     for seed in (1, 2**63 + 5, 2**64 - 1):
-        live = decide(index, state.alpha, state.beta, query(), pol, NO_TRAFFIC, reused.seeded(seed))
-        replayed = decide(index, state.alpha, state.beta, query(), pol, NO_TRAFFIC, replay_generator(seed))
+        live = decide(index, state.params, query(), pol, NO_TRAFFIC, reused.seeded(seed))
+        replayed = decide(index, state.params, query(), pol, NO_TRAFFIC, replay_generator(seed))
         assert live == replayed

@@ -1,0 +1,126 @@
+"""The Rank response in protobuf wire format, assembled from bytes prepared when a bundle is loaded.
+
+Most of a RankResponse is constant for a bundle: each item's content id and metadata, each surface's
+name, policy version, cache TTL and bundle version. Building the response as messages costs more
+than the decision itself; encoding the few per-request fields and joining prepared bytes does not.
+Field numbers are those of proto/aura/v1/decision_service.proto and common.proto (all below 16, so
+every tag is one byte); the tests parse the output with the generated classes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from aura.config import Surface
+from aura.v1 import common_pb2
+
+_TAGGED_DOUBLE = struct.Struct("<Bd").pack
+_SMALL_VARINT_THEN_DOUBLE = struct.Struct("<BBBd").pack
+_LENGTH_DELIMITED = 2
+_TRUE = b"\x01"
+
+
+def varint(value: int) -> bytes:
+    """The base-128 varint encoding of a non-negative integer."""
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def field_bytes(field: int, payload: bytes) -> bytes:
+    """A length-delimited field (string, bytes or message) with its one-byte tag."""
+    return bytes((field << 3 | _LENGTH_DELIMITED,)) + varint(len(payload)) + payload
+
+
+def _string(field: int, value: str) -> bytes:
+    return field_bytes(field, value.encode()) if value else b""
+
+
+@dataclass(frozen=True)
+class ResponseParts:
+    """The prepared bytes of one bundle's Rank responses."""
+
+    item_tails: tuple[bytes, ...]
+    """Per content row: RankedItem.content_id and RankedItem.metadata."""
+    surface_fields: Mapping[str, bytes]
+    """Per surface: RankResponse.surface, policy_version, cache_ttl and bundle_version."""
+
+
+def response_parts(
+    content_ids: Sequence[str],
+    metadata: Sequence[common_pb2.ItemMetadata],
+    surfaces: Mapping[str, Surface],
+    policy_version: str,
+    bundle_version: str,
+) -> ResponseParts:
+    """Prepare the constant parts of the Rank responses of a bundle."""
+    return ResponseParts(
+        item_tails=tuple(
+            _string(1, content_id) + field_bytes(4, item.SerializeToString())
+            for content_id, item in zip(content_ids, metadata, strict=True)
+        ),
+        surface_fields={
+            surface_id: _string(2, surface_id)
+            + _string(6, policy_version)
+            + (b"\x38" + varint(surface.cache_ttl) if surface.cache_ttl else b"")
+            + _string(8, bundle_version)
+            for surface_id, surface in surfaces.items()
+        },
+    )
+
+
+def ranked_item(score: float, reason: str, position: int, propensity: float, explored: bool, tail: bytes) -> bytes:
+    """A RankResponse.items field: the per-request fields of a RankedItem, then its prepared tail."""
+    reason_bytes = reason.encode()
+    if position < 0x80:
+        position_and_propensity = _SMALL_VARINT_THEN_DOUBLE(0x28, position, 0x31, propensity)
+    else:
+        position_and_propensity = b"\x28" + varint(position) + _TAGGED_DOUBLE(0x31, propensity)
+    body = b"".join(
+        (
+            _TAGGED_DOUBLE(0x11, score),
+            b"\x1a",
+            varint(len(reason_bytes)),
+            reason_bytes,
+            position_and_propensity,
+            b"\x38\x01" if explored else b"",
+            tail,
+        )
+    )
+    return b"\x1a" + varint(len(body)) + body
+
+
+def rank_response(
+    request_id: str,
+    surface_fields: bytes,
+    items: Sequence[bytes],
+    segment: tuple[str, float, str],
+    experiment: tuple[str, bool],
+    seed: int,
+    explanation: bytes = b"",
+) -> bytes:
+    """A serialized RankResponse; `segment` is (id, confidence, intent), `experiment` (variant, holdout),
+    `explanation` a serialized Explanation or empty."""
+    segment_id, confidence, intent = segment
+    variant, holdout = experiment
+    confidence_field = _TAGGED_DOUBLE(0x11, confidence) if confidence else b""
+    segment_body = _string(1, segment_id) + confidence_field + _string(3, intent)
+    experiment_body = _string(1, variant) + (b"\x10" + _TRUE if holdout else b"")
+    return b"".join(
+        (
+            _string(1, request_id),
+            surface_fields,
+            *items,
+            field_bytes(4, segment_body),
+            field_bytes(5, experiment_body),
+            b"\x48" + varint(seed) if seed else b"",
+            field_bytes(10, explanation) if explanation else b"",
+        )
+    )

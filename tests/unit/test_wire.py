@@ -1,0 +1,75 @@
+"""The hand-assembled RankResponse parses to exactly the message the generated classes would build."""
+
+from __future__ import annotations
+
+import pytest
+
+from aura.config import Surface
+from aura.server.wire import rank_response, ranked_item, response_parts, varint
+from aura.v1 import common_pb2
+from aura.v1 import decision_service_pb2 as pb
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**32, 2**64 - 1])
+def test_varint_matches_protobuf(value: int) -> None:
+    message = pb.RankResponse(seed=value)
+    assert message.SerializeToString() == (b"\x48" + varint(value) if value else b"")
+
+
+def test_rank_response_equals_the_generated_message() -> None:
+    metadata = [
+        common_pb2.ItemMetadata(title="Intro to CRM", url="/blog/crm", topics=["crm", "sales"]),
+        common_pb2.ItemMetadata(title="Ünïcode ✓", url="", topics=[]),
+        common_pb2.ItemMetadata(),
+    ]
+    surfaces = {"homepage.hero": Surface(id="homepage.hero", max_items=200, cache_ttl=300)}
+    parts = response_parts(["c1", "c2", "c3"], metadata, surfaces, "2025-10-01", "v20251001")
+    items = [
+        (0, 0.42, "beginner+mobile", 1, 0.3, False),
+        (1, 1e-9, "x" * 200, 2, 1.0, True),
+        (2, 0.0, "", 150, 0.0, False),
+    ]
+    explanation = pb.Explanation(segment_source="cold_start", exploration_rate=0.08)
+    data = rank_response(
+        "req_abc",
+        parts.surface_fields["homepage.hero"],
+        [
+            ranked_item(score, reason, position, p, explored, parts.item_tails[row])
+            for row, score, reason, position, p, explored in items
+        ],
+        ("seg_learn_mobile_new", 0.8512, "learn"),
+        ("thompson", False),
+        2**64 - 1,
+        explanation.SerializeToString(),
+    )
+    expected = pb.RankResponse(
+        request_id="req_abc",
+        surface="homepage.hero",
+        items=[
+            pb.RankedItem(
+                content_id=f"c{row + 1}",
+                score=score,
+                reason=reason,
+                metadata=metadata[row],
+                position=position,
+                propensity=p,
+                explored=explored,
+            )
+            for row, score, reason, position, p, explored in items
+        ],
+        segment=common_pb2.Segment(id="seg_learn_mobile_new", confidence=0.8512, intent="learn"),
+        experiment=common_pb2.Experiment(variant="thompson", holdout=False),
+        policy_version="2025-10-01",
+        cache_ttl=300,
+        bundle_version="v20251001",
+        seed=2**64 - 1,
+        explanation=explanation,
+    )
+    assert pb.RankResponse.FromString(data) == expected
+    held_out = pb.RankResponse.FromString(rank_response("r", b"", [], ("seg_global", 1.0, ""), ("holdout", True), 0))
+    assert (held_out.experiment.variant, held_out.experiment.holdout, held_out.segment.confidence) == (
+        "holdout",
+        True,
+        1.0,
+    )
+    assert not held_out.HasField("explanation")
