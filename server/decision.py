@@ -336,32 +336,32 @@ def _diversify(
 ) -> tuple[list[int], list[int]]:
     """Greedy diversity over the score order: within the top N, at most `max_per_cluster` per topic
     cluster and no two items closer than the minimum topic distance; what is skipped moves below the top N.
+    Returns the slate and the items skipped for the top N that fell off the slate.
 
     `order` is the best part of the score order (DIVERSITY_SCAN_PER_SLOT candidates per slot beyond
     the limit), so a cell that cannot be diversified costs no more than one that can.
     """
     too_similar = index.too_similar
-    clusters, content_rows = pool.clusters, pool.content_rows
+    content_rows, clusters = pool.content_rows, pool.clusters
     chosen: list[int] = []
-    chosen_rows: set[int] = set()
+    chosen_rows: list[int] = []
     per_cluster: dict[int, int] = {}
     deferred: list[int] = []
-    cursor = 0
+    scanned = 0
     for i in order:
-        if len(chosen) == top_n:
-            break
-        cursor += 1
+        scanned += 1
         cluster, row = clusters[i], content_rows[i]
         if per_cluster.get(cluster, 0) >= max_per_cluster or not too_similar[row].isdisjoint(chosen_rows):
             deferred.append(i)
             continue
         chosen.append(i)
-        chosen_rows.add(row)
+        chosen_rows.append(row)
         per_cluster[cluster] = per_cluster.get(cluster, 0) + 1
-    rest = deferred + order[cursor : cursor + limit]
-    chosen.extend(rest[: limit - len(chosen)])
-    shown = set(chosen)
-    return chosen, [i for i in deferred if i not in shown]
+        if len(chosen) == top_n:
+            break
+    rest = deferred + order[scanned : scanned + limit]
+    kept = limit - len(chosen)
+    return chosen + rest[:kept], deferred[kept:]
 
 
 def _exploration_rate(policies: Policies, traffic: Traffic) -> float:

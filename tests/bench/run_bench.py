@@ -549,12 +549,10 @@ def targets(report: Report) -> list[tuple[str, str, bool]]:
     """(target, what was measured, met) for each target of the issue."""
     bare_sat, real_sat = report.phase("bare", "saturation"), report.phase("real", "saturation")
     bare_fix, real_fix = report.phase("bare", "1000rps"), report.phase("real", "1000rps")
-    gw_sat, gw_fix = report.phase("gateway", "saturation"), report.phase("gateway", "1000rps")
     rps_ratio = real_sat.result.rps / bare_sat.result.rps
     p99_ratio = real_fix.result.p99_ms / bare_fix.result.p99_ms
     decision_cpu = {k: v for k, v in real_sat.cpu.servers.items() if k.startswith("decision")}
-    swap_failed = report.swap["failed_requests"]
-    return [
+    measured = [
         (
             "real saturated RPS >= 80% of bare",
             f"{rps_ratio:.0%} ({real_sat.result.rps:,.0f} / {bare_sat.result.rps:,.0f} RPS); bare/real server CPU "
@@ -572,6 +570,13 @@ def targets(report: Report) -> list[tuple[str, str, bool]]:
             f"{sum(decision_cpu.values()):.0f}% of one core over {len(decision_cpu)} decision processes",
             sum(decision_cpu.values()) > 100.0 and min(decision_cpu.values()) > 0.0,
         ),
+    ]
+    if not report.swap:  # --grpc-only
+        return measured
+    swap_failed = report.swap["failed_requests"]
+    gw_sat, gw_fix = report.phase("gateway", "saturation"), report.phase("gateway", "1000rps")
+    return [
+        *measured,
         ("0 failed requests during a bundle swap", f"{swap_failed} failed", swap_failed == 0),
         (
             "gateway >= 1,000 RPS (wrk, saturation)",
@@ -626,11 +631,12 @@ def print_report(report: Report) -> None:
         f"{e['p50_us'] / 1000:.1f} ms / p99 {e['p99_us'] / 1000:.1f} ms; bundle load {core['bundle_load_seconds']} s"
     )
     swap = report.swap
-    print(
-        f"\nbundle swap at 1,000 RPS: {swap['old_version']} -> {swap['new_version']}: {swap['failed_requests']} "
-        f"failed requests; first decision with the new bundle {swap['first_new_after_s']} s after the promote, "
-        f"last with the old {swap['last_old_after_s']} s after; the last second used {swap['last_second_versions']}"
-    )
+    if swap:
+        print(
+            f"\nbundle swap at 1,000 RPS: {swap['old_version']} -> {swap['new_version']}: {swap['failed_requests']} "
+            f"failed requests; first decision with the new bundle {swap['first_new_after_s']} s after the promote, "
+            f"last with the old {swap['last_old_after_s']} s after; the last second used {swap['last_second_versions']}"
+        )
     print("\ntargets:")
     for name, measured, met in targets(report):
         print(f"  {'met   ' if met else 'MISSED'}  {name:<40} {measured}")
