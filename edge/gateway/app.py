@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 import orjson
+import uvloop
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -34,7 +35,6 @@ from aura.eventlog import EventLog, default_node_id
 from aura.v1 import admin_service_pb2 as admin_pb
 from aura.v1 import admin_service_pb2_grpc as admin_grpc
 from aura.v1 import decision_service_pb2 as decision_pb
-from aura.v1 import decision_service_pb2_grpc as decision_grpc
 
 from . import convert
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -42,11 +42,12 @@ from .metrics import GatewayMetrics
 from .openapi import build_openapi
 from .ratelimit import RateLimiter
 from .responses import error_response, json_response
+from .upstream import DecisionConnections
 
 log = logging.getLogger(__name__)
 
 DECISION_TIMEOUT = 2.0
-DECISION_CONNECTIONS = 4
+DECISION_CONNECTIONS = 8
 ADMIN_TIMEOUT = 60.0  # a refresh may download and verify a whole bundle
 HEALTH_TIMEOUT = 1.0
 
@@ -93,8 +94,7 @@ class Gateway:
         self._id_counter = itertools.count(1)
         self._methods: dict[str, str] = {}
         self.channel: grpc.aio.Channel | None = None
-        self._decision_channels: list[grpc.aio.Channel] = []
-        self._decision_stubs: itertools.cycle[decision_grpc.DecisionServiceStub]
+        self.decisions: DecisionConnections | None = None
         self.admin: admin_grpc.AdminServiceStub
         self.health: health_pb2_grpc.HealthStub
 
@@ -136,16 +136,8 @@ class Gateway:
 
     async def start(self, app: web.Application) -> None:
         """Open the gRPC channel (and the event log, unless one was given)."""
-        # Decision server processes share one port (SO_REUSEPORT balances connections, not calls), so
-        # decisions go round robin over several connections, each with its own subchannel.
-        options = [("grpc.enable_http_proxy", 0), ("grpc.use_local_subchannel_pool", 1)]
-        self._decision_channels = [
-            grpc.aio.insecure_channel(self.grpc_target, options=options) for _ in range(DECISION_CONNECTIONS)
-        ]
-        self.channel = self._decision_channels[0]
-        self._decision_stubs = itertools.cycle(
-            [decision_grpc.DecisionServiceStub(channel) for channel in self._decision_channels]
-        )
+        self.decisions = DecisionConnections(self.grpc_target, DECISION_CONNECTIONS)
+        self.channel = self.decisions.channels[0]
         self.admin = admin_grpc.AdminServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         if self.event_log is None:
@@ -160,9 +152,9 @@ class Gateway:
 
     async def stop(self, app: web.Application) -> None:
         """Close the gRPC channel and the event log this gateway opened."""
-        for channel in self._decision_channels:
-            await channel.close()
-        self._decision_channels = []
+        if self.decisions is not None:
+            await self.decisions.close()
+        self.decisions = None
         self.channel = None
         if self._owns_event_log and self.event_log is not None:
             await asyncio.to_thread(self.event_log.close)
@@ -299,7 +291,7 @@ class Gateway:
     async def rank(self, request: web.Request) -> web.Response:
         """POST /v1/rank."""
         message = convert.rank_request_from_json(await self._json(request))
-        reply = await next(self._decision_stubs).Rank(message, timeout=DECISION_TIMEOUT)
+        reply = await self.decisions.call("Rank", message, DECISION_TIMEOUT)
         response = json_response(convert.rank_response_to_json(reply))
         response.headers["X-Request-ID"] = reply.request_id
         return response
@@ -307,21 +299,21 @@ class Gateway:
     async def feedback(self, request: web.Request) -> web.Response:
         """POST /v1/feedback."""
         message = convert.feedback_request_from_json(await self._json(request))
-        reply = await next(self._decision_stubs).Feedback(message, timeout=DECISION_TIMEOUT)
+        reply = await self.decisions.call("Feedback", message, DECISION_TIMEOUT)
         return json_response(convert.feedback_response_to_json(reply))
 
     async def segments(self, request: web.Request) -> web.Response:
         """GET /v1/segments/{user_id}."""
         user_id = convert.path_id(request.match_info["user_id"], "user_id")
-        reply = await next(self._decision_stubs).GetSegments(
-            decision_pb.GetSegmentsRequest(user_id=user_id), timeout=DECISION_TIMEOUT
+        reply = await self.decisions.call(
+            "GetSegments", decision_pb.GetSegmentsRequest(user_id=user_id), DECISION_TIMEOUT
         )
         return json_response(convert.segments_response_to_json(reply))
 
     async def search(self, request: web.Request) -> web.Response:
         """POST /v1/search."""
         message = convert.search_request_from_json(await self._json(request))
-        reply = await next(self._decision_stubs).Search(message, timeout=DECISION_TIMEOUT)
+        reply = await self.decisions.call("Search", message, DECISION_TIMEOUT)
         return json_response(convert.search_response_to_json(reply))
 
     async def events(self, request: web.Request) -> web.Response:
@@ -458,7 +450,7 @@ async def start_gateway(app: web.Application, host: str, port: int) -> tuple[web
 
 
 def run_gateway(settings: Settings, *, grpc_target: str | None = None) -> None:
-    """Run the gateway on settings.api_host:api_port until SIGINT or SIGTERM."""
+    """Run the gateway on settings.api_host:api_port until SIGINT or SIGTERM, on a uvloop event loop."""
 
     async def serve() -> None:
         runner, port = await start_gateway(
@@ -474,4 +466,4 @@ def run_gateway(settings: Settings, *, grpc_target: str | None = None) -> None:
         finally:
             await runner.cleanup()
 
-    asyncio.run(serve())
+    uvloop.run(serve())
