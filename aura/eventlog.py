@@ -122,6 +122,11 @@ def default_node_id() -> str:
     return os.environ.get("AURA_NODE_ID") or socket.gethostname()
 
 
+CONVERT_CHUNK_ROWS = 64
+"""Records converted to Arrow per call: a conversion holds the GIL, so one call per flush would stall a
+server's requests for as long as a second's worth of records takes to convert."""
+
+
 class EventLog:
     """Append-only log of one stream for one process; see the module docstring for the layout."""
 
@@ -221,7 +226,12 @@ class EventLog:
             self._sequence += 1
             name = f"{self._node_id}-{os.getpid()}-{time.time_ns()}-{self._sequence}"
             self._segment = _Segment(self._open_dir / f"{name}.arrow", self.directory, self.schema)
-        self._segment.write(pa.RecordBatch.from_pylist(records, schema=self.schema))
+        self._segment.write(
+            [
+                pa.RecordBatch.from_pylist(records[start : start + CONVERT_CHUNK_ROWS], schema=self.schema)
+                for start in range(0, len(records), CONVERT_CHUNK_ROWS)
+            ]
+        )
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
@@ -245,11 +255,12 @@ class _Segment:
         self._file = path.open("wb")
         self._writer = pa.ipc.new_stream(self._file, schema)
 
-    def write(self, batch: pa.RecordBatch) -> None:
-        self._writer.write_batch(batch)
+    def write(self, batches: list[pa.RecordBatch]) -> None:
+        for batch in batches:
+            self._writer.write_batch(batch)
+            self.rows += batch.num_rows
         self._file.flush()
         os.fsync(self._file.fileno())
-        self.rows += batch.num_rows
 
     def due(self, rotate_seconds: float, rotate_rows: int) -> bool:
         return self.rows >= rotate_rows or time.monotonic() - self.opened >= rotate_seconds
