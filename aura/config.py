@@ -125,13 +125,30 @@ class FairnessPolicy:
         _check_range(where, "k_anonymity_threshold", self.k_anonymity_threshold, 1, 1_000_000_000)
 
 
+PROFILE_DIMENSIONS: tuple[str, ...] = ("intent", "device_class", "recency", "price_sensitivity", "topic_interest")
+"""Visitor attributes the batch infers from their history; any of them can be a segment dimension."""
+CONTEXT_DIMENSIONS: tuple[str, ...] = ("device", "referrer_class", "page_type", "country", "time_of_day", "campaign")
+"""Request context keys the event log records; as a dimension, a visitor's most common value is used."""
+DEFAULT_DIMENSIONS: tuple[str, ...] = ("intent", "device_class", "recency", "price_sensitivity")
+
+
 @dataclass(frozen=True)
 class SegmentationPolicy:
-    """Segmentation settings shared by the batch and the edge."""
+    """Segmentation settings shared by the batch and the edge; `dimensions` is the segment hierarchy,
+    coarsest first (k-anonymity merges a small segment into its parent by opening its last dimension)."""
 
     cold_start: ColdStartPolicy = field(default_factory=ColdStartPolicy)
     confidence: ConfidencePolicy = field(default_factory=ConfidencePolicy)
     fairness: FairnessPolicy = field(default_factory=FairnessPolicy)
+    dimensions: tuple[str, ...] = DEFAULT_DIMENSIONS
+
+    def _validate(self, where: str) -> None:
+        known = PROFILE_DIMENSIONS + CONTEXT_DIMENSIONS
+        unknown = [d for d in self.dimensions if d not in known]
+        if unknown:
+            raise ConfigError(f"{where}.dimensions: {unknown[0]!r} is not a dimension; use any of {list(known)}.")
+        if not self.dimensions or len(set(self.dimensions)) != len(self.dimensions):
+            raise ConfigError(f"{where}.dimensions must be distinct and at least one, got {list(self.dimensions)}.")
 
 
 @dataclass(frozen=True)

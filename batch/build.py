@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import math
 import re
+import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,13 @@ import polars as pl
 import pyarrow as pa
 from tqdm import tqdm
 
-from aura.batch.intent import IntentModel, assign_intents, check_features, train_intent_model
+from aura.batch.intent import (
+    IntentModel,
+    assign_intents,
+    check_features,
+    learn_intent_evidence,
+    train_intent_model,
+)
 from aura.batch.ope import DEFAULT_MARGIN, SlatePolicy, compare
 from aura.batch.ope import REPORT_KEY as OPE_REPORT
 from aura.batch.posteriors import (
@@ -50,7 +57,7 @@ from aura.bundle.format import (
     Manifest,
 )
 from aura.bundle.writer import new_bundle_version, write_bundle
-from aura.config import Policies, Surface
+from aura.config import CONTEXT_DIMENSIONS, DEFAULT_DIMENSIONS, PROFILE_DIMENSIONS, Policies, Surface
 from aura.context import referrer_class, time_of_day
 from aura.embedding import TextEmbedder
 from aura.errors import ConfigError, InvalidRequest, NotFound
@@ -89,12 +96,13 @@ EVENT_COLUMNS: tuple[str, ...] = (
 )
 EVENT_TYPES = ("impression", "click")
 
-PROFILE_DIMENSIONS: tuple[str, ...] = ("intent", "device_class", "recency", "price_sensitivity")
-"""Visitor attributes the batch infers; any of them, in any order, can be a segment dimension."""
-CONTEXT_DIMENSIONS: tuple[str, ...] = ("device", "referrer_class", "page_type", "country", "time_of_day", "campaign")
-"""Request context keys the event log records; as a dimension, a visitor's most common value is used."""
-DEFAULT_DIMENSIONS: tuple[str, ...] = PROFILE_DIMENSIONS
-_ID_PREFIX: dict[str, str] = {"intent": "", "device_class": "", "recency": "", "price_sensitivity": "price"}
+_ID_PREFIX: dict[str, str] = {
+    "intent": "",
+    "device_class": "",
+    "recency": "",
+    "price_sensitivity": "price",
+    "topic_interest": "topic",
+}
 INTENT_LABELS: dict[str, str] = {
     "learn": "Learning-focused",
     "compare": "Comparison-focused",
@@ -109,7 +117,8 @@ INTENT_EVIDENCE: dict[str, dict[str, float]] = {
     "category": {"browse": 0.6, "compare": 0.4},
     "promotion": {"buy": 0.7, "browse": 0.3},
 }
-"""How much one click on a content type says about each intent; a visitor's intent is the argmax."""
+"""A hand-made guess of which intents a click on each content type suggests: the starting point of
+`learn_intent_evidence`, which learns from the clicks what one click on a type says about each intent."""
 NEW_VISITOR_DAYS = 14
 """A visitor first seen this many days before the build's `now` or later is "new", otherwise "returning"."""
 PRICE_TIERS: tuple[str, ...] = ("low", "medium", "high")
@@ -149,21 +158,26 @@ _SENTENCE_END = re.compile(r"[.!?]+")
 
 @dataclass(frozen=True, eq=False)
 class SiteTables:
-    """The tables a build reads: content, the event log and (optionally) visitors, as polars frames."""
+    """The tables a build reads: content, the event log and (optionally) visitors, as polars frames.
+
+    The event log may instead be the Path of its Parquet file (`read(..., scan_events=True)`): the build
+    then scans it in DuckDB without loading it into Python.
+    """
 
     content: pl.DataFrame
-    events: pl.DataFrame
+    events: pl.DataFrame | Path
     visitors: pl.DataFrame | None = None
 
     def __post_init__(self) -> None:
         for name, frame, columns in (
-            ("content", self.content, CONTENT_COLUMNS),
-            ("events", self.events, EVENT_COLUMNS),
+            ("content", self.content.lazy(), CONTENT_COLUMNS),
+            ("events", self.event_frame(), EVENT_COLUMNS),
         ):
-            missing = [c for c in columns if c not in frame.columns]
+            missing = [c for c in columns if c not in frame.collect_schema().names()]
             if missing:
                 raise InvalidRequest(f"site table {name} lacks the columns {', '.join(missing)}.")
-        unknown = set(self.events["type"].unique().to_list()) - set(EVENT_TYPES)
+        types = self.event_frame().select(pl.col("type").unique()).collect(engine="streaming")["type"]
+        unknown = set(types.to_list()) - set(EVENT_TYPES)
         if unknown:
             raise InvalidRequest(f"site table events has unknown event types {sorted(map(str, unknown))}.")
 
@@ -172,18 +186,23 @@ class SiteTables:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.content.write_parquet(out / SITE_FILES["content"])
-        self.events.write_parquet(out / SITE_FILES["events"])
+        self.event_frame().collect().write_parquet(out / SITE_FILES["events"])
         if self.visitors is not None:
             self.visitors.write_parquet(out / SITE_FILES["visitors"])
         return out
 
+    def event_frame(self) -> pl.LazyFrame:
+        """The event log as a LazyFrame (over its file when `events` is a Path)."""
+        return pl.scan_parquet(self.events) if isinstance(self.events, Path) else self.events.lazy()
+
     @classmethod
-    def read(cls, site_dir: str | Path) -> SiteTables:
-        """Read a site directory written by `write` (visitors.parquet is optional)."""
+    def read(cls, site_dir: str | Path, *, scan_events: bool = False) -> SiteTables:
+        """Read a site directory written by `write` (visitors.parquet is optional); with `scan_events`
+        the events stay in their file (`events` is its Path)."""
         site = Path(site_dir)
         if not site.is_dir():
             raise NotFound(f"site directory {site} does not exist.")
-        frames: dict[str, pl.DataFrame | None] = {}
+        frames: dict[str, pl.DataFrame | Path | None] = {}
         for name, file_name in SITE_FILES.items():
             path = site / file_name
             if not path.is_file():
@@ -192,7 +211,11 @@ class SiteTables:
                     continue
                 raise NotFound(f"site directory {site} has no {file_name}.")
             try:
-                frames[name] = pl.read_parquet(path)
+                if name == "events" and scan_events:
+                    pl.scan_parquet(path).collect_schema()
+                    frames[name] = path
+                else:
+                    frames[name] = pl.read_parquet(path)
             except (OSError, pl.exceptions.PolarsError) as exc:
                 raise InvalidRequest(f"{path} is not readable Parquet: {exc}") from None
         return cls(content=frames["content"], events=frames["events"], visitors=frames["visitors"])
@@ -370,6 +393,23 @@ def kmeans(points: np.ndarray, k: int, seed: int, iterations: int = 50) -> np.nd
     return labels.astype(np.int32)
 
 
+def topic_clusters(topics: Sequence[Sequence[str] | None], embeddings: np.ndarray, seed: int) -> np.ndarray:
+    """The topic cluster of every item, for the diversity rule: one cluster per primary (first) topic tag;
+    items without tags are k-means clustered by their embeddings (sqrt(n / 2) clusters) after those.
+
+    The embeddings of "title. summary" group items by content type more than by topic (titles and
+    summaries follow per-type templates), so they only stand in where the CMS gives no topic.
+    """
+    primary = [tags[0].strip().lower() if tags else "" for tags in topics]
+    label_of = {tag: i for i, tag in enumerate(sorted(set(primary) - {""}))}
+    labels = np.array([label_of.get(tag, -1) for tag in primary], dtype=np.int32)
+    untagged = np.flatnonzero(labels < 0)
+    if untagged.size:
+        k = max(1, round(math.sqrt(untagged.size / 2)))
+        labels[untagged] = len(label_of) + kmeans(embeddings[untagged], k, seed)
+    return labels
+
+
 def content_features(
     content: pl.DataFrame,
     embeddings: np.ndarray,
@@ -391,14 +431,13 @@ def content_features(
         )
     ]
     freshness = freshness_scores(content["published_at"].to_numpy(), now, policies.decisioning.freshness.half_life_days)
-    n_clusters = max(1, round(math.sqrt(content.height / 2)))
     flat = pa.array(embeddings.astype(np.float32).ravel(), type=pa.float32())
     frame = content.select(CONTENT_COLUMNS).with_columns(
         pl.Series("sentiment", [sentiment(t) for t in texts], dtype=pl.Float32),
         pl.Series("complexity", grades, dtype=pl.Float32),
         pl.Series("freshness_score", freshness, dtype=pl.Float32),
         pl.Series("quality_score", quality, dtype=pl.Float32),
-        pl.Series("topic_cluster", kmeans(embeddings, n_clusters, seed), dtype=pl.Int32),
+        pl.Series("topic_cluster", topic_clusters(content["topics"].to_list(), embeddings, seed), dtype=pl.Int32),
     )
     table = frame.to_arrow()
     return table.append_column("embedding", pa.FixedSizeListArray.from_arrays(flat, EMBEDDING_DIM)).select(
@@ -422,45 +461,58 @@ def embed_content(
 def register_site(con: duckdb.DuckDBPyConnection, site: SiteTables) -> None:
     """Expose the site to SQL as `events` (with `referrer_class`, filled `time_of_day`) and `content`.
 
-    The session time zone is UTC, as on the edge, so an event's hour gives the same time of day on both.
+    `events` is a view: every query streams the event log (a Parquet file is scanned in place) and reads
+    only the columns it uses. The session time zone is UTC, as on the edge, so an event's hour gives the
+    same time of day on both.
     """
     con.execute("SET TimeZone = 'UTC'")
-    referrers = site.events["referrer"].fill_null("").unique().to_list()
+    columns = ", ".join(EVENT_COLUMNS)
+    if isinstance(site.events, Path):
+        path = str(site.events).replace("'", "''")
+        con.execute(f"CREATE TEMP VIEW raw_events AS SELECT {columns} FROM read_parquet('{path}')")
+    else:
+        con.register("raw_events", site.events.select(EVENT_COLUMNS))
+    referrers = [r for (r,) in con.sql("SELECT DISTINCT coalesce(referrer, '') FROM raw_events").fetchall()]
     con.register(
         "referrer_classes",
         pa.table({"referrer": referrers, "referrer_class": [referrer_class(r) for r in referrers]}),
     )
-    con.register("hours", pa.table({"hour": list(range(24)), "label": [time_of_day(h) for h in range(24)]}))
-    con.register("raw_events", site.events.select(EVENT_COLUMNS).to_arrow())
     con.register("content", site.content.select("id", "content_type", "topics").to_arrow())
-    evidence = [(t, i, w) for t, weights in INTENT_EVIDENCE.items() for i, w in weights.items()]
-    con.register(
-        "intent_evidence",
-        pa.table(dict(zip(("content_type", "intent", "weight"), zip(*evidence, strict=True), strict=True))),
-    )
+    register_intent_evidence(con, INTENT_EVIDENCE)
+    hour_labels = ", ".join(f"'{time_of_day(h)}'" for h in range(24))
     con.execute(
-        """
-        CREATE TEMP TABLE events AS
+        f"""
+        CREATE TEMP VIEW events AS
         SELECT e.event_id, e.ts, e.anon_id, e.session_id, e.surface_id, e.content_id, e.type,
                lower(e.device) AS device, r.referrer_class, nullif(lower(e.page_type), '') AS page_type,
                nullif(upper(e.country), '') AS country,
-               coalesce(nullif(lower(e.time_of_day), ''), h.label) AS time_of_day,
+               coalesce(nullif(lower(e.time_of_day), ''), [{hour_labels}][hour(e.ts) + 1]) AS time_of_day,
                nullif(e.campaign, '') AS campaign
         FROM raw_events e
         JOIN referrer_classes r ON r.referrer = coalesce(e.referrer, '')
-        JOIN hours h ON h.hour = hour(e.ts)
         """
+    )
+
+
+def register_intent_evidence(con: duckdb.DuckDBPyConnection, evidence: Mapping[str, Mapping[str, float]]) -> None:
+    """Expose an evidence table (content type -> intent -> weight) to SQL as `intent_evidence`."""
+    rows = [(t, i, w) for t, weights in evidence.items() for i, w in weights.items()]
+    con.register(
+        "intent_evidence",
+        pa.table(dict(zip(("content_type", "intent", "weight"), zip(*rows, strict=True), strict=True))),
     )
 
 
 def user_profiles(
     con: duckdb.DuckDBPyConnection, min_events: int, now: datetime, context: Sequence[str] = ()
 ) -> pa.Table:
-    """Infer each visitor's intent, device class, recency and price sensitivity from their history.
+    """Infer each visitor's intent, device class, recency, price sensitivity and topic interest.
 
     Only visitors with at least `max(min_events, 1)` clicks get a profile (the rest are cold start); the
-    intent is the argmax of the summed `INTENT_EVIDENCE` of their clicks and its confidence the share of
-    that evidence. Visitors first seen within `NEW_VISITOR_DAYS` before `now` are new, others returning.
+    intent is the argmax of the summed `intent_evidence` weights of their clicks (log-likelihoods, see
+    `learn_intent_evidence`) and its confidence the intent's probability (their softmax). Visitors first
+    seen within `NEW_VISITOR_DAYS` before `now` are new, others returning. The topic interest is the
+    topic tag of most of their clicks (ties: the first by name).
     Each key of `context` (of `CONTEXT_DIMENSIONS`) adds a column: the visitor's most common value, or
     "none" when their events never carry one.
     """
@@ -488,16 +540,23 @@ def user_profiles(
             FROM events GROUP BY anon_id, device
         ),
         clicked AS (
-            SELECT e.anon_id, c.content_type FROM events e JOIN content c ON c.id = e.content_id WHERE e.type = 'click'
+            SELECT e.anon_id, c.content_type, c.topics
+            FROM events e JOIN content c ON c.id = e.content_id WHERE e.type = 'click'
+        ),
+        interests AS (
+            SELECT anon_id, topic FROM (SELECT anon_id, lower(trim(unnest(topics))) AS topic FROM clicked)
+            GROUP BY anon_id, topic
+            QUALIFY row_number() OVER (PARTITION BY anon_id ORDER BY count(*) DESC, topic) = 1
         ),
         scores AS (
             SELECT k.anon_id, w.intent, sum(w.weight) AS score
             FROM clicked k JOIN intent_evidence w USING (content_type) GROUP BY k.anon_id, w.intent
         ),
+        odds AS (SELECT *, exp(score - max(score) OVER (PARTITION BY anon_id)) AS odds FROM scores),
         best AS (
-            SELECT anon_id, intent, score / sum(score) OVER (PARTITION BY anon_id) AS confidence,
+            SELECT anon_id, intent, odds / sum(odds) OVER (PARTITION BY anon_id) AS confidence,
                    row_number() OVER (PARTITION BY anon_id ORDER BY score DESC, intent) AS rank
-            FROM scores
+            FROM odds
         ),
         promo AS (
             SELECT anon_id, avg(CASE WHEN content_type = 'promotion' THEN 1.0 ELSE 0.0 END) AS share
@@ -507,11 +566,12 @@ def user_profiles(
                CASE WHEN a.first_seen >= $new_since THEN 'new' ELSE 'returning' END AS recency,
                CASE WHEN p.share >= $high THEN 'high' WHEN p.share >= $medium THEN 'medium' ELSE 'low' END
                    AS price_sensitivity,
-               a.clicks{context_columns}
+               coalesce(i.topic, 'none') AS topic_interest, a.clicks{context_columns}
         FROM activity a
         JOIN best b ON b.anon_id = a.anon_id AND b.rank = 1
         JOIN devices d ON d.anon_id = a.anon_id AND d.rank = 1
         JOIN promo p ON p.anon_id = a.anon_id
+        LEFT JOIN interests i ON i.anon_id = a.anon_id
         {context_joins}
         WHERE a.clicks >= $min_events
         ORDER BY a.anon_id
@@ -591,11 +651,14 @@ class Segmentation:
     """The segment catalogue and the visitors' assignments of one build."""
 
     emitted: dict[Segment, int]
-    """Emitted segments and how many visitors each is assigned."""
+    """Emitted segments and how many visitors each has as members (k-anonymity counts these; a member whose
+    intent is uncertain may be assigned an ancestor, see `confident_segment`)."""
     segments: pa.Table
     user_segments: pa.Table
     user_leaves: pa.Table
     """anon_id and the profile dimensions of every assigned visitor, for pooling events into cells."""
+    members: pa.Table
+    """user_id and the most specific emitted segment of every assigned visitor, whatever its confidence."""
 
 
 def assign_segments(
@@ -627,11 +690,17 @@ def assign_segments(
             profiles = profiles.set_column(profiles.schema.get_field_index(column), column, pa.array(values, kind))
     leaves = [leaf_of(row, dimensions) for row in profiles.to_pylist()]
     emitted = choose_segments(Counter(leaves), policies.segmentation.fairness.k_anonymity_threshold, n_segments_max)
+    members = [resolve(leaf, emitted) for leaf in leaves]
+    threshold = policies.segmentation.confidence.assignment_threshold
+    assigned = [
+        confident_segment(member, confidence, emitted, threshold)
+        for member, confidence in zip(members, profiles["confidence"].to_pylist(), strict=True)
+    ]
     user_segments = pa.table(
         {
             "user_id": profiles["anon_id"],
-            "segment_id": [resolve(leaf, emitted).id for leaf in leaves],
-            "confidence": profiles["confidence"].cast(pa.float32()),
+            "segment_id": [segment.id for segment, _ in assigned],
+            "confidence": pa.array([confidence for _, confidence in assigned], pa.float32()),
             "assigned_at": pa.array([now] * profiles.num_rows, type=pa.timestamp("ms", tz="UTC")),
         },
         schema=SCHEMAS[USER_SEGMENTS],
@@ -641,7 +710,26 @@ def assign_segments(
         segments=segment_table(emitted, profiles, dimensions),
         user_segments=user_segments,
         user_leaves=profiles.select(["anon_id", *dimensions]),
+        members=pa.table({"user_id": profiles["anon_id"], "segment_id": [m.id for m in members]}),
     )
+
+
+def confident_segment(
+    member: Segment, intent_confidence: float, emitted: Mapping[Segment, int], threshold: float
+) -> tuple[Segment, float]:
+    """A visitor's assignment and the probability that they belong to it: their segment when its intent
+    (the one inferred dimension) is that likely, else its nearest emitted ancestor that leaves intent open
+    (certain, as the other dimensions are read off the history). When only seg_global would be certain,
+    the segment stays with its low confidence, so the edge falls back to cold-start rules."""
+    segment = member
+    while segment.values:
+        confidence = intent_confidence if segment.intent is not None else 1.0
+        if confidence >= threshold:
+            return segment, confidence
+        segment = segment.parent()
+        while segment not in emitted:
+            segment = segment.parent()
+    return member, intent_confidence
 
 
 def check_dimensions(dimensions: Sequence[str]) -> tuple[str, ...]:
@@ -672,16 +760,23 @@ def segment_keys(segments: Sequence[Segment], dimensions: tuple[str, ...]) -> pa
 
 def cold_start_table(
     con: duckdb.DuckDBPyConnection,
-    user_segments: pa.Table,
+    members: pa.Table,
+    emitted: Iterable[Segment],
     min_support: int,
+    min_confidence: float,
     patterns: tuple[tuple[str, ...], ...] = COLD_START_PATTERNS,
 ) -> pa.Table:
-    """Rules from a visitor's first-event context to the most common segment of visitors in that context.
+    """Rules from a visitor's first-event context to the most specific segment that visitors in that
+    context probably belong to.
 
-    One rule per combination of context values of each pattern seen for at least `min_support` assigned
-    visitors; the confidence is the segment's share of them. Keys a pattern does not use are null (any).
+    `members` maps each profiled visitor (user_id) to their most specific emitted segment (segment_id).
+    For every combination of context values of each pattern seen for at least `min_support` of them, the
+    rule names the deepest emitted segment other than seg_global (ties: the larger share) that covers at
+    least `min_confidence` of the context's visitors, with that share as its confidence: a visitor of a
+    segment also belongs to its ancestors. A context whose visitors only seg_global covers gets no rule.
+    Keys a pattern does not use are null (any).
     """
-    con.register("assigned", user_segments)
+    con.register("assigned", members)
     used = [k for k in COLD_START_KEYS if any(k in p for p in patterns)]
     grouped = ", ".join(used)
     sets = ", ".join(f"({', '.join((*p, 'segment_id'))})" for p in patterns)
@@ -689,37 +784,58 @@ def cold_start_table(
     used_key_present = " AND ".join(
         f"(((grouping_id >> {len(used) - 1 - i}) & 1) = 1 OR {key} IS NOT NULL)" for i, key in enumerate(used)
     )
-    columns = ", ".join(k if k in used else f"NULL::VARCHAR AS {k}" for k in COLD_START_KEYS)
-    return (
-        con.sql(
-            f"""
-            WITH first_context AS (
-                SELECT {grouped}, anon_id
-                FROM (SELECT *, row_number() OVER (PARTITION BY anon_id ORDER BY ts, event_id) AS rank FROM events)
-                WHERE rank = 1
-            ),
-            labeled AS (
-                SELECT f.*, a.segment_id FROM first_context f JOIN assigned a ON a.user_id = f.anon_id
-            ),
-            counts AS (
-                SELECT {grouped}, segment_id, GROUPING({grouped}) AS grouping_id, count(*) AS n
-                FROM labeled GROUP BY GROUPING SETS ({sets})
-            ),
-            ranked AS (
-                SELECT *, sum(n) OVER context AS support,
-                       row_number() OVER (PARTITION BY grouping_id, {grouped} ORDER BY n DESC, segment_id) AS rank
-                FROM counts WINDOW context AS (PARTITION BY grouping_id, {grouped})
-            )
-            SELECT {columns}, segment_id, (n / support)::FLOAT AS confidence
-            FROM ranked
-            WHERE rank = 1 AND support >= $min_support AND {used_key_present}
-            ORDER BY grouping_id DESC, {grouped}
-            """,
-            params={"min_support": min_support},
+    counts = con.sql(
+        f"""
+        WITH first_context AS (
+            SELECT anon_id, unnest(arg_min(struct_pack({grouped}), (ts, event_id)))
+            FROM events GROUP BY anon_id
+        ),
+        labeled AS (
+            SELECT f.*, a.segment_id FROM first_context f JOIN assigned a ON a.user_id = f.anon_id
+        ),
+        counts AS (
+            SELECT {grouped}, segment_id, GROUPING({grouped}) AS grouping_id, count(*) AS n
+            FROM labeled GROUP BY GROUPING SETS ({sets})
         )
-        .to_arrow_table()
-        .cast(SCHEMAS[COLD_START])
-    )
+        SELECT grouping_id, {grouped}, segment_id, n, sum(n) OVER (PARTITION BY grouping_id, {grouped}) AS support
+        FROM counts
+        WHERE {used_key_present}
+        QUALIFY support >= $min_support
+        ORDER BY grouping_id DESC, {grouped}, segment_id
+        """,
+        params={"min_support": min_support},
+    ).fetchall()
+    ancestors = _emitted_ancestors(emitted)
+    covered: dict[tuple[Any, ...], Counter[Segment]] = defaultdict(Counter)
+    supports: dict[tuple[Any, ...], int] = {}
+    for grouping_id, *values, segment_id, n, support in counts:
+        context = (grouping_id, *values)
+        supports[context] = support
+        for segment in ancestors[segment_id]:
+            covered[context][segment] += n
+    rules = []
+    for context, tally in covered.items():
+        support = supports[context]
+        confident = [s for s, n in tally.items() if n / support >= min_confidence]
+        if confident:
+            best = max(confident, key=lambda s: (s.depth, tally[s], s.id))
+            keys = dict(zip(used, context[1:], strict=True))
+            rules.append({**keys, "segment_id": best.id, "confidence": tally[best] / support})
+    return pa.Table.from_pylist(rules, schema=SCHEMAS[COLD_START])
+
+
+def _emitted_ancestors(emitted: Iterable[Segment]) -> dict[str, list[Segment]]:
+    """For each emitted segment's id, the segment and its emitted ancestors, seg_global left out."""
+    catalogue = set(emitted)
+    result = {}
+    for segment in catalogue:
+        chain, node = [], segment
+        while node.values:
+            if node in catalogue:
+                chain.append(node)
+            node = node.parent()
+        result[segment.id] = chain
+    return result
 
 
 def eligible_content(content: pl.DataFrame, surfaces: Mapping[str, Surface]) -> dict[str, list[str]]:
@@ -736,6 +852,24 @@ def eligible_content(content: pl.DataFrame, surfaces: Mapping[str, Surface]) -> 
             )
         result[surface_id] = ids
     return result
+
+
+DUCKDB_MEMORY_LIMIT = "2GB"
+"""DuckDB's memory cap in a build; past it, DuckDB spills to a temporary directory."""
+
+
+@contextmanager
+def batch_connection(
+    memory_limit: str = DUCKDB_MEMORY_LIMIT, threads: int | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB connection capped at `memory_limit` (e.g. "2GB"), spilling into a temporary
+    directory, with `threads` worker threads (default: one per core)."""
+    with tempfile.TemporaryDirectory(prefix="aura-duckdb-") as spill:
+        config: dict[str, str | int] = {"memory_limit": memory_limit, "temp_directory": spill}
+        if threads is not None:
+            config["threads"] = threads
+        with duckdb.connect(config=config) as con:
+            yield con
 
 
 @contextmanager
@@ -755,7 +889,7 @@ def build_bundle(
     embedder: TextEmbedder | None = None,
     now: datetime | None = None,
     n_segments_max: int | None = None,
-    dimensions: Sequence[str] = DEFAULT_DIMENSIONS,
+    dimensions: Sequence[str] | None = None,
     seed: int = 0,
     bundle_version: str | None = None,
     half_life_days: float = DEFAULT_HALF_LIFE_DAYS,
@@ -764,45 +898,56 @@ def build_bundle(
     ope_margin: float = DEFAULT_MARGIN,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    duckdb_memory_limit: str = DUCKDB_MEMORY_LIMIT,
+    duckdb_threads: int | None = None,
 ) -> Manifest:
     """Build a bundle from site tables into `out_dir/<version>` and return its manifest.
 
     `now` is the reference time of freshness, assignments and posterior decay (default: the last
     event, so rebuilding the same data gives the same tables). `n_segments_max` caps the catalogue
     (seg_global included); `dimensions` are the segment hierarchy, coarsest first (any of
-    `PROFILE_DIMENSIONS` and `CONTEXT_DIMENSIONS`; protected attributes are refused).
+    `PROFILE_DIMENSIONS` and `CONTEXT_DIMENSIONS`; protected attributes are refused; default: the
+    policies' `segmentation.dimensions`).
     `embedder` defaults to the packaged MiniLM. `half_life_days` is the decay of the posteriors'
     evidence. With `previous_dir` (a bundle directory) the posteriors continue from its decayed
     statistics and read only newer events, unless it has none or decays differently (then: a full
     rebuild). With `previous_dir` (the serving bundle) and `heldout` logged decisions
     (`aura.batch.ope.LOGGED_SCHEMA`), an off-policy evaluation of the new posteriors against the
     serving ones goes into `reports["ope"]`, with `ope_margin` deciding its `passed`. `log` receives one
-    line per finished step.
+    line per finished step. The SQL runs in DuckDB capped at `duckdb_memory_limit` with `duckdb_threads`
+    threads (see `batch_connection`).
     """
     if not surfaces:
         raise ConfigError("surfaces.yaml: at least one surface is needed to build a bundle.")
     if n_segments_max is not None and n_segments_max < 1:
         raise ConfigError(f"n_segments_max must be at least 1, got {n_segments_max}.")
-    dims = check_dimensions(dimensions)
+    dims = check_dimensions(policies.segmentation.dimensions if dimensions is None else dimensions)
     say = log or (lambda _line: None)
     timings: dict[str, float] = {}
-    if now is None:
-        last = site.events["ts"].max() if site.events.height else None
-        now = last if isinstance(last, datetime) else datetime.now(UTC)
-    now = now if now.tzinfo else now.replace(tzinfo=UTC)
     k = policies.segmentation.fairness.k_anonymity_threshold
     threshold = policies.segmentation.confidence.assignment_threshold
 
     with _timed(timings, "embedding"):
         vectors = embed_content(site.content, embedder or TextEmbedder.load(), progress)
-    with _timed(timings, "content"):
-        content = content_features(site.content, vectors, policies=policies, now=now, seed=seed)
-    say(f"content: {content.num_rows} items, {len(set(content['topic_cluster'].to_pylist()))} topic clusters")
 
-    with duckdb.connect() as con:
-        with _timed(timings, "segments"):
+    with batch_connection(duckdb_memory_limit, duckdb_threads) as con:
+        with _timed(timings, "events"):
             register_site(con, site)
+            events_used, visitors, last = con.sql(
+                "SELECT count(*), count(DISTINCT anon_id), max(ts) FROM events"
+            ).fetchall()[0]
+        if now is None:
+            now = last if isinstance(last, datetime) else datetime.now(UTC)
+        now = now if now.tzinfo else now.replace(tzinfo=UTC)
+        with _timed(timings, "content"):
+            content = content_features(site.content, vectors, policies=policies, now=now, seed=seed)
+        say(f"content: {content.num_rows} items, {len(set(content['topic_cluster'].to_pylist()))} topic clusters")
+
+        with _timed(timings, "segments"):
             topics = sorted({t for ts in site.content["topics"].to_list() if ts for t in ts})
+            register_intent_evidence(
+                con, learn_intent_evidence(con, INTENT_EVIDENCE, policies.segmentation.cold_start.min_events)
+            )
             intent_model = train_intent_model(con, INTENT_EVIDENCE, topics, seed)
             segmentation = assign_segments(
                 con, policies, now, n_segments_max, dims, intent_model=intent_model, topics=topics
@@ -836,6 +981,7 @@ def build_bundle(
                 as_of=now,
                 half_life_days=half_life_days,
                 previous=previous,
+                content_types=dict(zip(site.content["id"], site.content["content_type"], strict=True)),
             )
             prior_mean, prior_strength = cohort_priors(counts, site.content["id"].to_list(), vectors)
             posteriors = posterior_table(counts, prior_mean, prior_strength, surfaces, len(ordered), seed, progress)
@@ -845,9 +991,14 @@ def build_bundle(
             + (f"continued from {incremental_from}" if incremental_from else "full rebuild")
         )
         with _timed(timings, "cold_start"):
-            cold_start = cold_start_table(con, segmentation.user_segments, min_support=k)
+            cold_start = cold_start_table(
+                con,
+                segmentation.members,
+                segmentation.emitted,
+                min_support=k,
+                min_confidence=policies.segmentation.confidence.holdout_below,
+            )
         say(f"cold start: {cold_start.num_rows} rules")
-        visitors = int(con.sql("SELECT count(DISTINCT anon_id) FROM events").fetchall()[0][0])
 
     version = bundle_version or new_bundle_version()
     ope: dict[str, Any] = {}
@@ -876,7 +1027,7 @@ def build_bundle(
         "surfaces": len(eligible),
         "cells": len(eligible) * len(ordered),
         "posterior_rows": posteriors.num_rows,
-        "events_used": site.events.height,
+        "events_used": events_used,
         "clicks_on_eligible": round(float(counts["clicks"].to_numpy()[global_rows].sum()), 3),
         "new_items_with_cohort_prior": int(np.sum(prior_strength[global_rows] != PRIOR_STRENGTH)),
         "cold_start_rules": cold_start.num_rows,

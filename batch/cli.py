@@ -144,13 +144,25 @@ def _parser() -> argparse.ArgumentParser:
         "--segment-dimensions",
         type=lambda text: tuple(d.strip() for d in text.split(",") if d.strip()),
         help="segment hierarchy, coarsest first, comma-separated: intent, device_class, recency, "
-        "price_sensitivity and the context keys device, referrer_class, page_type, country, time_of_day, campaign "
-        "(default intent,device_class,recency,price_sensitivity)",
+        "price_sensitivity, topic_interest and the context keys device, referrer_class, page_type, country, "
+        "time_of_day, campaign (default: policies.yaml segmentation.dimensions)",
     )
     learning.add_argument(
         "--full-rebuild",
         action="store_true",
         help="recompute the posteriors from all events instead of continuing from the store's current bundle",
+    )
+    learning.add_argument(
+        "--duckdb-memory-limit",
+        default=os.environ.get("AURA_DUCKDB_MEMORY_LIMIT") or None,
+        help="memory cap of the build's DuckDB, e.g. 2GB; past it DuckDB spills to a temporary directory "
+        "(default $AURA_DUCKDB_MEMORY_LIMIT or 2GB)",
+    )
+    learning.add_argument(
+        "--duckdb-threads",
+        type=_positive,
+        default=int(os.environ["AURA_DUCKDB_THREADS"]) if os.environ.get("AURA_DUCKDB_THREADS") else None,
+        help="worker threads of the build's DuckDB (default $AURA_DUCKDB_THREADS or one per core)",
     )
     learning.add_argument(
         "--decision-logs",
@@ -413,7 +425,7 @@ def _build(args: argparse.Namespace) -> None:
         )
         n_segments_max = args.segments
     else:
-        site = SiteTables.read(args.site)
+        site = SiteTables.read(args.site, scan_events=True)
     store = _store(args, create=True) if args.store else None
     manifest = _build_and_report(site, args, policies, surfaces, store, n_segments_max)
     if args.bench:
@@ -431,7 +443,7 @@ def _build_and_report(
     store: BundleStore | None,
     n_segments_max: int | None = None,
 ) -> Manifest:
-    from aura.batch.build import DEFAULT_DIMENSIONS, build_bundle
+    from aura.batch.build import DUCKDB_MEMORY_LIMIT, build_bundle
 
     parent = store.current() if store is not None else None
     heldout = _heldout(args.decision_logs, args.heldout_fraction) if args.decision_logs else None
@@ -447,7 +459,7 @@ def _build_and_report(
             out_dir=args.out,
             parent_version=parent,
             n_segments_max=n_segments_max,
-            dimensions=args.segment_dimensions or DEFAULT_DIMENSIONS,
+            dimensions=args.segment_dimensions,
             seed=args.seed,
             half_life_days=args.half_life_days,
             previous_dir=previous_dir,
@@ -455,6 +467,8 @@ def _build_and_report(
             ope_margin=args.ope_margin,
             progress=True,
             log=_log,
+            duckdb_memory_limit=args.duckdb_memory_limit or DUCKDB_MEMORY_LIMIT,
+            duckdb_threads=args.duckdb_threads,
         )
     print(_summary(manifest, args.out / manifest.bundle_version, time.perf_counter() - start))
     return manifest

@@ -3,7 +3,8 @@
 Each labelled visitor's history is cut in two at the middle of their clicks: features describe what the
 visitor did up to the cut (content types and topics clicked, device, referrer class, landing page type,
 time of day, campaign, recency, activity), and the label is the intent their later clicks show (the
-argmax of the summed `INTENT_EVIDENCE` of the content types clicked after the cut). Visitors are split
+argmax of the summed `intent_evidence` weights of the content types clicked after the cut: the
+log-likelihoods `learn_intent_evidence` fits, starting from the hand-made `INTENT_EVIDENCE`). Visitors are split
 into training and held-out sets by a hash of their id. To assign intents, the winning method reads the
 whole history up to the build's `now`. Protected attributes are never features (`check_features`).
 """
@@ -20,6 +21,7 @@ import duckdb
 import lightgbm as lgb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 PROTECTED_ATTRIBUTES: frozenset[str] = frozenset(
     {
@@ -76,18 +78,16 @@ class Features:
 
     def categories(self) -> dict[str, list[str]]:
         """The sorted values of each categorical column: the codes LightGBM learns."""
-        return {c: sorted({v for v in self.table[c].to_pylist() if v is not None}) for c in CATEGORICAL}
+        return {c: sorted(pc.unique(self.table[c]).drop_null().to_pylist()) for c in CATEGORICAL}
 
     def matrix(self, categories: Mapping[str, Sequence[str]]) -> np.ndarray:
         """The float matrix LightGBM reads: categories as their index in `categories` (unknown: NaN)."""
         columns = []
         for name in self.table.column_names:
-            values = self.table[name].to_pylist()
+            values = self.table[name]
             if name in CATEGORICAL:
-                codes = {v: float(i) for i, v in enumerate(categories[name])}
-                columns.append([codes.get(v, np.nan) for v in values])
-            else:
-                columns.append([np.nan if v is None else float(v) for v in values])
+                values = pc.index_in(values, value_set=pa.array(categories[name], pa.string()))
+            columns.append(values.cast(pa.float64()).to_numpy())
         return np.array(columns, dtype=np.float64).T.reshape(self.table.num_rows, self.table.num_columns)
 
 
@@ -119,34 +119,41 @@ def visitor_features(
     """Features of each visitor in `cutoffs` (anon_id, cut) from their events with `ts <= cut`.
 
     Needs the `events` and `content` (id, content_type, topics) tables of `register_site` and an
-    `intent_evidence` table (content_type, intent, weight).
+    `intent_evidence` table (content_type, intent, weight: the log-likelihood of `learn_intent_evidence`).
     """
     types = sorted(evidence)
     intents = sorted({i for weights in evidence.values() for i in weights})
     con.register("cutoffs", cutoffs)
     type_columns = ", ".join(
-        f"count(*) FILTER (WHERE type = 'click' AND content_type = {_literal(t)}) AS {_ident('clicks:' + t)}"
-        for t in types
+        f"count(*) FILTER (WHERE content_type = {_literal(t)}) AS {_ident('clicks:' + t)}" for t in types
     )
     topic_columns = ", ".join(
-        f"count(*) FILTER (WHERE type = 'click' AND list_contains(topics, {_literal(t)})) AS {_ident('topic:' + t)}"
-        for t in topics
+        f"count(*) FILTER (WHERE list_contains(topics, {_literal(t)})) AS {_ident('topic:' + t)}" for t in topics
     )
     evidence_columns = ", ".join(
         f"coalesce(sum(w.weight) FILTER (WHERE w.intent = {_literal(i)}), 0) AS {_ident(i)}" for i in intents
     )
     evidence_select = ", ".join(f"coalesce(v.{_ident(i)}, 0) AS {_ident('evidence:' + i)}" for i in intents)
+    click_counts = ", ".join(
+        f"coalesce(n.{_ident(name)}, 0) AS {_ident(name)}"
+        for name in [f"clicks:{t}" for t in types] + [f"topic:{t}" for t in topics]
+    )
+    # Clicks are a small share of the events: the per-type and per-topic counts scan only them.
     table = con.sql(
         f"""
         WITH windowed AS (
-            SELECT e.*, c.content_type, c.topics, k.cut
-            FROM events e JOIN cutoffs k USING (anon_id) LEFT JOIN content c ON c.id = e.content_id
-            WHERE e.ts <= k.cut
+            SELECT e.*, k.cut FROM events e JOIN cutoffs k USING (anon_id) WHERE e.ts <= k.cut
+        ),
+        clicked AS (
+            SELECT w.anon_id, c.content_type, c.topics
+            FROM windowed w LEFT JOIN content c ON c.id = w.content_id WHERE w.type = 'click'
         ),
         evidence AS (
             SELECT v.anon_id, {evidence_columns}
-            FROM windowed v JOIN intent_evidence w USING (content_type)
-            WHERE v.type = 'click' GROUP BY v.anon_id
+            FROM clicked v JOIN intent_evidence w USING (content_type) GROUP BY v.anon_id
+        ),
+        per_click AS (
+            SELECT anon_id, {type_columns}, {topic_columns} FROM clicked GROUP BY anon_id
         ),
         activity AS (
             SELECT anon_id,
@@ -157,32 +164,80 @@ def visitor_features(
                    (epoch(any_value(cut)) - epoch(max(ts))) / 86400.0 AS days_since_last_seen,
                    count(DISTINCT session_id) AS sessions,
                    count(*) FILTER (WHERE type = 'impression') AS impressions,
-                   count(*) FILTER (WHERE type = 'click') AS clicks,
-                   {type_columns}, {topic_columns}
+                   count(*) FILTER (WHERE type = 'click') AS clicks
             FROM windowed GROUP BY anon_id
         )
-        SELECT a.*, {evidence_select}
-        FROM cutoffs k JOIN activity a USING (anon_id) LEFT JOIN evidence v USING (anon_id)
+        SELECT a.*, {click_counts}, {evidence_select}
+        FROM cutoffs k JOIN activity a USING (anon_id) LEFT JOIN per_click n USING (anon_id)
+        LEFT JOIN evidence v USING (anon_id)
         ORDER BY a.anon_id
         """
     ).to_arrow_table()
     names = [n for n in table.column_names if n != "anon_id" and not n.startswith("evidence:")]
     check_features(names)
-    scores = np.column_stack([table[f"evidence:{i}"].to_numpy() for i in intents]) if table.num_rows else None
-    if scores is None:
-        evidence_intent: list[str | None] = []
-        confidence = np.zeros(0)
-    else:
-        totals = scores.sum(axis=1)
-        best = scores.argmax(axis=1)
-        evidence_intent = [intents[b] if t > 0 else None for b, t in zip(best, totals, strict=True)]
-        confidence = np.where(totals > 0, scores.max(axis=1) / np.where(totals > 0, totals, 1), 0.0)
+    scores = np.column_stack([table[f"evidence:{i}"].to_numpy() for i in intents]).reshape(-1, len(intents))
+    probabilities = intent_probabilities(scores)
+    has_evidence = sum(table[f"clicks:{t}"].to_numpy() for t in types) > 0
+    evidence_intent: list[str | None] = [
+        intents[b] if seen else None for b, seen in zip(probabilities.argmax(axis=1), has_evidence, strict=True)
+    ]
+    confidence = np.where(has_evidence, probabilities.max(axis=1, initial=0.0), 0.0)
     return Features(
         anon_ids=table["anon_id"].to_pylist(),
         table=table.select(names),
         evidence_intent=evidence_intent,
         evidence_confidence=confidence,
     )
+
+
+EVIDENCE_ITERATIONS = 100
+EVIDENCE_PSEUDO_CLICKS = 0.5
+"""Added to every intent's expected clicks on every content type, so no type is impossible for an intent."""
+
+
+def learn_intent_evidence(
+    con: duckdb.DuckDBPyConnection, initial: Mapping[str, Mapping[str, float]], min_clicks: int
+) -> dict[str, dict[str, float]]:
+    """What one click on each content type says about each intent, learnt from the visitors' clicks:
+    log P(type | intent) of a mixture of multinomials over the clicks per content type of every visitor
+    with at least `min_clicks` clicks on those types, fitted by expectation-maximisation.
+
+    The mixture starts from `initial` (a hand-made table of how much a click on a type suggests each
+    intent), which ties each component to an intent name. Summed over a visitor's clicks, the result is
+    the log-likelihood of each intent; its softmax (`intent_probabilities`) is the probability of each.
+    Needs the `events` and `content` tables of `aura.batch.build.register_site`.
+    """
+    types = sorted(initial)
+    intents = sorted({i for weights in initial.values() for i in weights})
+    per_type = ", ".join(f"count(*) FILTER (WHERE c.content_type = {_literal(t)}) AS {_ident(t)}" for t in types)
+    columns = con.sql(
+        f"""
+        SELECT {per_type}
+        FROM events e JOIN content c ON c.id = e.content_id
+        WHERE e.type = 'click' AND list_contains($types, c.content_type)
+        GROUP BY e.anon_id HAVING count(*) >= $min_clicks
+        ORDER BY e.anon_id
+        """,
+        params={"types": types, "min_clicks": max(1, min_clicks)},
+    ).fetchnumpy()
+    clicks = np.column_stack([columns[t].astype(np.float64) for t in types]).reshape(-1, len(types))
+    # Every type starts possible for every intent, so the hand-made zeros can be learnt away.
+    start = np.array([[initial[t].get(i, 0.0) for t in types] for i in intents]) + 0.05
+    type_given_intent = start / start.sum(axis=1, keepdims=True)
+    intent_share = np.full(len(intents), 1.0 / len(intents))
+    for _ in range(EVIDENCE_ITERATIONS if len(clicks) else 0):
+        responsibility = intent_probabilities(np.log(intent_share) + clicks @ np.log(type_given_intent).T)
+        intent_share = np.maximum(responsibility.mean(axis=0), 1e-9)
+        expected = responsibility.T @ clicks + EVIDENCE_PSEUDO_CLICKS
+        type_given_intent = expected / expected.sum(axis=1, keepdims=True)
+    log_likelihood = np.log(type_given_intent)
+    return {t: {i: float(log_likelihood[k, j]) for k, i in enumerate(intents)} for j, t in enumerate(types)}
+
+
+def intent_probabilities(scores: np.ndarray) -> np.ndarray:
+    """Rows of summed log-likelihoods (visitors x intents) as probabilities (their softmax)."""
+    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def training_cutoffs(con: duckdb.DuckDBPyConnection) -> pa.Table:

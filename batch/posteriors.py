@@ -25,7 +25,11 @@ from aura.bundle.format import GLOBAL_SEGMENT, POSTERIORS, SCHEMAS, Manifest
 from aura.config import Surface
 
 PRIOR_STRENGTH = 10.0
-"""Pseudo-impressions of the empirical-Bayes prior of every posterior cell."""
+"""Pseudo-impressions of the empirical-Bayes prior of a `seg_global` cell, and the least of any cell."""
+MAX_SEGMENT_PRIOR_STRENGTH = 1000.0
+"""The most pseudo-impressions `segment_prior_strength` gives a segment cell's prior."""
+TYPE_LIFT_STRENGTH = 5.0
+"""Pseudo-clicks that shrink a segment's lift on one content type toward its lift on the whole surface."""
 COHORT_STRENGTH = 3.0
 """Pseudo-impressions of the prior of new content, taken from its nearest neighbours."""
 COHORT_NEIGHBOURS = 5
@@ -92,6 +96,7 @@ def posterior_counts(
     half_life_days: float = DEFAULT_HALF_LIFE_DAYS,
     previous: PreviousStats | None = None,
     prior_strength: float = PRIOR_STRENGTH,
+    content_types: Mapping[str, str] | None = None,
 ) -> pa.Table:
     """Decayed impressions and clicks and the prior mean per surface x segment x eligible item, sorted.
 
@@ -102,7 +107,10 @@ def posterior_counts(
 
     The prior mean of an item in `seg_global` is the surface CTR (shrunk toward the site CTR); in a
     segment it is the item's global CTR (shrunk toward the surface CTR) times the segment's lift on
-    the surface (its CTR, shrunk toward the surface CTR, over the surface CTR).
+    the surface (its CTR, shrunk toward the surface CTR, over the surface CTR), refined per content type
+    (`content_types`, content id to type): the segment's clicks on the type over the clicks its impressions
+    of the type would get at the items' global CTRs, shrunk toward the segment's lift by
+    `TYPE_LIFT_STRENGTH` pseudo-clicks. So a small cell starts from what its segment is known to prefer.
     """
     if half_life_days <= 0:
         raise ValueError(f"half_life_days must be positive, got {half_life_days}.")
@@ -134,6 +142,12 @@ def posterior_counts(
         ),
     )
     con.register("segment_keys", segment_keys)
+    types = content_types or {}
+    item_ids = sorted({c for ids in eligible.values() for c in ids})
+    con.register(
+        "item_types",
+        pa.table({"content_id": pa.array(item_ids, pa.string()), "content_type": [types.get(c, "") for c in item_ids]}),
+    )
     con.register("user_leaves", user_leaves)
     con.register("carried", carried)
     dims = ", ".join(f"u.{d}" for d in dimensions)
@@ -146,16 +160,11 @@ def posterior_counts(
             FROM events e JOIN eligible USING (surface_id, content_id)
             WHERE e.ts > $since AND e.ts <= $as_of
         ),
-        per_user AS (
-            SELECT surface_id, content_id, anon_id,
-                   coalesce(sum(w) FILTER (WHERE type = 'impression'), 0)::{_EXACT} AS impressions,
-                   coalesce(sum(w) FILTER (WHERE type = 'click'), 0)::{_EXACT} AS clicks
-            FROM weighted GROUP BY ALL
-        ),
         per_leaf AS (
-            SELECT p.surface_id, p.content_id{", " + dims if dims else ""},
-                   sum(p.impressions) AS impressions, sum(p.clicks) AS clicks
-            FROM per_user p LEFT JOIN user_leaves u USING (anon_id)
+            SELECT w.surface_id, w.content_id{", " + dims if dims else ""},
+                   coalesce(sum(w.w) FILTER (WHERE w.type = 'impression'), 0)::{_EXACT} AS impressions,
+                   coalesce(sum(w.w) FILTER (WHERE w.type = 'click'), 0)::{_EXACT} AS clicks
+            FROM weighted w LEFT JOIN user_leaves u USING (anon_id)
             GROUP BY ALL
         ),
         fresh AS (
@@ -201,6 +210,16 @@ def posterior_counts(
             SELECT g.surface_id, g.content_id,
                    (g.clicks::DOUBLE + $strength * s.ctr) / (g.impressions::DOUBLE + $strength) AS ctr
             FROM global_cells g JOIN surface_ctr s USING (surface_id)
+        ),
+        type_lift AS (
+            SELECT g.surface_id, g.segment_id, t.content_type,
+                   (sum(g.clicks)::DOUBLE + $type_strength * any_value(l.lift))
+                   / (sum((g.impressions::DOUBLE * i.ctr)::{_EXACT})::DOUBLE + $type_strength) AS lift
+            FROM grid g
+            JOIN item_types t USING (content_id)
+            JOIN item_ctr i USING (surface_id, content_id)
+            JOIN segment_lift l USING (surface_id, segment_id)
+            GROUP BY g.surface_id, g.segment_id, t.content_type
         )
         SELECT g.surface_id, g.segment_id, g.content_id,
                g.impressions::DOUBLE AS impressions, g.clicks::DOUBLE AS clicks,
@@ -208,7 +227,8 @@ def posterior_counts(
         FROM grid g
         JOIN surface_ctr s USING (surface_id)
         JOIN item_ctr i USING (surface_id, content_id)
-        JOIN segment_lift l USING (surface_id, segment_id)
+        JOIN item_types t USING (content_id)
+        JOIN type_lift l USING (surface_id, segment_id, content_type)
         ORDER BY g.surface_id, g.segment_id, g.content_id
         """,
         params={
@@ -219,6 +239,7 @@ def posterior_counts(
             "global": GLOBAL_SEGMENT,
             "default_ctr": DEFAULT_CTR,
             "strength": prior_strength,
+            "type_strength": TYPE_LIFT_STRENGTH,
         },
     ).to_arrow_table()
 
@@ -237,12 +258,13 @@ def cohort_priors(
     An item is new on a surface when it has fewer than `NEW_ITEM_IMPRESSIONS` decayed impressions in
     `seg_global`. In every segment cell, a new item's prior mean is the similarity-weighted posterior
     mean of its `neighbours` nearest seen items (cosine over `embeddings`, rows as `content_ids`) in
-    that same cell, with `cohort_strength` pseudo-impressions; other rows keep their prior.
+    that same cell, with `cohort_strength` pseudo-impressions; other rows keep their prior, with
+    `prior_strength` pseudo-impressions in `seg_global` and `segment_prior_strength`'s in segments.
     """
     prior_mean = counts["prior_mean"].to_numpy().astype(np.float64)
-    strength = np.full(counts.num_rows, prior_strength)
     impressions = counts["impressions"].to_numpy()
     clicks = counts["clicks"].to_numpy()
+    strength = segment_prior_strength(counts, prior_mean, prior_strength)
     posterior_mean = (prior_strength * prior_mean + clicks) / (prior_strength + impressions)
     row_of = {cid: i for i, cid in enumerate(content_ids)}
     unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
@@ -270,6 +292,28 @@ def cohort_priors(
             prior_mean[a + new_at] = (weights * cohort).sum(axis=1)
             strength[a + new_at] = cohort_strength
     return prior_mean, strength
+
+
+def segment_prior_strength(counts: pa.Table, prior_mean: np.ndarray, least: float = PRIOR_STRENGTH) -> np.ndarray:
+    """Pseudo-impressions of every row's prior: `least` in `seg_global`; in the other segments, per surface,
+    m (1 - m) / v - 1 for the mean m (1 - m) of their prior means and v the variance of their true CTRs
+    around the prior means, estimated by moments from the clicks (between `least` and
+    `MAX_SEGMENT_PRIOR_STRENGTH`). A segment's cells are sparse: the less their CTRs stray from what the
+    prior expects, the more the prior should weigh against a few clicks."""
+    strength = np.full(counts.num_rows, least)
+    impressions = counts["impressions"].to_numpy()
+    clicks = counts["clicks"].to_numpy()
+    segmented = counts["segment_id"].to_numpy(zero_copy_only=False) != GLOBAL_SEGMENT
+    surfaces = counts["surface_id"].to_numpy(zero_copy_only=False)
+    for start, stop in _runs(surfaces):
+        rows = np.arange(start, stop)[segmented[start:stop]]
+        n, m = impressions[rows], np.clip(prior_mean[rows], 1e-3, 1 - 1e-3)
+        if not rows.size or not (n**2).sum():
+            continue
+        excess = ((clicks[rows] - n * m) ** 2 - n * m * (1 - m)).sum() / (n**2).sum()
+        fitted = (m * (1 - m)).mean() / excess - 1 if excess > 0 else MAX_SEGMENT_PRIOR_STRENGTH
+        strength[rows] = min(max(fitted, least), MAX_SEGMENT_PRIOR_STRENGTH)
+    return strength
 
 
 def beta_parameters(

@@ -59,6 +59,9 @@ from aura.v1 import common_pb2
 from aura.v1 import decision_service_pb2 as pb
 from aura.v1 import decision_service_pb2_grpc as pb_grpc
 
+SITE_DIMENSIONS: tuple[str, ...] = ("intent", "device_class", "topic_interest")
+"""The synthetic site's segment hierarchy: its clicks depend on intent, device and topic interests, not on
+recency or price sensitivity (as segment dimensions those only split the segments' evidence)."""
 CONSENT: tuple[str, ...] = ("analytics", "personalization")
 """The consent every simulated visitor grants (no `age_verified`: age-restricted items stay hidden)."""
 NODE_START_SECONDS = 90.0
@@ -91,6 +94,8 @@ class LoopConfig:
     neutral_freshness: bool = True
     """Run with every surface's freshness_boost at 0: the ground truth does not reward fresh content, so the
     editorial freshness rule would only handicap the bandit against the baselines (which ignore it)."""
+    segment_dimensions: tuple[str, ...] | None = SITE_DIMENSIONS
+    """The segment hierarchy the batch builds (None: policies.yaml's `segmentation.dimensions`)."""
 
     def __post_init__(self) -> None:
         for name in ("n_content", "history_visitors", "history_days", "cycles", "visitors_per_cycle"):
@@ -481,6 +486,7 @@ class ClosedLoop:
             out_dir=self.built,
             parent_version=previous.name if previous is not None else None,
             embedder=self.embedder,
+            dimensions=self.config.segment_dimensions,
             seed=self.config.seed,
             previous_dir=previous,
         )

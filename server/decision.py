@@ -146,6 +146,7 @@ def resolve_segment(
 
 
 COLD_START_CACHE_SIZE = 4096
+_UNSEEN = object()
 
 
 def _cold_start(index: ServingIndex, query: RankQuery) -> tuple[str, float] | None:
@@ -158,9 +159,6 @@ def _cold_start(index: ServingIndex, query: RankQuery) -> tuple[str, float] | No
             cache.clear()
         match = cache[values] = match_cold_start(index.bundle, values)
     return match
-
-
-_UNSEEN = object()
 
 
 def decide(

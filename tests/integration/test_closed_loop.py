@@ -22,11 +22,15 @@ CONFIG = LoopConfig(
     visitors_per_cycle=300,
     config_dir=REPO / "config",
 )
-RANDOM_MARGIN = 1.2
-"""The bandit must beat random ranking by 20% in the last cycle. With this seed it beat it by 35% in every run
-(0.101 against 0.075 expected clicks per impression); the edge's own unseeded Thompson draws moved the bandit's
-CTR by about 0.001 between runs, far inside the margin. Static popularity ranking is not asserted: the bandit
-stays 7-8% below it here (and 13-15% in `python -m tests.bench.closed_loop`)."""
+RANDOM_MARGIN = 1.35
+"""The bandit must beat random ranking by 35% in the last cycle: with this seed it beat it by 44% and 45% in
+two runs (0.1078 and 0.1087 against 0.0748 expected clicks per impression); the edge's own unseeded Thompson
+draws move the bandit's CTR by about 0.001 between runs, far inside the margin."""
+POPULARITY_FLOOR = 0.96
+"""The bandit must reach 96% of static popularity ranking's CTR in the last cycle. It reached 98% and 99.8%
+in two runs (0.1078 and 0.1087 against 0.1100 and 0.1089), 96% before intents were learnt and cold-start
+rules walked up the segment hierarchy. The issue's claim, clearly above popularity, is not met
+(docs/benchmarks.md, the closed loop)."""
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +64,7 @@ def test_the_bandit_learns(loop: tuple[LoopReport, Path]) -> None:
     report, _ = loop
     first, last = report.cycles[0], report.last
     assert last.ctr("bandit") > RANDOM_MARGIN * last.ctr("random")
+    assert last.ctr("bandit") > POPULARITY_FLOOR * last.ctr("popularity")
     assert last.ctr("oracle") > last.ctr("bandit")
     # Visitors who clicked in the loop get segment assignments in the rebuilt bundles.
     assert last.personalized_share > first.personalized_share

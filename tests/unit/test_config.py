@@ -17,6 +17,7 @@ def test_repo_config_loads_with_the_seed_defaults() -> None:
     assert decisioning.freshness.half_life_days == 14
     assert config.policies.segmentation.confidence.assignment_threshold == 0.7
     assert config.policies.segmentation.fairness.k_anonymity_threshold == 50
+    assert config.policies.segmentation.dimensions == ("intent", "device_class", "recency", "price_sensitivity")
     assert config.settings.api_port == 8000
     assert config.settings.consent_required is True
     assert set(config.surfaces) == {"homepage.hero", "blog.index", "product_listing", "promo.banner"}
@@ -68,6 +69,9 @@ def test_bad_environment_is_rejected_with_the_variable_named(env: dict, message:
         ("decisioning:\n  diversity:\n    max_per_topic_cluster: two\n", "max_per_topic_cluster must be a whole"),
         ("segmentation:\n  fairness:\n    exclude_protected_attributes: 3\n", "must be true or false"),
         ("decisioning:\n  eligibility:\n    flag_consents: [a]\n", "flag_consents must be a mapping"),
+        ("segmentation:\n  dimensions: [intent, gender]\n", "segmentation.dimensions: 'gender' is not a dimension"),
+        ("segmentation:\n  dimensions: [intent, intent]\n", "segmentation.dimensions must be distinct"),
+        ("segmentation:\n  dimensions: []\n", "segmentation.dimensions must be distinct and at least one"),
         ("[1, 2]\n", "top level must be a mapping"),
         ("a: [\n", "not valid YAML"),
     ],

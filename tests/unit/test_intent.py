@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 
 import duckdb
 import polars as pl
 import pytest
 
-from aura.batch.build import INTENT_EVIDENCE, SiteTables, register_site
+from aura.batch.build import INTENT_EVIDENCE, SiteTables, register_intent_evidence, register_site, user_profiles
 from aura.batch.intent import (
     PROTECTED_ATTRIBUTES,
     assign_intents,
     check_features,
+    learn_intent_evidence,
     train_intent_model,
     training_cutoffs,
     visitor_features,
@@ -117,5 +119,28 @@ def test_without_enough_visitors_the_evidence_argmax_is_used() -> None:
     assert not model.use_model and model.booster is None
     assert model.stats["train_visitors"] + model.stats["heldout_visitors"] == 2
     assigned = assign_intents(con, model, ["u1", "u2"], NOW, INTENT_EVIDENCE, topics)
-    # The whole history: u1 learn 2.0 of 3.0 evidence; u2 buy 1.2 of 2.0.
-    assert assigned == {"u1": ("learn", pytest.approx(2 / 3)), "u2": ("buy", pytest.approx(0.6))}
+    # The whole history, the weights taken as log-likelihoods: u1 learn 2.0, buy 0.6, compare 0.4, browse 0;
+    # u2 buy 1.2, compare 0.8, learn and browse 0. The confidence is the softmax.
+    assert assigned == {
+        "u1": ("learn", pytest.approx(math.exp(2) / (math.exp(2) + math.exp(0.6) + math.exp(0.4) + 1))),
+        "u2": ("buy", pytest.approx(math.exp(1.2) / (math.exp(1.2) + math.exp(0.8) + 2))),
+    }
+
+
+def test_learnt_evidence_reaches_every_intent_and_beats_the_hand_made_table() -> None:
+    site = generate_site(7, n_content=60, n_visitors=1500, days=30)
+    con, _ = _connect(site)
+    truth = dict(zip(site.visitors["anon_id"], site.visitors["latent_intent"], strict=True))
+    learnt = learn_intent_evidence(con, INTENT_EVIDENCE, min_clicks=3)
+    assert set(learnt) == set(INTENT_EVIDENCE)
+    assert all(w < 0 for weights in learnt.values() for w in weights.values())  # log-probabilities
+
+    def accuracy(evidence: dict[str, dict[str, float]]) -> tuple[float, set[str]]:
+        register_intent_evidence(con, evidence)
+        guessed = dict(zip(*user_profiles(con, 3, NOW).select(["anon_id", "intent"]).to_pydict().values(), strict=True))
+        return sum(truth[a] == i for a, i in guessed.items()) / len(guessed), set(guessed.values())
+
+    hand_accuracy, _ = accuracy(INTENT_EVIDENCE)
+    learnt_accuracy, reached = accuracy(learnt)
+    assert reached == {"learn", "compare", "buy", "browse"}
+    assert learnt_accuracy > hand_accuracy + 0.05

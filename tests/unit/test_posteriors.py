@@ -13,13 +13,16 @@ import pytest
 
 from aura.batch.posteriors import (
     COHORT_STRENGTH,
+    MAX_SEGMENT_PRIOR_STRENGTH,
     PRIOR_STRENGTH,
+    TYPE_LIFT_STRENGTH,
     PreviousStats,
     beta_parameters,
     cohort_priors,
     decay_factor,
     posterior_counts,
     read_previous,
+    segment_prior_strength,
     stats_report,
     thompson_propensity,
 )
@@ -79,13 +82,17 @@ def test_tiny_log_arithmetic_without_decay() -> None:
     a1, a2 = (4 + s * surface) / (10 + s), (0 + s * surface) / (2 + s)
     learn_lift = (1 + s * surface) / (6 + s) / surface
     buy_lift = (0 + s * surface) / (0 + s) / surface
+    # Both items have one (unknown) content type: the segment's clicks on it over the clicks its impressions
+    # would get at the items' global CTRs, shrunk toward the segment's lift.
+    t = TYPE_LIFT_STRENGTH
+    learn_factor = (1 + t * learn_lift) / (4 * a1 + 2 * a2 + t)
     expected = {
         (GLOBAL_SEGMENT, "a1"): (10, 4, surface),
         (GLOBAL_SEGMENT, "a2"): (2, 0, surface),
-        ("seg_learn", "a1"): (4, 1, a1 * learn_lift),
-        ("seg_learn", "a2"): (2, 0, a2 * learn_lift),
-        ("seg_learn_mobile", "a1"): (4, 1, a1 * learn_lift),
-        ("seg_learn_mobile", "a2"): (2, 0, a2 * learn_lift),
+        ("seg_learn", "a1"): (4, 1, a1 * learn_factor),
+        ("seg_learn", "a2"): (2, 0, a2 * learn_factor),
+        ("seg_learn_mobile", "a1"): (4, 1, a1 * learn_factor),
+        ("seg_learn_mobile", "a2"): (2, 0, a2 * learn_factor),
         ("seg_buy", "a1"): (0, 0, a1 * buy_lift),
         ("seg_buy", "a2"): (0, 0, a2 * buy_lift),
     }
@@ -94,6 +101,20 @@ def test_tiny_log_arithmetic_without_decay() -> None:
         got = cells[key]
         assert (got["impressions"], got["clicks"], got["prior_mean"]) == pytest.approx((impressions, clicks, prior))
     assert [(r["segment_id"], r["content_id"]) for r in counts.to_pylist()] == sorted(expected)
+
+
+def test_a_segment_prior_follows_its_lift_on_each_content_type() -> None:
+    # Both items have the same global CTR; learners click only the guide, buyers only the product.
+    log = [(u, c, "impression") for u in ("u1", "u3") for c in ("g1", "p1") for _ in range(5)]
+    log += [("u1", "g1", "click")] * 2 + [("u3", "p1", "click")] * 2
+    con = _events([(u, c, t, NOW - timedelta(hours=1)) for u, c, t in log])
+    types = {"g1": "guide", "p1": "product"}
+    counts = posterior_counts(
+        con, KEYS, LEAVES, {"hero": ["g1", "p1"]}, as_of=NOW, half_life_days=NO_DECAY, content_types=types
+    )
+    prior = {key: row["prior_mean"] for key, row in _cells(counts).items()}
+    assert prior[("seg_learn", "g1")] > prior[(GLOBAL_SEGMENT, "g1")] > prior[("seg_learn", "p1")]
+    assert prior[("seg_buy", "p1")] > prior[(GLOBAL_SEGMENT, "p1")] > prior[("seg_buy", "g1")]
 
 
 def test_events_decay_by_their_age_and_future_events_are_ignored() -> None:
@@ -216,3 +237,24 @@ def test_thompson_propensity_fills_exactly_top_n_per_draw() -> None:
     np.testing.assert_allclose(propensity.sum(axis=1), [2.0, 2.0], atol=1e-6)
     assert propensity[0, 0] == 1.0
     assert thompson_propensity(alpha, beta, top_n=5, rng=np.random.default_rng(0)).min() == 1.0
+
+
+def test_segment_prior_strength_follows_how_far_segment_cells_stray_from_their_prior() -> None:
+    def strength(clicks: list[float]) -> np.ndarray:
+        n = len(clicks)
+        counts = pa.table(
+            {
+                "surface_id": ["hero"] * (n + 1),
+                "segment_id": [GLOBAL_SEGMENT] + [f"seg_{i}" for i in range(n)],
+                "impressions": [1000.0] * (n + 1),
+                "clicks": [100.0, *clicks],
+            }
+        )
+        return segment_prior_strength(counts, np.full(n + 1, 0.1))
+
+    # Clicks as the prior expects: the prior should weigh most; clicks far from it: little.
+    assert strength([100.0, 100.0, 100.0, 100.0]).tolist() == [PRIOR_STRENGTH] + [MAX_SEGMENT_PRIOR_STRENGTH] * 4
+    spread = strength([20.0, 180.0, 40.0, 160.0])
+    assert spread[0] == PRIOR_STRENGTH
+    # Variance of the true CTRs around 0.1: ((0.08^2 + 0.06^2) / 2 - 0.09 / 1000); m (1 - m) / v - 1.
+    assert spread[1:] == pytest.approx(0.09 / ((0.08**2 + 0.06**2) / 2 - 0.09 / 1000) - 1)
