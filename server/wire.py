@@ -22,10 +22,13 @@ _LENGTH_DELIMITED = 2
 _TRUE = b"\x01"
 
 
+_ONE_BYTE = tuple(bytes((value,)) for value in range(0x80))
+
+
 def varint(value: int) -> bytes:
     """The base-128 varint encoding of a non-negative integer."""
     if value < 0x80:
-        return bytes((value,))
+        return _ONE_BYTE[value]
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
@@ -94,7 +97,7 @@ def ranked_item(score: float, reason: str, position: int, propensity: float, exp
             tail,
         )
     )
-    return b"\x1a" + varint(len(body)) + body
+    return b"".join((b"\x1a", varint(len(body)), body))
 
 
 def rank_response(
