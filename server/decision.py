@@ -7,7 +7,7 @@ replayed from its logged seed, bundle version and posterior state.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -91,8 +91,8 @@ class Decision:
     reasons: list[str]
     explored_slot: int
     """The slot the exploration budget filled, or -1."""
-    draws: tuple[list[float], list[float], list[float], list[float]]
-    """Per slot: posterior alpha, posterior beta, sampled value, freshness multiplier."""
+    draws: SlateDraws | None = field(compare=False)
+    """Where the slate's posterior parameters, samples and freshness can be read (None for an empty slate)."""
     exploration_rate: float
     eligible_count: int
     removed: tuple[tuple[int, str], ...]
@@ -100,7 +100,9 @@ class Decision:
 
     @property
     def items(self) -> tuple[ChosenItem, ...]:
-        """The slate as one object per item."""
+        """The slate as one object per item (reads the draws: for explanations and tests, not the hot path)."""
+        if self.draws is None:
+            return ()
         return tuple(
             ChosenItem(row, posterior_row, slot + 1, score, propensity, slot == self.explored_slot, reason, *draws)
             for slot, (row, posterior_row, score, propensity, reason, *draws) in enumerate(
@@ -110,10 +112,33 @@ class Decision:
                     self.scores,
                     self.propensities,
                     self.reasons,
-                    *self.draws,
+                    *self.draws.per_slot(),
                     strict=True,
                 )
             )
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SlateDraws:
+    """The arrays a decision sampled from, kept by reference so per-slot values cost nothing unless read."""
+
+    shapes: np.ndarray
+    """Alphas then betas of the eligible pool."""
+    samples: np.ndarray
+    freshness: np.ndarray
+    chosen: list[int]
+    """Pool indices of the slate, in slot order."""
+
+    def per_slot(self) -> tuple[list[float], list[float], list[float], list[float]]:
+        """Per slot: posterior alpha, posterior beta, sampled value, freshness multiplier."""
+        n = self.samples.size
+        chosen = self.chosen
+        return (
+            self.shapes[chosen].tolist(),
+            self.shapes[[i + n for i in chosen]].tolist(),
+            self.samples[chosen].tolist(),
+            self.freshness[chosen].tolist(),
         )
 
 
@@ -152,13 +177,18 @@ _UNSEEN = object()
 def _cold_start(index: ServingIndex, query: RankQuery) -> tuple[str, float] | None:
     # The order of aura.bundle.format.COLD_START_KEYS.
     values = (query.device, query.referrer_class, query.page_type, query.country, query.time_of_day, query.campaign)
-    cache = index.cold_starts
-    match = cache.get(values, _UNSEEN)
+    match = index.cold_starts.get(values, _UNSEEN)
     if match is _UNSEEN:
-        if len(cache) >= COLD_START_CACHE_SIZE:
-            cache.clear()
-        match = cache[values] = match_cold_start(index.bundle, values)
+        match = _remember(index.cold_starts, values, match_cold_start(index.bundle, values), COLD_START_CACHE_SIZE)
     return match
+
+
+def _remember(cache: dict, key: object, value: object, capacity: int):
+    """Store `value` under `key` in a memo of at most `capacity` entries (emptied when full); return it."""
+    if len(cache) >= capacity:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def decide(
@@ -184,7 +214,7 @@ def decide(
     n = pool.size
     if n == 0:
         return Decision(
-            query.surface_id, resolution, cell.segment_id, [], [], [], [], [], -1, ([], [], [], []),
+            query.surface_id, resolution, cell.segment_id, [], [], [], [], [], -1, None,
             exploration_rate, 0, removed,
         )  # fmt: skip
 
@@ -221,12 +251,6 @@ def decide(
         reasons[explored_slot] = index.reason_heads[content_rows[explored_slot]] + _reason_tail(
             query, resolution, explored=True
         )
-    draws = (
-        shapes[chosen].tolist(),
-        shapes[[i + n for i in chosen]].tolist(),
-        samples[chosen].tolist(),
-        pool.freshness[chosen].tolist(),
-    )
     return Decision(
         surface_id=query.surface_id,
         resolution=resolution,
@@ -239,7 +263,7 @@ def decide(
         ),
         reasons=reasons,
         explored_slot=explored_slot,
-        draws=draws,
+        draws=SlateDraws(shapes, samples, pool.freshness, chosen),
         exploration_rate=exploration_rate,
         eligible_count=n,
         removed=removed,
@@ -292,9 +316,7 @@ def _eligible_pool(
         considered = considered & np.isin(cell.items, wanted_rows, assume_unique=True)
     pool = EligiblePool.of(cell, rule_mask & considered, index.n_posteriors)
     if not (query.explain or query.candidates):
-        if len(cache) >= POOL_CACHE_SIZE:
-            cache.clear()
-        cache[key] = pool
+        _remember(cache, key, pool, POOL_CACHE_SIZE)
     if not query.explain:
         return pool, ()
     removed = []

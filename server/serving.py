@@ -150,8 +150,8 @@ SIMILARITY_BLOCK_CELLS = 1 << 24
 def similar_rows(embeddings: np.ndarray, min_distance: float) -> tuple[frozenset[int], ...]:
     """Per row of unit `embeddings`, the other rows within cosine distance `min_distance` (none if it is 0).
 
-    Exact, by blocked matrix products: the cost grows with the square of the catalogue (about 50 ms for
-    1,200 items, a minute for 50,000), paid once per load, off the request path.
+    Exact, by blocked matrix products: the cost grows with the square of the catalogue (0.02 s for 1,200
+    items, 1 s for 10,000 on the bench machine), paid once per load, off the request path.
     """
     n = len(embeddings)
     if min_distance <= 0.0 or n == 0:

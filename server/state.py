@@ -183,9 +183,4 @@ class SeededGenerator:
 
 def replay_generator(seed: int) -> np.random.Generator:
     """A fresh generator with the stream a decision logged with `seed` used."""
-    bits = np.random.SFC64(0)
-    state = bits.state
-    state["state"]["state"][:] = _sfc64_words(seed)
-    state["has_uint32"] = 0
-    bits.state = state
-    return np.random.Generator(bits)
+    return SeededGenerator().seeded(seed)

@@ -3,7 +3,7 @@
 For every `request-N.bin` (a serialized RankRequest) in `--requests`, runs the real `DecisionService.Rank`
 adapter on the bench bundle and writes the serialized reply next to it as `response-N.bin`: what the bare
 server replays. Then times (CPU time of this one thread; run it with OPENBLAS_NUM_THREADS=1 so numpy uses one core):
-`decide()` alone, the whole `Rank` adapter (validation, decide, response protos, request id, decision log
+`decide()` alone, the whole `Rank` adapter (validation, decide, response bytes, request id, decision log
 append) and the numpy query embedding. Prints the figures as one JSON object.
 
     OPENBLAS_NUM_THREADS=1 python -m tests.bench.core --bundle DIR --config-dir DIR --requests DIR
