@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from aura.errors import ConfigError
+from aura.protected import check_features
 
 
 @dataclass(frozen=True)
@@ -30,9 +32,13 @@ class ExplorationPolicy:
     per_user_cap: float = 0.15
     throttle_high_traffic: bool = True
     throttle_rps: float = 500.0
+    posterior_variance_scale: float = 0.25
+    """Thompson draws come from Beta(a / s, b / s): the posterior's mean with about s times its variance
+    (s < 1 exploits more, as Chapelle & Li found best for click rates; 1 is the exact posterior)."""
 
     def _validate(self, where: str) -> None:
         _check_range(where, "global_budget", self.global_budget, 0.0, 1.0)
+        _check_range(where, "posterior_variance_scale", self.posterior_variance_scale, 0.01, 10.0)
         _check_range(where, "per_user_cap", self.per_user_cap, 0.0, 1.0)
         _check_range(where, "throttle_rps", self.throttle_rps, 1.0, 1e9)
 
@@ -130,6 +136,53 @@ PROFILE_DIMENSIONS: tuple[str, ...] = ("intent", "device_class", "recency", "pri
 CONTEXT_DIMENSIONS: tuple[str, ...] = ("device", "referrer_class", "page_type", "country", "time_of_day", "campaign")
 """Request context keys the event log records; as a dimension, a visitor's most common value is used."""
 DEFAULT_DIMENSIONS: tuple[str, ...] = ("intent", "device_class", "recency", "price_sensitivity")
+CUSTOM_CONTEXT_PREFIX = "context."
+"""A dimension `context.<key>` names the key `<key>` of the Rank request's free-form `context` map."""
+_CUSTOM_CONTEXT_KEY = re.compile(r"[a-z0-9_]{1,64}")
+
+
+def custom_context_key(dimension: str) -> str | None:
+    """The request context key a `context.<key>` dimension names; None for any other dimension."""
+    return dimension.removeprefix(CUSTOM_CONTEXT_PREFIX) if dimension.startswith(CUSTOM_CONTEXT_PREFIX) else None
+
+
+def check_dimensions(dimensions: Sequence[str], where: str) -> tuple[str, ...]:
+    """The segment dimensions as a tuple, or a ConfigError (prefixed by `where`) naming the first wrong entry.
+
+    A dimension is one of `PROFILE_DIMENSIONS` or `CONTEXT_DIMENSIONS`, or `context.<key>` for a key of
+    1-64 characters of a-z, 0-9 and _ that is not one of those names; none may repeat or be (or be built
+    from) a protected attribute, and there is at least one.
+    """
+    dims = tuple(dimensions)
+    if not dims:
+        raise ConfigError(f"{where} must be distinct and at least one, got [].")
+    known = PROFILE_DIMENSIONS + CONTEXT_DIMENSIONS
+    seen: set[str] = set()
+    for dimension in dims:
+        if dimension in seen:
+            raise ConfigError(f"{where} must be distinct and at least one; {dimension!r} is listed twice.")
+        seen.add(dimension)
+        key = custom_context_key(dimension)
+        try:
+            check_features([dimension if key is None else key])
+        except ValueError:
+            raise ConfigError(
+                f"{where}: {dimension!r} is a protected attribute; "
+                "protected attributes are never features or segment dimensions."
+            ) from None
+        if key is None and dimension not in known:
+            raise ConfigError(
+                f"{where}: {dimension!r} is not a dimension; use any of {list(known)} "
+                f"or {CUSTOM_CONTEXT_PREFIX}<key> for a key of the request's context."
+            )
+        if key is not None and not _CUSTOM_CONTEXT_KEY.fullmatch(key):
+            raise ConfigError(
+                f"{where}: {dimension!r} is not a valid context dimension; the key after "
+                f"{CUSTOM_CONTEXT_PREFIX!r} must be 1-64 characters of a-z, 0-9 and _."
+            )
+        if key in known:
+            raise ConfigError(f"{where}: {dimension!r} names the built-in dimension {key!r}; write {key!r} instead.")
+    return dims
 
 
 @dataclass(frozen=True)
@@ -143,12 +196,7 @@ class SegmentationPolicy:
     dimensions: tuple[str, ...] = DEFAULT_DIMENSIONS
 
     def _validate(self, where: str) -> None:
-        known = PROFILE_DIMENSIONS + CONTEXT_DIMENSIONS
-        unknown = [d for d in self.dimensions if d not in known]
-        if unknown:
-            raise ConfigError(f"{where}.dimensions: {unknown[0]!r} is not a dimension; use any of {list(known)}.")
-        if not self.dimensions or len(set(self.dimensions)) != len(self.dimensions):
-            raise ConfigError(f"{where}.dimensions must be distinct and at least one, got {list(self.dimensions)}.")
+        check_dimensions(self.dimensions, f"{where}.dimensions")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ propensities) are seeded numpy, so the same tables, `now` and `seed` give the sa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -23,12 +24,13 @@ import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
+from aura.batch.context_intent import EVIDENCE_KEYS, context_intent_rules, with_inferred_rules
 from aura.batch.intent import (
     IntentModel,
     assign_intents,
-    check_features,
     learn_intent_evidence,
     train_intent_model,
 )
@@ -57,7 +59,15 @@ from aura.bundle.format import (
     Manifest,
 )
 from aura.bundle.writer import new_bundle_version, write_bundle
-from aura.config import CONTEXT_DIMENSIONS, DEFAULT_DIMENSIONS, PROFILE_DIMENSIONS, Policies, Surface
+from aura.config import (
+    CONTEXT_DIMENSIONS,
+    DEFAULT_DIMENSIONS,
+    PROFILE_DIMENSIONS,
+    Policies,
+    Surface,
+    check_dimensions,
+    custom_context_key,
+)
 from aura.context import referrer_class, time_of_day
 from aura.embedding import TextEmbedder
 from aura.errors import ConfigError, InvalidRequest, NotFound
@@ -94,6 +104,9 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "time_of_day",
     "campaign",
 )
+OPTIONAL_EVENT_COLUMNS: tuple[str, ...] = ("context_json",)
+"""Event columns a site may leave out (older histories); a missing one reads as null. `context_json` is the
+request's context map as a JSON object, where `context.<key>` segment dimensions are read."""
 EVENT_TYPES = ("impression", "click")
 
 _ID_PREFIX: dict[str, str] = {
@@ -135,6 +148,8 @@ COLD_START_PATTERNS: tuple[tuple[str, ...], ...] = (
     ("device",),
 )
 """The key combinations cold-start rules are mined for; the edge tries the most specific first."""
+INTENT_EVIDENCE_PATTERNS: tuple[tuple[str, ...], ...] = (EVIDENCE_KEYS, *COLD_START_PATTERNS)
+"""The key combinations naive-Bayes intent rules are made for (`aura.batch.context_intent`)."""
 
 EXPECTED_WORDS: dict[str, int] = {"article": 500, "guide": 700, "case_study": 500, "product": 200}
 SHORT_TYPE_WORDS = 60
@@ -246,14 +261,11 @@ class Segment:
     @property
     def id(self) -> str:
         """`seg_learn_mobile_new`, `seg_learn_mobile_new_price_high`, `seg_learn_mobile`, `seg_learn`, `seg_global`;
-        a dimension other than intent, device class and recency is prefixed by its name (`campaign_spring`)."""
+        a dimension other than intent, device class and recency is prefixed by its name (`campaign_spring`),
+        a `context.<key>` one by its key (`plan_enterprise`, see `_context_value_slug`)."""
         if not self.values:
             return GLOBAL_SEGMENT
-        parts = [
-            f"{_ID_PREFIX.get(d, d)}_{_slug(v)}" if _ID_PREFIX.get(d, d) else _slug(v)
-            for d, v in zip(self.dimensions, self.values, strict=False)
-        ]
-        return "seg_" + "_".join(parts)
+        return "seg_" + "_".join(_id_part(d, v) for d, v in zip(self.dimensions, self.values, strict=False))
 
     @property
     def name(self) -> str:
@@ -269,7 +281,8 @@ class Segment:
             elif dimension == "price_sensitivity":
                 details.append(f"{value.capitalize()} Price Sensitivity")
             elif dimension not in ("intent", "device_class"):
-                details.append(f"{dimension.replace('_', ' ').capitalize()} {value}")
+                label = custom_context_key(dimension) or dimension
+                details.append(f"{label.replace('_', ' ').capitalize()} {value}")
         suffix = f" ({', '.join(details)})" if details else ""
         return f"{head}{f' {device.capitalize()}' if device else ''} Users{suffix}"
 
@@ -293,6 +306,27 @@ class Segment:
 
 def _slug(value: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", value.lower()).strip("-") or "none"
+
+
+CONTEXT_SLUG_LENGTH = 32
+"""At most this many characters of a `context.<key>` value's slug go into a segment id."""
+
+
+def _context_value_slug(value: str) -> str:
+    """A site's free-form context value as it appears in a segment id: its slug, cut to CONTEXT_SLUG_LENGTH and
+    followed by 8 hex digits of its sha256 unless it is the value itself, so distinct values never share an id
+    (`enterprise`, `Enterprise Plus` -> `enterprise-plus-<digest>`)."""
+    slug = _slug(value)[:CONTEXT_SLUG_LENGTH].strip("-")
+    return slug if slug == value else f"{slug}-{hashlib.sha256(value.encode()).hexdigest()[:8]}"
+
+
+def _id_part(dimension: str, value: str) -> str:
+    """One dimension's part of a segment id."""
+    key = custom_context_key(dimension)
+    if key is not None:
+        return f"{key}_{_context_value_slug(value)}"
+    prefix = _ID_PREFIX.get(dimension, dimension)
+    return f"{prefix}_{_slug(value)}" if prefix else _slug(value)
 
 
 GLOBAL = Segment()
@@ -463,15 +497,20 @@ def register_site(con: duckdb.DuckDBPyConnection, site: SiteTables) -> None:
 
     `events` is a view: every query streams the event log (a Parquet file is scanned in place) and reads
     only the columns it uses. The session time zone is UTC, as on the edge, so an event's hour gives the
-    same time of day on both.
+    same time of day on both. A missing `OPTIONAL_EVENT_COLUMNS` column reads as null, and so does a
+    `context_json` that is not valid JSON.
     """
     con.execute("SET TimeZone = 'UTC'")
-    columns = ", ".join(EVENT_COLUMNS)
+    present = set(site.event_frame().collect_schema().names())
+    optional = [c if c in present else f"NULL::VARCHAR AS {c}" for c in OPTIONAL_EVENT_COLUMNS]
+    columns = ", ".join([*EVENT_COLUMNS, *optional])
     if isinstance(site.events, Path):
         path = str(site.events).replace("'", "''")
-        con.execute(f"CREATE TEMP VIEW raw_events AS SELECT {columns} FROM read_parquet('{path}')")
+        source = f"read_parquet('{path}')"
     else:
-        con.register("raw_events", site.events.select(EVENT_COLUMNS))
+        con.register("site_events", site.events)
+        source = "site_events"
+    con.execute(f"CREATE TEMP VIEW raw_events AS SELECT {columns} FROM {source}")
     referrers = [r for (r,) in con.sql("SELECT DISTINCT coalesce(referrer, '') FROM raw_events").fetchall()]
     con.register(
         "referrer_classes",
@@ -487,11 +526,26 @@ def register_site(con: duckdb.DuckDBPyConnection, site: SiteTables) -> None:
                lower(e.device) AS device, r.referrer_class, nullif(lower(e.page_type), '') AS page_type,
                nullif(upper(e.country), '') AS country,
                coalesce(nullif(lower(e.time_of_day), ''), [{hour_labels}][hour(e.ts) + 1]) AS time_of_day,
-               nullif(e.campaign, '') AS campaign
+               nullif(e.campaign, '') AS campaign,
+               CASE WHEN json_valid(e.context_json::VARCHAR) THEN e.context_json::VARCHAR END AS context_json
         FROM raw_events e
         JOIN referrer_classes r ON r.referrer = coalesce(e.referrer, '')
         """
     )
+
+
+def _sql_name(dimension: str) -> str:
+    """A dimension as a quoted SQL identifier (`context.<key>` holds a dot)."""
+    return f'"{dimension}"'
+
+
+def _event_context_value(dimension: str) -> str:
+    """The SQL expression over `events` of a context dimension: its column, or for `context.<key>` the
+    key's value in `context_json` (null when absent or empty)."""
+    key = custom_context_key(dimension)
+    if key is None:
+        return dimension
+    return f"""nullif(json_extract_string(context_json, '$."{key}"'), '')"""
 
 
 def register_intent_evidence(con: duckdb.DuckDBPyConnection, evidence: Mapping[str, Mapping[str, float]]) -> None:
@@ -513,21 +567,23 @@ def user_profiles(
     `learn_intent_evidence`) and its confidence the intent's probability (their softmax). Visitors first
     seen within `NEW_VISITOR_DAYS` before `now` are new, others returning. The topic interest is the
     topic tag of most of their clicks (ties: the first by name).
-    Each key of `context` (of `CONTEXT_DIMENSIONS`) adds a column: the visitor's most common value, or
-    "none" when their events never carry one.
+    Each dimension of `context` (of `CONTEXT_DIMENSIONS`, or `context.<key>`: that key of the events'
+    `context_json`) adds a column of that name: the visitor's most common value (ties: the first by
+    value), or "none" when their events never carry one.
     """
-    unknown = [c for c in context if c not in CONTEXT_DIMENSIONS]
+    unknown = [c for c in context if c not in CONTEXT_DIMENSIONS and custom_context_key(c) is None]
     if unknown:
-        raise ConfigError(f"segment dimensions {unknown} are not context keys of the event log {CONTEXT_DIMENSIONS}.")
+        raise ConfigError(f"segment dimensions {unknown} are neither {list(CONTEXT_DIMENSIONS)} nor context.<key>.")
     context_ctes = "".join(
         f"""
         ctx_{i} AS (
-            SELECT anon_id, {key} AS value FROM events WHERE {key} IS NOT NULL GROUP BY anon_id, {key}
-            QUALIFY row_number() OVER (PARTITION BY anon_id ORDER BY count(*) DESC, {key}) = 1
+            SELECT anon_id, value FROM (SELECT anon_id, {_event_context_value(key)} AS value FROM events)
+            WHERE value IS NOT NULL GROUP BY anon_id, value
+            QUALIFY row_number() OVER (PARTITION BY anon_id ORDER BY count(*) DESC, value) = 1
         ),"""
         for i, key in enumerate(context)
     )
-    context_columns = "".join(f", coalesce(ctx_{i}.value, 'none') AS {key}" for i, key in enumerate(context))
+    context_columns = "".join(f", coalesce(ctx_{i}.value, 'none') AS {_sql_name(key)}" for i, key in enumerate(context))
     context_joins = " ".join(f"LEFT JOIN ctx_{i} ON ctx_{i}.anon_id = a.anon_id" for i in range(len(context)))
     return con.sql(
         f"""
@@ -732,22 +788,6 @@ def confident_segment(
     return member, intent_confidence
 
 
-def check_dimensions(dimensions: Sequence[str]) -> tuple[str, ...]:
-    """The segment dimensions as a tuple; a ConfigError for an unknown, repeated or protected one."""
-    dims = tuple(dimensions)
-    known = PROFILE_DIMENSIONS + CONTEXT_DIMENSIONS
-    if not dims or len(set(dims)) != len(dims):
-        raise ConfigError(f"segment dimensions must be distinct and at least one, got {list(dims)}.")
-    try:
-        check_features(dims)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    unknown = [d for d in dims if d not in known]
-    if unknown:
-        raise ConfigError(f"segment dimensions {unknown} are unknown; use any of {list(known)}.")
-    return dims
-
-
 def segment_keys(segments: Sequence[Segment], dimensions: tuple[str, ...]) -> pa.Table:
     """The segment catalogue as `posterior_counts` matches it: segment_id and each dimension (null: any)."""
     return pa.table(
@@ -774,20 +814,24 @@ def cold_start_table(
     rule names the deepest emitted segment other than seg_global (ties: the larger share) that covers at
     least `min_confidence` of the context's visitors, with that share as its confidence: a visitor of a
     segment also belongs to its ancestors. A context whose visitors only seg_global covers gets no rule.
-    Keys a pattern does not use are null (any).
+    A pattern names `COLD_START_KEYS` and `context.<key>` dimensions (see `cold_start_patterns`); the rule
+    holds the latter as its `context_json` object. Keys a pattern does not use are null (any).
     """
     con.register("assigned", members)
-    used = [k for k in COLD_START_KEYS if any(k in p for p in patterns)]
-    grouped = ", ".join(used)
-    sets = ", ".join(f"({', '.join((*p, 'segment_id'))})" for p in patterns)
+    custom = sorted({k for p in patterns for k in p if custom_context_key(k) is not None})
+    used = [k for k in COLD_START_KEYS if any(k in p for p in patterns)] + custom
+    grouped = ", ".join(map(_sql_name, used))
+    first_values = ", ".join(f"{_sql_name(k)} := {_event_context_value(k)}" for k in used)
+    sets = ", ".join(f"({', '.join(map(_sql_name, (*p, 'segment_id')))})" for p in patterns)
     # GROUPING() sets a key's bit (the last key is bit 0) when the grouping set leaves the key out.
     used_key_present = " AND ".join(
-        f"(((grouping_id >> {len(used) - 1 - i}) & 1) = 1 OR {key} IS NOT NULL)" for i, key in enumerate(used)
+        f"(((grouping_id >> {len(used) - 1 - i}) & 1) = 1 OR {_sql_name(key)} IS NOT NULL)"
+        for i, key in enumerate(used)
     )
     counts = con.sql(
         f"""
         WITH first_context AS (
-            SELECT anon_id, unnest(arg_min(struct_pack({grouped}), (ts, event_id)))
+            SELECT anon_id, unnest(arg_min(struct_pack({first_values}), (ts, event_id)))
             FROM events GROUP BY anon_id
         ),
         labeled AS (
@@ -819,9 +863,22 @@ def cold_start_table(
         confident = [s for s, n in tally.items() if n / support >= min_confidence]
         if confident:
             best = max(confident, key=lambda s: (s.depth, tally[s], s.id))
-            keys = dict(zip(used, context[1:], strict=True))
-            rules.append({**keys, "segment_id": best.id, "confidence": tally[best] / support})
+            values = dict(zip(used, context[1:], strict=True))
+            fixed = {k: values[k] for k in used if k not in custom}
+            required = {custom_context_key(k): values[k] for k in custom if values[k] is not None}
+            context_json = json.dumps(required, sort_keys=True) if required else None
+            rules.append(
+                {**fixed, "context_json": context_json, "segment_id": best.id, "confidence": tally[best] / support}
+            )
     return pa.Table.from_pylist(rules, schema=SCHEMAS[COLD_START])
+
+
+def cold_start_patterns(dimensions: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    """The patterns cold-start rules are mined for: COLD_START_PATTERNS, then for the `context.<key>`
+    segment dimensions all of them together (when there are several) and each with and without `device`."""
+    custom = [d for d in dimensions if custom_context_key(d) is not None]
+    together = [tuple(custom)] if len(custom) > 1 else []
+    return COLD_START_PATTERNS + tuple(together) + tuple(p for d in custom for p in (("device", d), (d,)))
 
 
 def _emitted_ancestors(emitted: Iterable[Segment]) -> dict[str, list[Segment]]:
@@ -906,8 +963,9 @@ def build_bundle(
     `now` is the reference time of freshness, assignments and posterior decay (default: the last
     event, so rebuilding the same data gives the same tables). `n_segments_max` caps the catalogue
     (seg_global included); `dimensions` are the segment hierarchy, coarsest first (any of
-    `PROFILE_DIMENSIONS` and `CONTEXT_DIMENSIONS`; protected attributes are refused; default: the
-    policies' `segmentation.dimensions`).
+    `PROFILE_DIMENSIONS` and `CONTEXT_DIMENSIONS`, or `context.<key>` for a key of the events'
+    `context_json`, as `aura.config.check_dimensions` accepts; default: the policies'
+    `segmentation.dimensions`).
     `embedder` defaults to the packaged MiniLM. `half_life_days` is the decay of the posteriors'
     evidence. With `previous_dir` (a bundle directory) the posteriors continue from its decayed
     statistics and read only newer events, unless it has none or decays differently (then: a full
@@ -921,7 +979,9 @@ def build_bundle(
         raise ConfigError("surfaces.yaml: at least one surface is needed to build a bundle.")
     if n_segments_max is not None and n_segments_max < 1:
         raise ConfigError(f"n_segments_max must be at least 1, got {n_segments_max}.")
-    dims = check_dimensions(policies.segmentation.dimensions if dimensions is None else dimensions)
+    dims = check_dimensions(
+        policies.segmentation.dimensions if dimensions is None else dimensions, "segment dimensions"
+    )
     say = log or (lambda _line: None)
     timings: dict[str, float] = {}
     k = policies.segmentation.fairness.k_anonymity_threshold
@@ -962,9 +1022,17 @@ def build_bundle(
                 else "too few labelled visitors for LightGBM, using the evidence argmax"
             )
         )
+        con.register("assigned_users", segmentation.user_segments.select(["user_id"]))
+        sessions, assigned_sessions = con.sql(
+            """
+            SELECT count(DISTINCT session_id),
+                   count(DISTINCT session_id) FILTER (WHERE anon_id IN (SELECT user_id FROM assigned_users))
+            FROM events
+            """
+        ).fetchall()[0]
         say(
             f"segments: {len(segmentation.emitted)} emitted, {segmentation.user_segments.num_rows} visitors "
-            f"assigned (k = {k})"
+            f"assigned (k = {k}), covering {assigned_sessions:,} of {sessions:,} sessions"
         )
         with _timed(timings, "posteriors"):
             ordered = sorted(segmentation.emitted, key=lambda s: s.id)
@@ -984,7 +1052,16 @@ def build_bundle(
                 content_types=dict(zip(site.content["id"], site.content["content_type"], strict=True)),
             )
             prior_mean, prior_strength = cohort_priors(counts, site.content["id"].to_list(), vectors)
-            posteriors = posterior_table(counts, prior_mean, prior_strength, surfaces, len(ordered), seed, progress)
+            posteriors = posterior_table(
+                counts,
+                prior_mean,
+                prior_strength,
+                surfaces,
+                len(ordered),
+                seed,
+                progress,
+                variance_scale=policies.decisioning.exploration.posterior_variance_scale,
+            )
         incremental_from = Path(previous_dir).name if previous is not None else None
         say(
             f"posteriors: {len(eligible) * len(ordered)} cells, {posteriors.num_rows} rows, "
@@ -997,15 +1074,34 @@ def build_bundle(
                 segmentation.emitted,
                 min_support=k,
                 min_confidence=policies.segmentation.confidence.holdout_below,
+                patterns=cold_start_patterns(dims),
             )
-        say(f"cold start: {cold_start.num_rows} rules")
+            by_id = {s.id: s for s in segmentation.emitted}
+            intents = [by_id[s].intent for s in segmentation.user_segments["segment_id"].to_pylist()]
+            labels = pa.table(
+                {"anon_id": segmentation.user_segments["user_id"], "intent": pa.array(intents, pa.string())}
+            )
+            inferred = context_intent_rules(
+                con,
+                labels.filter(pc.is_valid(labels["intent"])),
+                segmentation.user_leaves["intent"].to_pylist() if "intent" in dims else [],
+                segmentation.emitted,
+                policies.segmentation.confidence.holdout_below,
+                INTENT_EVIDENCE_PATTERNS,
+            )
+            cold_start = with_inferred_rules(cold_start, inferred, {s.id: s.depth for s in segmentation.emitted})
+        say(f"cold start: {cold_start.num_rows} rules ({len(inferred)} inferred from context by naive Bayes)")
 
     version = bundle_version or new_bundle_version()
     ope: dict[str, Any] = {}
     if previous_dir is not None and heldout is not None and heldout.num_rows:
         with _timed(timings, "ope"):
             report = compare(
-                heldout, SlatePolicy(posteriors, version), SlatePolicy.from_bundle(previous_dir), margin=ope_margin
+                heldout,
+                SlatePolicy(posteriors, version),
+                SlatePolicy.from_bundle(previous_dir),
+                margin=ope_margin,
+                variance_scale=policies.decisioning.exploration.posterior_variance_scale,
             )
         ope[OPE_REPORT] = report.to_dict()
         say(
@@ -1023,6 +1119,7 @@ def build_bundle(
         "visitors": visitors,
         "users_assigned": assigned,
         "segment_coverage": round(assigned / visitors, 4) if visitors else 0.0,
+        "session_coverage": round(assigned_sessions / sessions, 4) if sessions else 0.0,
         "confident_assignments": round(float(np.mean(confidence >= threshold)), 4) if assigned else 0.0,
         "surfaces": len(eligible),
         "cells": len(eligible) * len(ordered),

@@ -54,7 +54,8 @@ _STAT_LABELS: dict[str, str] = {
     "segments": "segments",
     "visitors": "visitors",
     "users_assigned": "users assigned",
-    "segment_coverage": "segment coverage",
+    "segment_coverage": "segment coverage (visitors)",
+    "session_coverage": "segment coverage (sessions)",
     "confident_assignments": "assignments >= threshold",
     "surfaces": "surfaces",
     "cells": "posterior cells",
@@ -70,7 +71,13 @@ _STAT_LABELS: dict[str, str] = {
 }
 
 _SHARES = frozenset(
-    {"segment_coverage", "confident_assignments", "intent_model_heldout_accuracy", "intent_evidence_heldout_accuracy"}
+    {
+        "segment_coverage",
+        "session_coverage",
+        "confident_assignments",
+        "intent_model_heldout_accuracy",
+        "intent_evidence_heldout_accuracy",
+    }
 )
 
 
@@ -144,8 +151,9 @@ def _parser() -> argparse.ArgumentParser:
         "--segment-dimensions",
         type=lambda text: tuple(d.strip() for d in text.split(",") if d.strip()),
         help="segment hierarchy, coarsest first, comma-separated: intent, device_class, recency, "
-        "price_sensitivity, topic_interest and the context keys device, referrer_class, page_type, country, "
-        "time_of_day, campaign (default: policies.yaml segmentation.dimensions)",
+        "price_sensitivity, topic_interest, the context keys device, referrer_class, page_type, country, "
+        "time_of_day, campaign, and context.<key> for a key of the request's context map "
+        "(default: policies.yaml segmentation.dimensions)",
     )
     learning.add_argument(
         "--full-rebuild",

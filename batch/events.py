@@ -59,6 +59,7 @@ INTERACTION_SCHEMA = pa.schema(
         pa.field("country", pa.string()),
         pa.field("time_of_day", pa.string()),
         pa.field("campaign", pa.string()),
+        pa.field("context_json", pa.string()),
     ]
 )
 """One row per impression or click; a superset of the builder's EVENT_COLUMNS (docs/events.md)."""
@@ -89,7 +90,7 @@ _JOIN_SQL = """
 CREATE TEMP TABLE shown AS
 SELECT request_id, ts, bundle_version, surface_id, segment_id, segment_source, anon_id, session_id, device,
        referrer, page_type, country, json_extract_string(context, '$.time_of_day') AS time_of_day,
-       json_extract_string(context, '$.campaign') AS campaign,
+       json_extract_string(context, '$.campaign') AS campaign, context AS context_json,
        it.content_id, it.position, it.propensity, it.explored
 FROM (
     SELECT event_id AS request_id, ts, bundle_version, surface_id, segment_id, segment_source,
@@ -113,18 +114,19 @@ SELECT * FROM (
     SELECT s.request_id || ':' || s.position AS event_id, s.ts, 'impression' AS type, 'edge' AS source,
            s.request_id, s.anon_id, s.session_id, s.surface_id, s.segment_id, s.segment_source, s.bundle_version,
            s.content_id, s.position, s.propensity, s.explored, coalesce(c.reward, 0.0) AS reward,
-           s.device, s.referrer, s.page_type, s.country, s.time_of_day, s.campaign
+           s.device, s.referrer, s.page_type, s.country, s.time_of_day, s.campaign, s.context_json
     FROM shown s LEFT JOIN clicks c USING (request_id, content_id)
     UNION ALL
     SELECT s.request_id || ':' || s.position || ':click', c.ts, 'click', 'edge',
            s.request_id, s.anon_id, s.session_id, s.surface_id, s.segment_id, s.segment_source, s.bundle_version,
            s.content_id, s.position, s.propensity, s.explored, c.reward,
-           s.device, s.referrer, s.page_type, s.country, s.time_of_day, s.campaign
+           s.device, s.referrer, s.page_type, s.country, s.time_of_day, s.campaign, s.context_json
     FROM shown s JOIN clicks c USING (request_id, content_id)
     UNION ALL
     SELECT e.event_id, e.ts, e.type, 'sdk', nullif(e.request_id, ''), nullif(e.anon_id, ''),
            nullif(e.session_id, ''), e.surface_id, NULL, NULL, NULL, e.content_id, NULL, NULL, NULL,
-           CASE WHEN e.type = 'click' THEN 1.0 ELSE 0.0 END, NULL, nullif(e.referrer, ''), NULL, NULL, NULL, NULL
+           CASE WHEN e.type = 'click' THEN 1.0 ELSE 0.0 END, NULL, nullif(e.referrer, ''), NULL, NULL, NULL, NULL,
+           NULL
     FROM sdk e
     WHERE coalesce(e.request_id, '') NOT IN (SELECT event_id FROM decisions)
       AND ($since::TIMESTAMPTZ IS NULL OR e.ts >= $since) AND ($until::TIMESTAMPTZ IS NULL OR e.ts < $until)

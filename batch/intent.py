@@ -23,23 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-PROTECTED_ATTRIBUTES: frozenset[str] = frozenset(
-    {
-        "age",
-        "gender",
-        "sex",
-        "race",
-        "ethnicity",
-        "religion",
-        "disability",
-        "health",
-        "sexual_orientation",
-        "pregnancy",
-        "marital_status",
-        "nationality",
-    }
-)
-"""Attributes no feature may be or derive from (matched against feature names and their parts)."""
+from aura.protected import check_features
+
 CATEGORICAL = ("device", "referrer_class", "page_type", "time_of_day")
 HELDOUT_SHARE = 0.25
 MIN_TRAINING_VISITORS = 40
@@ -55,14 +40,6 @@ _PARAMS = {
     "verbose": -1,
 }
 _ROUNDS = 80
-
-
-def check_features(names: Sequence[str]) -> None:
-    """Raise ValueError when a feature name is, or is built from, a protected attribute."""
-    for name in names:
-        parts = {name.lower(), *name.lower().split(":"), *name.lower().split("_")}
-        if parts & PROTECTED_ATTRIBUTES or any(p in name.lower() for p in PROTECTED_ATTRIBUTES if "_" in p):
-            raise ValueError(f"feature {name!r} is a protected attribute; protected attributes are never features.")
 
 
 @dataclass(frozen=True)

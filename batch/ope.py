@@ -203,12 +203,14 @@ def fill_propensities(
     fallback: SlatePolicy | None,
     seed: int = 0,
     draws: int = PROPENSITY_DRAWS,
+    variance_scale: float = 1.0,
 ) -> tuple[np.ndarray, int]:
     """The logged propensities, with missing ones reconstructed; returns them and how many were reconstructed.
 
     A missing propensity is the Monte-Carlo share of Thompson draws from the logging bundle's posteriors
     (`logging_policies[bundle_version]`, else `fallback`) that put the item in a slate of the logged
-    size in the decision's cell. It stays NaN when neither bundle has the cell or the item.
+    size in the decision's cell (drawn with the edge's `posterior_variance_scale`). It stays NaN when neither
+    bundle has the cell or the item.
     """
     propensity = logged["propensity"].to_numpy(zero_copy_only=False).astype(np.float64)
     missing = np.flatnonzero(np.isnan(propensity))
@@ -229,7 +231,9 @@ def fill_propensities(
             continue
         key = (id(cell), surfaces[i], segments[i], sizes[i])
         if key not in cache:
-            cache[key] = thompson_propensity(cell.alpha[None, :], cell.beta[None, :], sizes[i], rng, draws)[0]
+            cache[key] = thompson_propensity(
+                cell.alpha[None, :], cell.beta[None, :], sizes[i], rng, draws, variance_scale
+            )[0]
         propensity[i] = cache[key][cell.index[contents[i]]]
         reconstructed += 1
     return propensity, reconstructed
@@ -285,12 +289,15 @@ def compare(
     margin: float = DEFAULT_MARGIN,
     logging_policies: Mapping[str, SlatePolicy] | None = None,
     seed: int = 0,
+    variance_scale: float = 1.0,
 ) -> OpeReport:
     """Estimate candidate and serving values on the same logged decisions with the serving posteriors as the
     reward model; missing propensities come from `logging_policies` by bundle version, else the serving one."""
     if not 0 <= margin < 1:
         raise InvalidRequest(f"the OPE margin must be in [0, 1), got {margin}.")
-    propensity, reconstructed = fill_propensities(logged, logging_policies or {}, serving, seed)
+    propensity, reconstructed = fill_propensities(
+        logged, logging_policies or {}, serving, seed, variance_scale=variance_scale
+    )
     n = len(set(logged["decision_id"].to_pylist()))
     return OpeReport(
         candidate_version=candidate.version,

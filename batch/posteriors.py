@@ -150,8 +150,8 @@ def posterior_counts(
     )
     con.register("user_leaves", user_leaves)
     con.register("carried", carried)
-    dims = ", ".join(f"u.{d}" for d in dimensions)
-    match = " AND ".join(f"(s.{d} IS NULL OR s.{d} = l.{d})" for d in dimensions) or "TRUE"
+    dims = ", ".join(f'u."{d}"' for d in dimensions)
+    match = " AND ".join(f'(s."{d}" IS NULL OR s."{d}" = l."{d}")' for d in dimensions) or "TRUE"
     return con.sql(
         f"""
         WITH weighted AS (
@@ -330,9 +330,16 @@ def beta_parameters(
 
 
 def thompson_propensity(
-    alpha: np.ndarray, beta: np.ndarray, top_n: int, rng: np.random.Generator, draws: int = PROPENSITY_DRAWS
+    alpha: np.ndarray,
+    beta: np.ndarray,
+    top_n: int,
+    rng: np.random.Generator,
+    draws: int = PROPENSITY_DRAWS,
+    variance_scale: float = 1.0,
 ) -> np.ndarray:
-    """For (cells, items) arrays, the Monte-Carlo share of Thompson draws that rank each item in its cell's top n."""
+    """For (cells, items) arrays, the Monte-Carlo share of Thompson draws that rank each item in its cell's top n
+    (draws from Beta(alpha / s, beta / s) for the edge's `posterior_variance_scale` s)."""
+    alpha, beta = alpha / variance_scale, beta / variance_scale
     cells, items = alpha.shape
     if top_n >= items:
         return np.ones((cells, items), dtype=np.float32)
@@ -355,8 +362,10 @@ def posterior_table(
     n_segments: int,
     seed: int,
     progress: bool = False,
+    variance_scale: float = 1.0,
 ) -> pa.Table:
-    """The bundle's posteriors table: Beta parameters, Thompson propensities and the decayed statistics."""
+    """The bundle's posteriors table: Beta parameters, Thompson propensities (for draws with the edge's
+    `posterior_variance_scale`) and the decayed statistics."""
     impressions = counts["impressions"].to_numpy()
     clicks = counts["clicks"].to_numpy()
     alpha, beta = beta_parameters(impressions, clicks, prior_mean, prior_strength)
@@ -368,7 +377,7 @@ def posterior_table(
         shape = (n_segments, (stop - start) // n_segments)
         top_n = surfaces[surface_col[start]].max_items
         propensity[start:stop] = thompson_propensity(
-            alpha[start:stop].reshape(shape), beta[start:stop].reshape(shape), top_n, rng
+            alpha[start:stop].reshape(shape), beta[start:stop].reshape(shape), top_n, rng, variance_scale=variance_scale
         ).ravel()
     return pa.table(
         {

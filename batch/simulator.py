@@ -91,9 +91,10 @@ class LoopConfig:
     """Items requested per Rank (capped by the surface's max_items)."""
     config_dir: Path = Path("config")
     """Where policies.yaml and surfaces.yaml are; the node and the batch read the same."""
-    neutral_freshness: bool = True
-    """Run with every surface's freshness_boost at 0: the ground truth does not reward fresh content, so the
-    editorial freshness rule would only handicap the bandit against the baselines (which ignore it)."""
+    neutral_editorial: bool = True
+    """Run with every surface's freshness_boost at 0 and diversity off: the ground truth rewards neither fresh
+    nor varied slates, so these editorial rules would only handicap the bandit against the baselines (which
+    ignore them)."""
     segment_dimensions: tuple[str, ...] | None = SITE_DIMENSIONS
     """The segment hierarchy the batch builds (None: policies.yaml's `segmentation.dimensions`)."""
 
@@ -347,15 +348,16 @@ def plan_visits(site: SyntheticSite, surfaces: Mapping[str, Surface], config: Lo
 
 
 def effective_config(config: LoopConfig, out_dir: Path) -> Path:
-    """The config directory the loop runs with: `config.config_dir`, copied with freshness boosts at 0 when
-    `config.neutral_freshness`."""
-    if not config.neutral_freshness:
+    """The config directory the loop runs with: `config.config_dir`, or with `config.neutral_editorial` a copy
+    whose surfaces have freshness boosts at 0 and diversity off."""
+    if not config.neutral_editorial:
         return config.config_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(config.config_dir / "policies.yaml", out_dir / "policies.yaml")
     surfaces = yaml.safe_load((config.config_dir / "surfaces.yaml").read_text())
     for surface in surfaces.get("surfaces", {}).values():
         surface["freshness_boost"] = 0.0
+        surface["diversity"] = False
     (out_dir / "surfaces.yaml").write_text(yaml.safe_dump(surfaces, sort_keys=False))
     return out_dir
 
@@ -550,12 +552,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("seed", "n_content", "history_visitors", "history_days", "cycles", "visitors_per_cycle", "slate_size"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     parser.add_argument("--config-dir", type=Path, default=defaults.config_dir)
-    parser.add_argument("--editorial-freshness", action="store_true", help="keep the surfaces' freshness boosts")
+    parser.add_argument(
+        "--editorial", action="store_true", help="keep the surfaces' freshness boosts and diversity rules"
+    )
     parser.add_argument("--json", help="also write the report as JSON to this file")
     args = parser.parse_args(argv)
     try:
-        options = {k: v for k, v in vars(args).items() if k not in ("work_dir", "json", "editorial_freshness")}
-        config = LoopConfig(**options, neutral_freshness=not args.editorial_freshness)
+        options = {k: v for k, v in vars(args).items() if k not in ("work_dir", "json", "editorial")}
+        config = LoopConfig(**options, neutral_editorial=not args.editorial)
         report = run_closed_loop(config, args.work_dir, log=print)
     except AuraError as exc:
         print(f"aura-simulate: {exc}", file=sys.stderr)

@@ -7,7 +7,9 @@ replayed from its logged seed, bundle version and posterior state.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import NamedTuple
 
 import numpy as np
@@ -21,6 +23,7 @@ from aura.server.serving import DEVICE_BITS, CellView, EligiblePool, ServingInde
 
 PERSONALIZATION = "personalization"
 HOLDOUT_VARIANT = "holdout"
+NO_CONTEXT: Mapping[str, str] = MappingProxyType({})
 
 
 class RankQuery(NamedTuple):
@@ -35,6 +38,8 @@ class RankQuery(NamedTuple):
     country: str = ""
     time_of_day: str = ""
     campaign: str = ""
+    context: Mapping[str, str] = NO_CONTEXT
+    """The request's free-form context map, read for the bundle's custom cold-start keys."""
     consent: frozenset[str] = frozenset()
     candidates: tuple[str, ...] = ()
     explain: bool = False
@@ -175,8 +180,11 @@ _UNSEEN = object()
 
 
 def _cold_start(index: ServingIndex, query: RankQuery) -> tuple[str, float] | None:
-    # The order of aura.bundle.format.COLD_START_KEYS.
+    # The order of aura.bundle.format.COLD_START_KEYS, then the custom context keys the bundle's rules use.
     values = (query.device, query.referrer_class, query.page_type, query.country, query.time_of_day, query.campaign)
+    context_keys = index.bundle.cold_start_context_keys
+    if context_keys:
+        values += tuple(query.context.get(key, "") for key in context_keys)
     match = index.cold_starts.get(values, _UNSEEN)
     if match is _UNSEEN:
         match = _remember(index.cold_starts, values, match_cold_start(index.bundle, values), COLD_START_CACHE_SIZE)
@@ -218,9 +226,10 @@ def decide(
             exploration_rate, 0, removed,
         )  # fmt: skip
 
-    # Beta(a, b) draws as Ga / (Ga + Gb), with one gamma call for both halves.
+    # Beta(a / s, b / s) draws as Ga / (Ga + Gb), with one gamma call for both halves.
     shapes = params[pool.param_rows]
-    gammas = rng.standard_gamma(shapes)
+    variance_scale = policies.decisioning.exploration.posterior_variance_scale
+    gammas = rng.standard_gamma(shapes if variance_scale == 1.0 else shapes / variance_scale)
     samples = gammas[:n] / (gammas[:n] + gammas[n:])
     scores = samples * pool.freshness
 

@@ -92,6 +92,7 @@ def rank_query(request: pb.RankRequest, surfaces: Mapping[str, Surface], now: da
         country=country.upper(),
         time_of_day=given_time or time_of_day((now or datetime.now(UTC)).hour),
         campaign=context.get("campaign", ""),
+        context=context,
         consent=frozenset(ctx.consent),
         candidates=tuple(request.candidates),
         explain=request.explain,

@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +17,7 @@ from aura.bundle.format import (
     EMBEDDING_DIM,
     GLOBAL_SEGMENT,
     POSTERIORS,
+    SCHEMAS,
     SEGMENTS,
     USER_SEGMENTS,
 )
@@ -35,13 +37,15 @@ def make_tiny_bundle(
     policy_version: str = "2025-10-01",
     parent_version: str | None = None,
     content: Mapping[str, Sequence] | None = None,
+    cold_start: Sequence[Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write a small valid bundle into `out_dir/<version>` and return its directory.
 
     Content items are `c000`, `c001`, ...; embeddings are seeded random unit vectors. Every surface
     gets a `seg_global` cell over all items and a `seg_learn_mobile_new` cell over the even items.
     `content` replaces whole content columns, one value per item, e.g.
-    `content={"jurisdictions": [["EU"], [], ...]}`.
+    `content={"jurisdictions": [["EU"], [], ...]}`. `cold_start` replaces the cold-start rules (one mapping
+    of cold_start.parquet columns per rule, absent ones null; default: mobile -> seg_learn_mobile_new at 0.6).
     Example: `make_tiny_bundle(tmp_path / "built", "v001")`.
     """
     rng = np.random.default_rng(seed)
@@ -105,17 +109,10 @@ def make_tiny_bundle(
             "assigned_at": [published],
         }
     )
-    cold_start = pa.table(
-        {
-            "device": ["mobile"],
-            "referrer_class": [None],
-            "page_type": [None],
-            "country": [None],
-            "time_of_day": [None],
-            "campaign": [None],
-            "segment_id": [TINY_SEGMENTS[1]],
-            "confidence": [0.6],
-        }
+    rules = (
+        cold_start
+        if cold_start is not None
+        else [{"device": "mobile", "segment_id": TINY_SEGMENTS[1], "confidence": 0.6}]
     )
     write_bundle(
         out_dir,
@@ -124,7 +121,7 @@ def make_tiny_bundle(
             SEGMENTS: segments,
             POSTERIORS: posteriors,
             USER_SEGMENTS: user_segments,
-            COLD_START: cold_start,
+            COLD_START: pa.Table.from_pylist(list(rules), schema=SCHEMAS[COLD_START]),
         },
         bundle_version=version,
         policy_version=policy_version,

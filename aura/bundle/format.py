@@ -11,7 +11,9 @@ import pyarrow as pa
 
 from aura.errors import BundleError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The format this build writes. Format 1 lacks cold_start.parquet's `context_json` (read as null)."""
+READABLE_FORMATS: tuple[int, ...] = (1, 2)
 EMBEDDING_DIM = 384
 EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 GLOBAL_SEGMENT = "seg_global"
@@ -89,6 +91,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("country", pa.string()),
             pa.field("time_of_day", pa.string()),
             pa.field("campaign", pa.string()),
+            pa.field("context_json", pa.string()),
             pa.field("segment_id", pa.string(), nullable=False),
             pa.field("confidence", pa.float32(), nullable=False),
         ]
@@ -103,8 +106,19 @@ SCHEMAS: dict[str, pa.Schema] = {
 
 COLD_START_KEYS: tuple[str, ...] = ("device", "referrer_class", "page_type", "country", "time_of_day", "campaign")
 """Request dimensions of the cold-start table, in the order the lookup key uses; null means any."""
+COLD_START_CONTEXT = "context_json"
+"""The cold-start column holding a rule's custom request context keys and the values it requires (a JSON
+object of strings; null: none), looked up after COLD_START_KEYS."""
 
 REQUIRED_FILES: tuple[str, ...] = (*SCHEMAS, INDEX)
+
+
+def file_schema(file_name: str, format_version: int) -> pa.Schema:
+    """The schema of a bundle file in a readable format (`SCHEMAS` is that of FORMAT_VERSION)."""
+    schema = SCHEMAS[file_name]
+    if file_name == COLD_START and format_version == 1:
+        return schema.remove(schema.get_field_index(COLD_START_CONTEXT))
+    return schema
 
 
 @dataclass(frozen=True)
@@ -147,10 +161,10 @@ class Manifest:
             raise BundleError(f"bundle {Path(bundle_dir).name}: {MANIFEST} is not valid JSON: {exc}.") from None
         if not isinstance(data, dict):
             raise BundleError(f"bundle {Path(bundle_dir).name}: {MANIFEST} must hold a JSON object.")
-        if data.get("format_version") != FORMAT_VERSION:
+        if data.get("format_version") not in READABLE_FORMATS:
             raise BundleError(
                 f"bundle {Path(bundle_dir).name}: format_version {data.get('format_version')!r} is not supported; "
-                f"this build reads format {FORMAT_VERSION}."
+                f"this build reads formats {', '.join(map(str, READABLE_FORMATS))}."
             )
         try:
             files = {name: FileEntry(**entry) for name, entry in data.pop("files").items()}

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from aura.bundle.format import (
     COLD_START,
+    COLD_START_CONTEXT,
     COLD_START_KEYS,
     CONTENT,
     EMBEDDING_DIM,
@@ -26,6 +27,7 @@ from aura.bundle.format import (
     SEGMENTS,
     USER_SEGMENTS,
     Manifest,
+    file_schema,
 )
 from aura.bundle.writer import sha256_file
 from aura.errors import BundleError
@@ -102,8 +104,11 @@ class LoadedBundle:
     propensity: np.ndarray
     assignments: dict[str, Assignment]
     cold_start: dict[tuple[str | None, ...], tuple[str, float]]
+    """Rule key (values of COLD_START_KEYS, then of `cold_start_context_keys`; None: any) -> (segment, confidence)."""
     cold_start_patterns: tuple[tuple[bool, ...], ...]
     """Which cold-start keys each rule pattern uses, most specific first."""
+    cold_start_context_keys: tuple[str, ...]
+    """The custom request context keys some cold-start rule requires, sorted; empty for most bundles."""
     index: hnswlib.Index
 
     @property
@@ -120,7 +125,8 @@ class LoadedBundle:
 def match_cold_start(bundle: LoadedBundle, values: tuple[str, ...]) -> tuple[str, float] | None:
     """The (segment, confidence) of the most specific cold-start rule matching `values`, or None.
 
-    `values` follow COLD_START_KEYS; an empty value matches only rules that leave that key open.
+    `values` follow COLD_START_KEYS, then the bundle's `cold_start_context_keys` (the request's value of each,
+    "" when absent); an empty value matches only rules that leave that key open.
     """
     for pattern in bundle.cold_start_patterns:
         if any(used and not value for value, used in zip(values, pattern, strict=True)):
@@ -168,7 +174,7 @@ def load_bundle(bundle_dir: str | Path) -> LoadedBundle:
     segments = _segments(name, tables[SEGMENTS])
     surfaces, cells, cell_items, alpha, beta, propensity = _posteriors(name, tables[POSTERIORS], content, segments)
     assignments = _assignments(name, tables[USER_SEGMENTS], segments)
-    cold_start, patterns = _cold_start(name, tables[COLD_START], segments)
+    cold_start, patterns, context_keys = _cold_start(name, tables[COLD_START], segments)
 
     index = hnswlib.Index(space="cosine", dim=EMBEDDING_DIM)
     try:
@@ -193,6 +199,7 @@ def load_bundle(bundle_dir: str | Path) -> LoadedBundle:
         assignments=assignments,
         cold_start=cold_start,
         cold_start_patterns=patterns,
+        cold_start_context_keys=context_keys,
         index=index,
     )
 
@@ -203,7 +210,7 @@ def _read_table(bundle_dir: Path, manifest: Manifest, file_name: str) -> pa.Tabl
         table = pq.read_table(bundle_dir / file_name)
     except (OSError, pa.ArrowException) as exc:
         raise BundleError(f"bundle {name}: {file_name} is not readable Parquet: {exc}.") from None
-    expected = SCHEMAS[file_name]
+    expected = file_schema(file_name, manifest.format_version)
     if not table.schema.remove_metadata().equals(expected, check_metadata=False):
         got = {f.name: str(f.type) for f in table.schema}
         want = {f.name: str(f.type) for f in expected}
@@ -318,14 +325,36 @@ def _assignments(name: str, table: pa.Table, segments: dict[str, SegmentInfo]) -
     return result
 
 
-def _cold_start(name: str, table: pa.Table, segments: dict[str, SegmentInfo]):
+def _cold_start(
+    name: str, table: pa.Table, segments: dict[str, SegmentInfo]
+) -> tuple[dict[tuple[str | None, ...], tuple[str, float]], tuple[tuple[bool, ...], ...], tuple[str, ...]]:
+    """The rules by key, their patterns (most specific first) and the custom context keys they use."""
+    rows = table.to_pylist()
+    required = [_required_context(name, row.get(COLD_START_CONTEXT)) for row in rows]
+    context_keys = tuple(sorted({key for values in required for key in values}))
     rules: dict[tuple[str | None, ...], tuple[str, float]] = {}
     patterns: set[tuple[bool, ...]] = set()
-    for row in table.to_pylist():
+    for row, values in zip(rows, required, strict=True):
         if row["segment_id"] not in segments:
             raise BundleError(f"bundle {name}: a cold-start rule names unknown segment {row['segment_id']}.")
-        key = tuple(row[k] for k in COLD_START_KEYS)
+        key = tuple(row[k] for k in COLD_START_KEYS) + tuple(values.get(k) for k in context_keys)
         rules[key] = (row["segment_id"], round(float(row["confidence"]), 6))
         patterns.add(tuple(v is not None for v in key))
     ordered = tuple(sorted(patterns, key=lambda p: (-sum(p), p)))
-    return rules, ordered
+    return rules, ordered, context_keys
+
+
+def _required_context(name: str, text: str | None) -> dict[str, str]:
+    """A cold-start rule's `context_json`: custom context key -> the non-empty value it requires."""
+    try:
+        required = json.loads(text) if text is not None else {}
+    except ValueError:
+        required = None
+    if not isinstance(required, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, str) and v for k, v in required.items()
+    ):
+        raise BundleError(
+            f"bundle {name}: a cold-start rule's {COLD_START_CONTEXT} {text!r} is not a JSON object of "
+            "non-empty strings."
+        )
+    return required

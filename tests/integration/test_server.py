@@ -298,3 +298,24 @@ def test_swap_under_load_drops_nothing_and_a_corrupt_bundle_never_serves(tmp_pat
             assert admin.GetBundleStatus(admin_pb.GetBundleStatusRequest()).pinned
     finally:
         assert stop_edge_node(node) == 0
+
+
+def test_a_first_time_visitor_is_segmented_by_a_custom_context_key(tmp_path: Path) -> None:
+    plan_rule = {"context_json": '{"plan": "enterprise"}', "segment_id": "seg_learn_mobile_new", "confidence": 0.9}
+    store_dir = tmp_path / "store"
+    seed_store(store_dir, tmp_path / "built", V1, cold_start=[plan_rule])
+    node = start_edge_node(tmp_path, store_dir, gateway=False)
+    try:
+        with grpc.insecure_channel(node.grpc_address) as chan:
+            stub = pb_grpc.DecisionServiceStub(chan)
+            request = rank_request(explain=True)
+            request.user_ctx.anon_id, request.user_ctx.device = "first_timer", "desktop"
+            request.context["plan"] = "enterprise"
+            ranked = stub.Rank(request)
+            assert (ranked.segment.id, ranked.explanation.segment_source) == ("seg_learn_mobile_new", "cold_start")
+            assert ranked.segment.confidence == pytest.approx(0.9)
+            request.context["plan"] = "starter"
+            other = stub.Rank(request)
+            assert (other.segment.id, other.explanation.segment_source) == ("seg_global", "popularity")
+    finally:
+        assert stop_edge_node(node) == 0

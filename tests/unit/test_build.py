@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -186,7 +188,9 @@ def test_custom_segment_dimensions(site: SyntheticSite, tmp_path: Path) -> None:
         ((), "distinct and at least one"),
         (("intent", "intent"), "distinct and at least one"),
         (("intent", "gender"), "protected attributes are never features"),
-        (("intent", "favourite_colour"), r"segment dimensions \['favourite_colour'\] are unknown"),
+        (("intent", "favourite_colour"), "segment dimensions: 'favourite_colour' is not a dimension"),
+        (("intent", "context.gender"), "'context.gender' is a protected attribute"),
+        (("intent", "context.Plan"), "'context.Plan' is not a valid context dimension"),
     ],
 )
 def test_bad_segment_dimensions(dimensions: tuple[str, ...], message: str, tmp_path: Path) -> None:
@@ -279,7 +283,7 @@ def _tiny_site() -> SiteTables:
     return SiteTables(content=content, events=events)
 
 
-def test_bundle_loads_with_every_table_filled(built: tuple[Manifest, LoadedBundle]) -> None:
+def test_bundle_loads_with_every_table_filled(site: SyntheticSite, built: tuple[Manifest, LoadedBundle]) -> None:
     manifest, bundle = built
     assert bundle.surfaces == tuple(sorted(DEFAULT_SURFACES))
     for surface in DEFAULT_SURFACES:
@@ -289,6 +293,9 @@ def test_bundle_loads_with_every_table_filled(built: tuple[Manifest, LoadedBundl
     assert manifest.stats["segments"] == len(bundle.segments)
     assert manifest.stats["users_assigned"] == len(bundle.assignments)
     assert manifest.stats["segment_coverage"] == pytest.approx(len(bundle.assignments) / 400, abs=1e-4)
+    sessions = site.events.select("anon_id", "session_id").unique()
+    covered = sessions.filter(pl.col("anon_id").is_in(list(bundle.assignments)))["session_id"].n_unique()
+    assert manifest.stats["session_coverage"] == pytest.approx(covered / sessions["session_id"].n_unique(), abs=1e-4)
     assert manifest.stats["cells"] == len(bundle.cells)
     assert manifest.stats["intent_method"] in ("lightgbm", "evidence")
     assert manifest.stats["intent_train_visitors"] + manifest.stats["intent_heldout_visitors"] > 100
@@ -398,6 +405,7 @@ def test_cold_start_rule_walks_up_to_the_segment_that_reaches_the_confidence() -
             "country": None,
             "time_of_day": None,
             "campaign": None,
+            "context_json": None,
             "segment_id": "seg_learn",
             "confidence": 1.0,
         }
@@ -546,3 +554,107 @@ def test_build_writes_the_off_policy_report(built: tuple[Manifest, LoadedBundle]
     assert report["candidate"]["decisions"] == 40 and report["reconstructed_propensities"] > 0
     assert report["margin"] == 0.1 and isinstance(report["passed"], bool)
     assert "ope" in second.reports["build_seconds"]
+
+
+def _plan_site() -> SiteTables:
+    """Ten mobile visitors with 3 clicks each: four send context plan=enterprise, four "Free Tier", two none.
+
+    e1 also sends plan=free once (their most common plan stays enterprise) and an event with a context that
+    is not JSON; the first event of every visitor carries their plan, so cold-start rules can key on it.
+    """
+    tiny = _tiny_site()
+    plans = {f"e{i}": "enterprise" for i in range(1, 5)} | {f"f{i}": "Free Tier" for i in range(1, 5)}
+    plans |= {"n1": None, "n2": None}
+    rows = []
+    for visitor, plan in plans.items():
+        contexts = [json.dumps({"plan": plan, "industry": "retail"}) if plan else '{"industry": "retail"}'] * 4
+        if visitor == "e1":
+            contexts += [json.dumps({"plan": "free"}), "not json"]
+        for n, context in enumerate(contexts):
+            rows.append((visitor, "impression" if n == 0 else "click", context))
+    n = len(rows)
+    events = pl.DataFrame(
+        {
+            "event_id": [f"e{i:03d}" for i in range(n)],
+            "ts": [NOW + timedelta(seconds=i) for i in range(n)],
+            "anon_id": [v for v, _, _ in rows],
+            "session_id": [f"s_{v}" for v, _, _ in rows],
+            "surface_id": ["hero"] * n,
+            "content_id": ["a1"] * n,
+            "type": [t for _, t, _ in rows],
+            "device": ["mobile"] * n,
+            "referrer": [""] * n,
+            "page_type": ["home"] * n,
+            "country": ["US"] * n,
+            "time_of_day": ["morning"] * n,
+            "campaign": [None] * n,
+            "context_json": [c for _, _, c in rows],
+        },
+        schema_overrides={"campaign": pl.String},
+    )
+    return SiteTables(content=tiny.content, events=events)
+
+
+def _plan_bundle(site: SiteTables, out_dir: Path) -> LoadedBundle:
+    manifest = build_bundle(
+        site,
+        policies=_policies(k=2),
+        surfaces={"hero": Surface("hero", eligible_content_types=("article",))},
+        out_dir=out_dir,
+        now=NOW,
+        embedder=HashEmbedder(),
+        dimensions=("context.plan", "device_class"),
+    )
+    assert manifest.format_version == 2
+    return load_bundle(out_dir / manifest.bundle_version)
+
+
+def test_a_request_context_key_segments_visitors_by_their_most_common_value(tmp_path: Path) -> None:
+    bundle = _plan_bundle(_plan_site(), tmp_path)
+    free_tier = next(s for s in bundle.segments if s.startswith("seg_plan_free-tier-") and s.endswith("_mobile"))
+    assert re.fullmatch(r"seg_plan_free-tier-[0-9a-f]{8}_mobile", free_tier)
+    assert set(bundle.segments) == {GLOBAL_SEGMENT, "seg_plan_enterprise_mobile", free_tier, "seg_plan_none_mobile"}
+    enterprise = bundle.segments["seg_plan_enterprise_mobile"]
+    assert enterprise.name == "All Mobile Users (Plan enterprise)"
+    assert enterprise.features["context.plan"] == "enterprise" and enterprise.features["device_class"] == "mobile"
+    assert bundle.segments[free_tier].features["context.plan"] == "Free Tier"
+    assigned = {user: a.segment_id for user, a in bundle.assignments.items()}
+    assert assigned == {
+        **{f"e{i}": "seg_plan_enterprise_mobile" for i in range(1, 5)},
+        **{f"f{i}": free_tier for i in range(1, 5)},
+        "n1": "seg_plan_none_mobile",
+        "n2": "seg_plan_none_mobile",
+    }
+    assert all(a.confidence == 1.0 for a in bundle.assignments.values())
+
+
+def test_cold_start_rules_key_on_a_request_context_key(tmp_path: Path) -> None:
+    bundle = _plan_bundle(_plan_site(), tmp_path)
+    rules = pq.read_table(bundle.path / "cold_start.parquet").to_pylist()
+    free_tier = next(s for s in bundle.segments if s.startswith("seg_plan_free-tier-"))
+    # Mobile alone splits 4/4/2 between plans: only the plan (with or without the device) makes a rule.
+    assert {(r["device"], r["context_json"], r["segment_id"], r["confidence"]) for r in rules} == {
+        (device, json.dumps({"plan": plan}), segment, 1.0)
+        for device in ("mobile", None)
+        for plan, segment in (("enterprise", "seg_plan_enterprise_mobile"), ("Free Tier", free_tier))
+    }
+    assert bundle.cold_start_context_keys == ("plan",)
+    fixed = ("desktop", "search", "article", "DE", "evening", "")
+    assert match_cold_start(bundle, (*fixed, "enterprise")) == ("seg_plan_enterprise_mobile", 1.0)
+    assert match_cold_start(bundle, ("mobile", *fixed[1:], "enterprise")) == ("seg_plan_enterprise_mobile", 1.0)
+    assert match_cold_start(bundle, (*fixed, "")) is None
+    assert match_cold_start(bundle, (*fixed, "Enterprise")) is None
+
+
+def test_a_context_dimension_reads_none_from_events_without_context_json(tmp_path: Path) -> None:
+    site = _plan_site()
+    bundle = _plan_bundle(SiteTables(content=site.content, events=site.events.drop("context_json")), tmp_path)
+    assert set(bundle.segments) == {GLOBAL_SEGMENT, "seg_plan_none_mobile"}
+    assert {a.segment_id for a in bundle.assignments.values()} == {"seg_plan_none_mobile"}
+    assert bundle.cold_start_context_keys == ()
+
+
+def test_context_json_is_read_from_an_events_file(tmp_path: Path) -> None:
+    _plan_site().write(tmp_path / "site")
+    bundle = _plan_bundle(SiteTables.read(tmp_path / "site", scan_events=True), tmp_path / "out")
+    assert "seg_plan_enterprise_mobile" in bundle.segments and bundle.cold_start_context_keys == ("plan",)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from aura.config import load_config, load_policies, load_settings, load_surfaces
+from aura.config import check_dimensions, custom_context_key, load_config, load_policies, load_settings, load_surfaces
 from aura.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,12 +64,20 @@ def test_bad_environment_is_rejected_with_the_variable_named(env: dict, message:
     ("yaml_text", "message"),
     [
         ("decisioning:\n  exploration:\n    global_budget: 1.5\n", r"global_budget must be in \[0.0, 1.0\]"),
+        (
+            "decisioning:\n  exploration:\n    posterior_variance_scale: 0\n",
+            r"posterior_variance_scale must be in \[0.01, 10.0\]",
+        ),
         ("decisioning:\n  exploraton: {}\n", "unknown key 'exploraton'"),
         ("decisioning:\n  freshness:\n    decay_function: linear\n", "decay_function must be one of 'exponential'"),
         ("decisioning:\n  diversity:\n    max_per_topic_cluster: two\n", "max_per_topic_cluster must be a whole"),
         ("segmentation:\n  fairness:\n    exclude_protected_attributes: 3\n", "must be true or false"),
         ("decisioning:\n  eligibility:\n    flag_consents: [a]\n", "flag_consents must be a mapping"),
-        ("segmentation:\n  dimensions: [intent, gender]\n", "segmentation.dimensions: 'gender' is not a dimension"),
+        ("segmentation:\n  dimensions: [intent, colour]\n", "segmentation.dimensions: 'colour' is not a dimension"),
+        (
+            "segmentation:\n  dimensions: [intent, gender]\n",
+            "segmentation.dimensions: 'gender' is a protected attribute",
+        ),
         ("segmentation:\n  dimensions: [intent, intent]\n", "segmentation.dimensions must be distinct"),
         ("segmentation:\n  dimensions: []\n", "segmentation.dimensions must be distinct and at least one"),
         ("[1, 2]\n", "top level must be a mapping"),
@@ -81,6 +89,42 @@ def test_bad_policies_are_rejected_with_the_key_named(tmp_path: Path, yaml_text:
     path.write_text(yaml_text)
     with pytest.raises(ConfigError, match=message):
         load_policies(path)
+
+
+def test_a_context_key_of_the_request_can_be_a_segment_dimension(tmp_path: Path) -> None:
+    path = tmp_path / "policies.yaml"
+    path.write_text("segmentation:\n  dimensions: [context.plan, intent, device_class, context.industry_2]\n")
+    dimensions = load_policies(path).segmentation.dimensions
+    assert dimensions == ("context.plan", "intent", "device_class", "context.industry_2")
+    assert [custom_context_key(d) for d in dimensions] == ["plan", None, None, "industry_2"]
+
+
+@pytest.mark.parametrize(
+    ("dimension", "message"),
+    [
+        ("context.Plan", "'context.Plan' is not a valid context dimension; the key after 'context.' must be 1-64"),
+        ("context.", "'context.' is not a valid context dimension"),
+        ("context.plan-tier", "'context.plan-tier' is not a valid context dimension"),
+        ("context.a.b", "'context.a.b' is not a valid context dimension"),
+        (f"context.{'k' * 65}", "is not a valid context dimension"),
+        ("context.campaign", "'context.campaign' names the built-in dimension 'campaign'; write 'campaign' instead"),
+        ("context.gender", "'context.gender' is a protected attribute"),
+        ("context.visitor_age", "'context.visitor_age' is a protected attribute"),
+        ("context.plan, context.plan", "must be distinct and at least one; 'context.plan' is listed twice"),
+        ("ctx.plan", "'ctx.plan' is not a dimension; use any of .* or context.<key>"),
+    ],
+)
+def test_bad_context_dimensions_are_named(tmp_path: Path, dimension: str, message: str) -> None:
+    path = tmp_path / "policies.yaml"
+    path.write_text(f"segmentation:\n  dimensions: [intent, {dimension}]\n")
+    with pytest.raises(ConfigError, match=f"policies.yaml: segmentation.dimensions.*{message}"):
+        load_policies(path)
+
+
+def test_build_and_config_share_the_dimension_rules() -> None:
+    assert check_dimensions(["context.plan", "intent"], "segment dimensions") == ("context.plan", "intent")
+    with pytest.raises(ConfigError, match=r"^segment dimensions: 'context\.Plan' is not a valid context dimension"):
+        check_dimensions(["context.Plan"], "segment dimensions")
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,9 @@ from aura.server.decision import RankQuery, Traffic, decide, resolve_segment
 from aura.server.posterior_state import FeedbackDedupe, PosteriorState, examination_weight
 from aura.server.serving import build_serving_index, freshness_multiplier
 from aura.server.state import SeededGenerator, replay_generator
+from aura.server.validation import rank_query
+from aura.v1 import common_pb2
+from aura.v1 import decision_service_pb2 as pb
 from tests.bundle_factory import make_tiny_bundle
 
 SURFACE = "homepage.hero"
@@ -119,6 +122,42 @@ def test_segment_resolution_order(tmp_path: Path) -> None:
     strict = no_exploration(tmp_path, confidence={"assignment_threshold": 0.9, "holdout_below": 0.7})
     held_out = resolve_segment(index, query(anon_id="anon_abc123", device="mobile"), strict, True)
     assert (held_out.segment.id, held_out.holdout, held_out.source) == ("seg_global", True, "cold_start")
+    # Without custom context keys in the bundle, the lookup key is the six fixed values, as ever.
+    assert index.bundle.cold_start_context_keys == () and {len(key) for key in index.cold_starts} == {6}
+
+
+def test_cold_start_rules_on_custom_context_keys(tmp_path: Path) -> None:
+    segment = "seg_learn_mobile_new"
+    rules = [
+        {"device": "mobile", "segment_id": segment, "confidence": 0.6},
+        {"context_json": '{"plan": "enterprise"}', "segment_id": segment, "confidence": 0.8},
+        {"device": "mobile", "context_json": '{"industry": "retail", "plan": "enterprise"}', "segment_id": segment,
+         "confidence": 0.9},
+    ]  # fmt: skip
+    bundle = load_bundle(make_tiny_bundle(tmp_path / "built", "v1", surfaces=(SURFACE,), cold_start=rules))
+    surface = Surface(id=SURFACE, max_items=10, diversity=False, freshness_boost=0.0)
+    index = build_serving_index(bundle, {SURFACE: surface}, policies(tmp_path), now=NOW)
+    pol = no_exploration(tmp_path)
+    assert bundle.cold_start_context_keys == ("industry", "plan")
+
+    def resolve(device: str, **context: str):
+        request = pb.RankRequest(surface_id=SURFACE, context=context)
+        request.user_ctx.CopyFrom(common_pb2.UserContext(anon_id="new", device=device, consent=["personalization"]))
+        resolution = resolve_segment(index, rank_query(request, {SURFACE: surface}), pol, True)
+        return resolution.segment.id, resolution.source, resolution.confidence
+
+    assert resolve("desktop", plan="enterprise") == (segment, "cold_start", 0.8)
+    assert resolve("mobile", plan="enterprise", industry="retail", other="x") == (segment, "cold_start", 0.9)
+    assert resolve("mobile", plan="Enterprise") == (segment, "cold_start", 0.6)  # values match exactly
+    assert resolve("desktop", plan="") == ("seg_global", "popularity", 1.0)
+    assert resolve("desktop") == ("seg_global", "popularity", 1.0)
+    # The memo is keyed on the fixed values, then the request's value of each custom key ("" when absent).
+    assert {key[6:] for key in index.cold_starts} == {
+        ("", "enterprise"),
+        ("retail", "enterprise"),
+        ("", "Enterprise"),
+        ("", ""),
+    }
 
 
 def test_same_seed_same_decision(tmp_path: Path) -> None:
@@ -138,6 +177,24 @@ def test_thompson_sampling_follows_the_evidence(tmp_path: Path) -> None:
     pol = no_exploration(tmp_path)
     firsts = {shown(index, run(index, pol, query(anon_id="x"), seed=s, state=state))[0] for s in range(30)}
     assert firsts == {"c002"}
+
+
+def test_smaller_posterior_variance_scale_exploits_more(tmp_path: Path) -> None:
+    index = index_for(tmp_path, 6)
+    state = PosteriorState.in_memory(index.bundle)
+    cell = index.cell(SURFACE, "seg_global")
+    # c002's mean click rate is 0.12 against 0.08 for the others, each from 50 pseudo-impressions.
+    state.alpha[cell.start : cell.stop] = [4, 4, 6, 4, 4, 4]
+    state.beta[cell.start : cell.stop] = [46, 46, 44, 46, 46, 46]
+
+    def best_first_share(scale: float) -> float:
+        pol = policies(tmp_path, exploration={"global_budget": 0.0, "posterior_variance_scale": scale})
+        firsts = [shown(index, run(index, pol, query(anon_id="x"), seed=s, state=state))[0] for s in range(300)]
+        return firsts.count("c002") / len(firsts)
+
+    exact, sharpened = best_first_share(1.0), best_first_share(0.05)
+    assert 0.2 < exact < 0.7
+    assert sharpened > 0.9
 
 
 def test_freshness_multiplier() -> None:

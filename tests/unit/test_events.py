@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,10 @@ def test_load_interactions_joins_feedback_and_sdk_events_to_decisions(logs: Path
     assert by_id["r2:1:click"]["ts"] == at(8)
     # Scrubbed again on the way out: a campaign naming an e-mail, an e-mail used as visitor id, a URL's query.
     assert first["campaign"] == "mail [email]"
+    # The whole context map travels on (scrubbed too), for `context.<key>` segment dimensions.
+    context = {"campaign": "mail [email]", "time_of_day": "evening", "order": 1234567890}
+    assert json.loads(first["context_json"]) == json.loads(by_id["r1:1:click"]["context_json"]) == context
+    assert by_id["r2:1"]["context_json"] is None and by_id["e3"]["context_json"] is None
     assert by_id["r3:1"]["anon_id"] == pseudonym(EMAIL_VISITOR)
     assert by_id["e3"]["referrer"] == "https://news.example.org/a"
     assert by_id["r4:1"]["anon_id"] is None

@@ -11,15 +11,14 @@ import pytest
 
 from aura.batch.build import INTENT_EVIDENCE, SiteTables, register_intent_evidence, register_site, user_profiles
 from aura.batch.intent import (
-    PROTECTED_ATTRIBUTES,
     assign_intents,
-    check_features,
     learn_intent_evidence,
     train_intent_model,
     training_cutoffs,
     visitor_features,
 )
 from aura.batch.synthetic import generate_site
+from aura.protected import PROTECTED_ATTRIBUTES, check_features
 
 NOW = datetime(2025, 10, 1, tzinfo=UTC)
 

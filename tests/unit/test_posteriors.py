@@ -239,6 +239,14 @@ def test_thompson_propensity_fills_exactly_top_n_per_draw() -> None:
     assert thompson_propensity(alpha, beta, top_n=5, rng=np.random.default_rng(0)).min() == 1.0
 
 
+def test_thompson_propensity_follows_the_posterior_variance_scale() -> None:
+    alpha = np.array([[6.0, 4.0, 4.0, 4.0]])
+    beta = np.array([[44.0, 46.0, 46.0, 46.0]])
+    exact = thompson_propensity(alpha, beta, top_n=1, rng=np.random.default_rng(0), draws=2000)
+    sharpened = thompson_propensity(alpha, beta, 1, np.random.default_rng(0), 2000, variance_scale=0.05)
+    assert exact[0, 0] < 0.7 < 0.9 < sharpened[0, 0]
+
+
 def test_segment_prior_strength_follows_how_far_segment_cells_stray_from_their_prior() -> None:
     def strength(clicks: list[float]) -> np.ndarray:
         n = len(clicks)

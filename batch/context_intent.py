@@ -1,0 +1,153 @@
+"""Cold-start rules that infer a first-time visitor's intent from the request context by naive Bayes.
+
+The mined cold-start rules (`aura.batch.build.cold_start_table`) name a segment only where most visitors
+seen in exactly that context belong to it, so a context shared by several intents gets no intent at all.
+Here every context key is evidence on its own: the page type, referrer class, time of day, campaign and
+device of the visitors whose intent is known (their confident assignments) give per-key likelihoods, and
+a context's intent posterior is the prior times the likelihood of each of its values (naive Bayes, with
+add-one smoothing). The prior is the share of each intent among all profiled visitors: confident ones
+over-represent the intents whose clicks are most telling. A rule names the deepest emitted segment, fixed
+on intent and device class only, that the posterior puts at least `min_confidence` on, with that
+probability as its confidence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+
+import duckdb
+import pyarrow as pa
+
+from aura.bundle.format import COLD_START, COLD_START_KEYS, SCHEMAS
+
+EVIDENCE_KEYS: tuple[str, ...] = ("device", "referrer_class", "page_type", "time_of_day", "campaign")
+"""Request context keys used as intent evidence (columns of the build's `events` view and cold-start keys)."""
+RESOLVABLE_DIMENSIONS = frozenset({"intent", "device_class"})
+"""The only segment dimensions a first request's context can settle: intent (inferred) and device class
+(the request's device)."""
+
+
+def intent_likelihoods(
+    con: duckdb.DuckDBPyConnection, labels: pa.Table, population: Sequence[str]
+) -> tuple[dict[str, float], dict[tuple[str, str], dict[str, float]]]:
+    """Log prior of each intent (its add-one share of `population`, one inferred intent per visitor) and log
+    likelihood of each (key, value) per intent, from the impressions of the visitors in `labels` (anon_id,
+    intent), smoothed by adding one to every count."""
+    con.register("intent_labels", labels)
+    selects = " UNION ALL ".join(
+        f"SELECT '{key}' AS key, {key} AS value, intent, count(*) AS n FROM labeled "
+        f"WHERE {key} IS NOT NULL GROUP BY ALL"
+        for key in EVIDENCE_KEYS
+    )
+    rows = con.sql(
+        f"""
+        WITH labeled AS (
+            SELECT e.*, l.intent FROM events e JOIN intent_labels l USING (anon_id) WHERE e.type = 'impression'
+        )
+        {selects}
+        """
+    ).fetchall()
+    totals = dict(
+        con.sql(
+            "SELECT l.intent, count(*) FROM events e JOIN intent_labels l USING (anon_id) "
+            "WHERE e.type = 'impression' GROUP BY ALL"
+        ).fetchall()
+    )
+    con.unregister("intent_labels")
+    intents = sorted(totals)
+    shares = Counter(population)
+    log_prior = {i: math.log((shares[i] + 1) / (len(population) + len(intents))) for i in intents}
+    counts: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    for key, value, intent, n in rows:
+        counts[(key, value)][intent] = n
+    distinct = defaultdict(int)
+    for key, _ in counts:
+        distinct[key] += 1
+    log_likelihood = {
+        (key, value): {i: math.log((by_intent.get(i, 0) + 1) / (totals[i] + distinct[key])) for i in intents}
+        for (key, value), by_intent in counts.items()
+    }
+    return log_prior, log_likelihood
+
+
+def intent_posterior(
+    values: Mapping[str, str], log_prior: Mapping[str, float], log_likelihood: Mapping[tuple[str, str], Mapping]
+) -> dict[str, float]:
+    """P(intent | context values) under naive Bayes; a value never seen with a known intent is no evidence."""
+    scores = dict(log_prior)
+    for key, value in values.items():
+        evidence = log_likelihood.get((key, value))
+        if evidence is not None:
+            for intent in scores:
+                scores[intent] += evidence[intent]
+    top = max(scores.values())
+    odds = {i: math.exp(s - top) for i, s in scores.items()}
+    total = sum(odds.values())
+    return {i: o / total for i, o in odds.items()}
+
+
+def context_intent_rules(
+    con: duckdb.DuckDBPyConnection,
+    labels: pa.Table,
+    population: Sequence[str],
+    segments: Iterable,
+    min_confidence: float,
+    patterns: Iterable[tuple[str, ...]],
+) -> list[dict[str, object]]:
+    """Cold-start rules (rows of the bundle's cold-start table) for every combination of `patterns`' keys
+    seen in the events, from the intents of `labels` (anon_id, intent) and of the profiled `population`.
+
+    `segments` are the emitted `aura.batch.build.Segment`s; only those fixed on intent and device class
+    alone can be named. A context whose posterior puts less than `min_confidence` on every such segment
+    gets no rule.
+    """
+    candidates = [
+        s
+        for s in segments
+        if s.values and s.intent is not None and RESOLVABLE_DIMENSIONS.issuperset(s.dimensions[: s.depth])
+    ]
+    if not candidates or labels.num_rows == 0:
+        return []
+    log_prior, log_likelihood = intent_likelihoods(con, labels, population)
+    patterns = [p for p in patterns if set(p) <= set(EVIDENCE_KEYS)]
+    used = [k for k in EVIDENCE_KEYS if any(k in p for p in patterns)]
+    seen = con.sql(f"SELECT DISTINCT {', '.join(used)} FROM events WHERE type = 'impression'").fetchall()
+    contexts = {
+        tuple((key, row[used.index(key)]) for key in pattern)
+        for pattern in patterns
+        for row in seen
+        if all(row[used.index(key)] is not None for key in pattern)
+    }
+    rules = []
+    for context in sorted(contexts):
+        values = dict(context)
+        posterior = intent_posterior(values, log_prior, log_likelihood)
+        best = None
+        for segment in candidates:
+            device_class = segment.value("device_class")
+            if device_class is not None and device_class != values.get("device"):
+                continue
+            probability = posterior.get(segment.intent, 0.0)
+            if probability >= min_confidence and (best is None or (segment.depth, probability) > best[1:]):
+                best = (segment, segment.depth, probability)
+        if best is not None:
+            rules.append({**values, "segment_id": best[0].id, "confidence": best[2]})
+    return rules
+
+
+def with_inferred_rules(mined: pa.Table, inferred: list[dict[str, object]], depth: Mapping[str, int]) -> pa.Table:
+    """The cold-start table: `mined` rules plus `inferred` ones, an inferred rule replacing a mined rule on the
+    same context unless the mined one names a deeper segment (`depth` by segment id)."""
+    rules = {_rule_key(r): r for r in mined.to_pylist()}
+    for rule in inferred:
+        key = _rule_key(rule)
+        current = rules.get(key)
+        if current is None or depth[current["segment_id"]] <= depth[rule["segment_id"]]:
+            rules[key] = rule
+    return pa.Table.from_pylist(list(rules.values()), schema=SCHEMAS[COLD_START])
+
+
+def _rule_key(rule: Mapping[str, object]) -> tuple[object, ...]:
+    return (*(rule.get(k) for k in COLD_START_KEYS), rule.get("context_json"))
