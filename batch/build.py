@@ -1084,7 +1084,6 @@ def build_bundle(
             inferred = context_intent_rules(
                 con,
                 labels.filter(pc.is_valid(labels["intent"])),
-                segmentation.user_leaves["intent"].to_pylist() if "intent" in dims else [],
                 segmentation.emitted,
                 policies.segmentation.confidence.holdout_below,
                 INTENT_EVIDENCE_PATTERNS,

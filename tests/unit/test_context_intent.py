@@ -59,9 +59,7 @@ def test_posterior_multiplies_the_evidence_of_every_key() -> None:
 
 def test_rules_name_the_deepest_intent_and_device_segment_the_context_supports(con) -> None:
     emitted = [segment(), segment("learn"), segment("learn", "mobile"), segment("buy"), segment("buy", "mobile", "new")]
-    rules = context_intent_rules(
-        con, labels(con, 10), ["learn"] * 10 + ["buy"] * 10, emitted, 0.5, (("device", "page_type"), ("page_type",))
-    )
+    rules = context_intent_rules(con, labels(con, 10), emitted, 0.5, (("device", "page_type"), ("page_type",)))
     by_context = {(r.get("device"), r["page_type"]): (r["segment_id"], r["confidence"]) for r in rules}
     # The device settles device class, so learners on mobile get the deeper segment; buyers' only
     # intent-and-device segment also fixes recency, which a first request cannot tell, so: seg_buy.
@@ -72,10 +70,9 @@ def test_rules_name_the_deepest_intent_and_device_segment_the_context_supports(c
 
 
 def test_no_rule_below_the_confidence_or_without_intent_segments(con) -> None:
-    population = ["learn"] * 10 + ["buy"] * 10
     patterns = (("device",),)  # every visitor is on mobile: no evidence either way
-    assert context_intent_rules(con, labels(con, 10), population, [segment("learn")], 0.6, patterns) == []
-    assert context_intent_rules(con, labels(con, 10), population, [segment()], 0.0, (("page_type",),)) == []
+    assert context_intent_rules(con, labels(con, 10), [segment("learn")], 0.6, patterns) == []
+    assert context_intent_rules(con, labels(con, 10), [segment()], 0.0, (("page_type",),)) == []
 
 
 def test_inferred_rules_replace_mined_ones_unless_those_are_deeper() -> None:
