@@ -8,9 +8,8 @@ a context's intent posterior is the prior times the likelihood of each of its va
 add-one smoothing). The prior is uniform: confident visitors over-represent the intents whose clicks are
 most telling, and an EM estimate of the traffic's intent mix under these likelihoods (which treat
 correlated keys as independent) was less accurate on the closed loop's visitors (65.5% against 70.5%,
-docs/benchmarks.md). A rule names the deepest emitted segment,
-fixed on intent and device class only, that the posterior puts at least `min_confidence` on, with that
-probability as its confidence.
+docs/benchmarks.md). A rule names the deepest emitted segment, fixed on intent and device class only,
+that the posterior puts at least `min_confidence` on, with that probability as its confidence.
 """
 
 from __future__ import annotations

@@ -9,10 +9,14 @@ segments and ships them to the store; the batch reads the shipped logs (`load_in
 the bundle from the site's history plus every log so far, continuing the posteriors from the previous
 bundle, and pushes and promotes it; the next cycle's node swaps it in.
 
+The site publishes while the loop runs: `new_content_share` of its items are absent from the history and
+the first bundle and appear with the rebuilds (new content gets its prior from its semantic neighbours).
+
 Every cycle is scored with the ground truth on the same requests: the expected CTR (expected clicks per
-impression) of the slates the edge showed (the bandit), of a static popularity ranking (the serving
-bundle's `seg_global` posterior means), of a random ranking and of the oracle (the best slate by the
-ground truth), all limited to the items the edge may show the visitor. The visitors, their pages and
+impression) of the slates the edge showed (the bandit), of static popularity ranking (the first bundle's
+`seg_global` posterior means, which never learn of new items), of popularity refreshed with every bundle
+(the serving bundle's `seg_global` means), of a random ranking and of the oracle (the best slate by the
+ground truth), all limited to the published items the edge may show the visitor. The visitors, their pages and
 their clicks on any slate are seeded; the edge draws its own Thompson samples, so the bandit's slates,
 and what is learnt from them, vary a little from run to run.
 
@@ -97,8 +101,13 @@ class LoopConfig:
     ignore them)."""
     segment_dimensions: tuple[str, ...] | None = SITE_DIMENSIONS
     """The segment hierarchy the batch builds (None: policies.yaml's `segmentation.dimensions`)."""
+    new_content_share: float = 0.2
+    """Share of the items published during the loop: absent from the history and the first bundle, they
+    appear in equal parts with each rebuild, as a site publishes (static popularity never ranks them)."""
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.new_content_share < 1.0:
+            raise ConfigError(f"closed loop: new_content_share must be in [0, 1), got {self.new_content_share}.")
         for name in ("n_content", "history_visitors", "history_days", "cycles", "visitors_per_cycle"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"closed loop: {name} must be at least 1, got {getattr(self, name)}.")
@@ -131,11 +140,10 @@ class CycleReport:
         """Expected clicks per impression of `policy` (one of POLICIES)."""
         return self.expected_clicks[policy] / self.impressions if self.impressions else 0.0
 
-    @property
-    def uplift(self) -> float:
-        """Bandit CTR over popularity CTR, minus one."""
-        popularity = self.ctr("popularity")
-        return self.ctr("bandit") / popularity - 1.0 if popularity else 0.0
+    def uplift(self, baseline: str = "popularity") -> float:
+        """Bandit CTR over `baseline`'s CTR, minus one."""
+        reference = self.ctr(baseline)
+        return self.ctr("bandit") / reference - 1.0 if reference else 0.0
 
     @property
     def regret(self) -> float:
@@ -152,13 +160,16 @@ class CycleReport:
         return {
             **asdict(self),
             **{f"{p}_ctr": round(self.ctr(p), 6) for p in POLICIES},
-            "uplift_over_popularity": round(self.uplift, 6),
+            "uplift_over_static": round(self.uplift("static"), 6),
+            "uplift_over_popularity": round(self.uplift(), 6),
             "regret_per_impression": round(self.regret, 6),
             "regret_clicks": round(self.regret_clicks, 3),
         }
 
 
-POLICIES: tuple[str, ...] = ("bandit", "popularity", "random", "oracle")
+POLICIES: tuple[str, ...] = ("bandit", "static", "popularity", "random", "oracle")
+"""The bandit (the edge's slates), static popularity (the first bundle's seg_global means, never updated),
+popularity (the serving bundle's seg_global means), random, and the oracle (the ground truth's best)."""
 
 
 @dataclass
@@ -177,16 +188,16 @@ class LoopReport:
     def table(self) -> str:
         """A fixed-width table: one line per cycle."""
         head = (
-            f"{'cycle':>5} {'bundle':<24} {'requests':>8} {'clicks':>6} {'bandit':>7} {'popular':>7} {'random':>7} "
-            f"{'oracle':>7} {'uplift':>7} {'regret':>7} {'rebuild':>8}"
+            f"{'cycle':>5} {'bundle':<24} {'requests':>8} {'clicks':>6} {'bandit':>7} {'static':>7} {'popular':>7} "
+            f"{'random':>7} {'oracle':>7} {'vs stat':>7} {'vs pop':>7} {'regret':>7} {'rebuild':>8}"
         )
         lines = [head]
         for c in self.cycles:
             rebuild = f"{c.rebuild_seconds:7.1f}s" if c.rebuild_seconds is not None else f"{'-':>8}"
             lines.append(
                 f"{c.cycle:>5} {c.bundle_version:<24} {c.requests:>8} {c.clicks:>6} {c.ctr('bandit'):>7.4f} "
-                f"{c.ctr('popularity'):>7.4f} {c.ctr('random'):>7.4f} {c.ctr('oracle'):>7.4f} "
-                f"{c.uplift:>+7.1%} {c.regret:>7.4f} {rebuild}"
+                f"{c.ctr('static'):>7.4f} {c.ctr('popularity'):>7.4f} {c.ctr('random'):>7.4f} {c.ctr('oracle'):>7.4f} "
+                f"{c.uplift('static'):>+7.1%} {c.uplift():>+7.1%} {c.regret:>7.4f} {rebuild}"
             )
         return "\n".join(lines)
 
@@ -347,6 +358,21 @@ def plan_visits(site: SyntheticSite, surfaces: Mapping[str, Surface], config: Lo
     return visits
 
 
+def publication_cycles(content: pl.DataFrame, config: LoopConfig) -> dict[str, int]:
+    """The items published during the loop and the cycle each first appears in, spread evenly over cycles 1
+    to cycles - 1: `config.new_content_share` of each content type (rounded down, so every type keeps items
+    from the start), seeded; every other item is published from the start."""
+    if config.cycles < 2:
+        return {}
+    rng = np.random.default_rng([config.seed, 3])
+    chosen: list[str] = []
+    for _, group in content.group_by("content_type", maintain_order=True):
+        ids = sorted(group["id"].to_list())
+        count = int(config.new_content_share * len(ids))
+        chosen += [ids[i] for i in sorted(rng.choice(len(ids), size=count, replace=False).tolist())]
+    return {content_id: 1 + k % (config.cycles - 1) for k, content_id in enumerate(sorted(chosen))}
+
+
 def effective_config(config: LoopConfig, out_dir: Path) -> Path:
     """The config directory the loop runs with: `config.config_dir`, or with `config.neutral_editorial` a copy
     whose surfaces have freshness boosts at 0 and diversity off."""
@@ -380,11 +406,15 @@ def run_traffic(
     edge: EdgeProcess,
     truth: GroundTruth,
     visits: Sequence[Visit],
-    popularity: Mapping[str, np.ndarray],
+    baselines: Mapping[str, Mapping[str, np.ndarray]],
+    published: np.ndarray,
     config: LoopConfig,
     report: CycleReport,
 ) -> None:
-    """Send the visits through Rank, score every policy's slate with the ground truth, click and send Feedback."""
+    """Send the visits through Rank, score every policy's slate with the ground truth, click and send Feedback.
+
+    `baselines` maps "static" and "popularity" to their per-surface scores (`popularity_scores`); `published`
+    marks the content rows the site has published by this cycle."""
     stub = pb_grpc.DecisionServiceStub(edge.channel)
     pending = []
     personalized = 0
@@ -415,7 +445,7 @@ def run_traffic(
         rows = np.array([truth.row_of[item.content_id] for item in response.items], dtype=np.int64)
         if rows.size == 0:
             continue
-        candidates = np.flatnonzero(truth.eligible(visit.surface_id, visitor["device"], visitor["country"]))
+        candidates = np.flatnonzero(truth.eligible(visit.surface_id, visitor["device"], visitor["country"]) & published)
         if not np.isin(rows, candidates).all():
             raise SimulationError(
                 f"the edge showed an item the simulator's eligibility rules exclude ({visit}); "
@@ -424,10 +454,14 @@ def run_traffic(
         p = truth.probabilities(visit.visitor, visit.surface_id)
         n = rows.size
         eligible_p = p[candidates]
-        popular = candidates[np.argsort(-popularity[visit.surface_id][candidates], kind="stable")[:n]]
+        ranked = {
+            name: candidates[np.argsort(-scores[visit.surface_id][candidates], kind="stable")[:n]]
+            for name, scores in baselines.items()
+        }
         for policy, clicks in (
             ("bandit", p[rows].sum()),
-            ("popularity", p[popular].sum()),
+            ("static", p[ranked["static"]].sum()),
+            ("popularity", p[ranked["popularity"]].sum()),
             ("random", n * eligible_p.mean()),
             ("oracle", np.sort(eligible_p)[-n:].sum()),
         ):
@@ -473,16 +507,32 @@ class ClosedLoop:
             now=now,
         )
         self.truth = GroundTruth(self.site, self.app)
+        self.published_in = publication_cycles(self.site.content, config)
         self.store = LocalBundleStore(work_dir / "store")
         self.built = work_dir / "built"
         self.embedder = embedder or TextEmbedder.load()
         self.bundle_dir: Path | None = None
 
-    def build(self, events: pl.DataFrame) -> str:
-        """Build a bundle from the events (continuing the previous bundle's posteriors), push and promote it."""
+    def published(self, cycle: int) -> np.ndarray:
+        """Which content rows the site has published by `cycle`."""
+        return np.array([self.published_in.get(cid, 0) <= cycle for cid in self.truth.ids])
+
+    def content(self, cycle: int) -> pl.DataFrame:
+        """The content table as of `cycle`; items published during the loop carry the history's end as their
+        publication date."""
+        content = self.site.content.filter(pl.Series(self.published(cycle)))
+        fresh = pl.col("id").is_in(list(self.published_in))
+        return content.with_columns(
+            published_at=pl.when(fresh).then(pl.lit(self.site.now)).otherwise(pl.col("published_at")),
+            updated_at=pl.when(fresh).then(pl.lit(self.site.now)).otherwise(pl.col("updated_at")),
+        )
+
+    def build(self, events: pl.DataFrame, cycle: int) -> str:
+        """Build the bundle that serves `cycle` from the events (continuing the previous bundle's posteriors),
+        push and promote it."""
         previous = self.bundle_dir
         manifest = build_bundle(
-            SiteTables(self.site.content, events),
+            SiteTables(self.content(cycle), events),
             policies=self.app.policies,
             surfaces=self.app.surfaces,
             out_dir=self.built,
@@ -497,20 +547,27 @@ class ClosedLoop:
         self.store.promote(manifest.bundle_version)
         return manifest.bundle_version
 
+    def history(self) -> pl.DataFrame:
+        """The site's logged history, without the items published during the loop."""
+        events = self.site.events.select(EVENT_COLUMNS)
+        return events.filter(~pl.col("content_id").is_in(list(self.published_in)))
+
     def history_and_logs(self) -> tuple[pl.DataFrame, int]:
-        """The site's history plus every interaction of the logs shipped to the store, as builder events."""
+        """The history plus every interaction of the logs shipped to the store, as builder events."""
         interactions = load_interactions(self.store)
         live = pl.from_arrow(interactions.select(list(EVENT_COLUMNS)))
-        history = self.site.events.select(EVENT_COLUMNS)
+        history = self.history()
         return pl.concat([history, live.cast(history.schema)], how="vertical"), interactions.num_rows
 
     def run(self, log: Callable[[str], None] | None = None) -> LoopReport:
         """Build the first bundle from the history, then run the cycles; see the module docstring."""
         say = log or (lambda _line: None)
         started = time.perf_counter()
-        version = self.build(self.site.events.select(EVENT_COLUMNS))
+        history = self.history()
+        version = self.build(history, 0)
+        static = popularity_scores(self.built / version, self.truth.ids)
         report = LoopReport(self.config, [], round(time.perf_counter() - started, 3))
-        say(f"bundle {version} built from {self.site.events.height} history events in {report.initial_build_seconds} s")
+        say(f"bundle {version} built from {history.height} history events in {report.initial_build_seconds} s")
         for cycle in range(self.config.cycles):
             cycle_report = CycleReport(cycle, version)
             cycle_dir = self.work_dir / "edge"
@@ -522,15 +579,15 @@ class ClosedLoop:
                 cycle_report.start_seconds = round(time.perf_counter() - started, 3)
                 started = time.perf_counter()
                 visits = plan_visits(self.site, self.app.surfaces, self.config, cycle)
-                popularity = popularity_scores(self.built / version, self.truth.ids)
-                run_traffic(edge, self.truth, visits, popularity, self.config, cycle_report)
+                baselines = {"static": static, "popularity": popularity_scores(self.built / version, self.truth.ids)}
+                run_traffic(edge, self.truth, visits, baselines, self.published(cycle), self.config, cycle_report)
                 cycle_report.traffic_seconds = round(time.perf_counter() - started, 3)
             finally:
                 edge.stop()
             if cycle < self.config.cycles - 1:
                 started = time.perf_counter()
                 events, cycle_report.events_loaded = self.history_and_logs()
-                version = self.build(events)
+                version = self.build(events, cycle + 1)
                 cycle_report.rebuild_seconds = round(time.perf_counter() - started, 3)
             report.cycles.append(cycle_report)
             say(report.table().splitlines()[-1])

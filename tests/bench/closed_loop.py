@@ -1,7 +1,8 @@
 """`make bench`, the learning loop: CTR uplift and regret per cycle, and the batch's speed on 10 million events.
 
 1. The closed loop (aura.batch.simulator) with a real edge node: per cycle, the expected CTR of the bandit's
-   slates against static popularity ranking, random ranking and the oracle, on the same requests.
+   slates against static popularity ranking (the first bundle's), popularity refreshed with every bundle,
+   random ranking and the oracle, on the same requests.
 2. A bundle built from 10 million events: a seeded synthetic site's event table (1 million events)
    tiled ten times with renamed visitors, sessions and events, written as the builder's event table
    (`events.parquet`); the build (`SiteTables.read(scan_events=True)`, whose events DuckDB scans in place, +
@@ -51,15 +52,17 @@ def loop_bench(work: Path) -> None:
     """Run the closed loop and print its cycles."""
     shutil.rmtree(work, ignore_errors=True)
     print(
-        f"closed loop: seed {LOOP.seed}, {LOOP.n_content} items, {LOOP.history_visitors} visitors with "
-        f"{LOOP.history_days} days of history, {LOOP.cycles} cycles of {LOOP.visitors_per_cycle} visitors"
+        f"closed loop: seed {LOOP.seed}, {LOOP.n_content} items ({LOOP.new_content_share:.0%} published during the "
+        f"loop), {LOOP.history_visitors} visitors with {LOOP.history_days} days of history, {LOOP.cycles} cycles of "
+        f"{LOOP.visitors_per_cycle} visitors"
     )
     report = run_closed_loop(LOOP, work)
     print(report.table())
     last = report.last
     print(
-        f"last cycle: bandit CTR {last.ctr('bandit'):.4f}, {last.uplift:+.1%} over popularity "
-        f"({last.ctr('popularity'):.4f}; seed claim 10-20%), {last.ctr('bandit') / last.ctr('random') - 1:+.1%} over "
+        f"last cycle: bandit CTR {last.ctr('bandit'):.4f}, {last.uplift('static'):+.1%} over static popularity "
+        f"({last.ctr('static'):.4f}; seed claim 10-20%), {last.uplift():+.1%} over popularity refreshed with every "
+        f"bundle ({last.ctr('popularity'):.4f}), {last.uplift('random'):+.1%} over "
         f"random ({last.ctr('random'):.4f}), regret {last.regret:.4f} per impression against the oracle "
         f"({last.ctr('oracle'):.4f}); personalized decisions {report.cycles[0].personalized_share:.0%} -> "
         f"{last.personalized_share:.0%}"

@@ -6,10 +6,14 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
+from aura.batch.events import load_interactions
 from aura.batch.posteriors import REPORT_KEY
-from aura.batch.simulator import LoopConfig, LoopReport, run_closed_loop
+from aura.batch.simulator import LoopConfig, LoopReport, publication_cycles, run_closed_loop
+from aura.batch.synthetic import generate_site
+from aura.bundle.format import CONTENT
 from aura.bundle.store import LocalBundleStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,15 +26,18 @@ CONFIG = LoopConfig(
     visitors_per_cycle=300,
     config_dir=REPO / "config",
 )
-RANDOM_MARGIN = 1.35
-"""The bandit must beat random ranking by 35% in the last cycle: with this seed it beat it by 44% and 45% in
-two runs (0.1078 and 0.1087 against 0.0748 expected clicks per impression); the edge's own unseeded Thompson
-draws move the bandit's CTR by about 0.001 between runs, far inside the margin."""
-POPULARITY_FLOOR = 0.96
-"""The bandit must reach 96% of static popularity ranking's CTR in the last cycle. It reached 98% and 99.8%
-in two runs (0.1078 and 0.1087 against 0.1100 and 0.1089), 96% before intents were learnt and cold-start
-rules walked up the segment hierarchy. The issue's claim, clearly above popularity, is not met
-(docs/benchmarks.md, the closed loop)."""
+RANDOM_MARGIN = 1.25
+"""The bandit must beat random ranking by 25% in the last cycle: it beat it by 34-38% in four runs (0.1006-0.1034
+against 0.0748 expected clicks per impression); the edge's own unseeded Thompson draws move the bandit's CTR
+by about 0.003 between runs."""
+STATIC_MARGIN = 1.05
+"""The bandit must beat static popularity ranking (the first bundle's) by 5% in the last cycle: +10.3% to +13.4%
+in four runs (0.0912 expected clicks per impression for static popularity). On this site a fifth of the items
+are published during the loop: the bandit finds the good ones (neighbour priors, exploration, the node's online
+posteriors), static popularity never ranks them."""
+POPULARITY_MARGIN = 1.03
+"""The bandit must beat popularity refreshed with every bundle by 3% in the last cycle: +9.0% to +13.5% in four
+runs, most of it on the items published with the last bundle, which the node learns between bundles."""
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +67,27 @@ def test_every_decision_and_click_reaches_the_batch_through_the_logs(loop: tuple
     assert all(c.requests >= CONFIG.visitors_per_cycle and c.clicks > 0 for c in report.cycles)
 
 
+def test_items_published_during_the_loop_reach_the_bundles_and_the_visitors(loop: tuple[LoopReport, Path]) -> None:
+    report, work = loop
+    catalogues = [
+        set(pq.read_table(work / "built" / c.bundle_version / CONTENT, columns=["id"])["id"].to_pylist())
+        for c in report.cycles
+    ]
+    assert all(earlier < later for earlier, later in itertools.pairwise(catalogues))
+    published_later = catalogues[-1] - catalogues[0]
+    assert len(published_later) == len(
+        publication_cycles(generate_site(CONFIG.seed, CONFIG.n_content, n_visitors=50, days=1).content, CONFIG)
+    )
+    shown = set(load_interactions(LocalBundleStore(work / "store"))["content_id"].to_pylist())
+    assert shown & published_later
+
+
 def test_the_bandit_learns(loop: tuple[LoopReport, Path]) -> None:
     report, _ = loop
     first, last = report.cycles[0], report.last
     assert last.ctr("bandit") > RANDOM_MARGIN * last.ctr("random")
-    assert last.ctr("bandit") > POPULARITY_FLOOR * last.ctr("popularity")
+    assert last.ctr("bandit") > STATIC_MARGIN * last.ctr("static")
+    assert last.ctr("bandit") > POPULARITY_MARGIN * last.ctr("popularity")
     assert last.ctr("oracle") > last.ctr("bandit")
     # Visitors who clicked in the loop get segment assignments in the rebuilt bundles.
     assert last.personalized_share > first.personalized_share
