@@ -261,10 +261,16 @@ def _tiny_site() -> SiteTables:
     log = [("u1", "a1", "impression")] * 4 + [("u1", "a1", "click"), *[("u1", "a2", "impression")] * 2]
     log += [("u2", "a1", "impression")] * 6 + [("u2", "a1", "click")] * 3
     log += [("u2", "p1", "impression"), ("u2", "p1", "click")]
+    return SiteTables(content=content, events=_mobile_morning_events(log))
+
+
+def _mobile_morning_events(log: list[tuple[str, str, str]], **columns: list) -> pl.DataFrame:
+    """Events of (visitor, content id, type), one second apart on surface hero, from mobile US visitors on
+    the home page in the morning; `columns` adds columns."""
     n = len(log)
-    events = pl.DataFrame(
+    return pl.DataFrame(
         {
-            "event_id": [f"e{i:02d}" for i in range(n)],
+            "event_id": [f"e{i:03d}" for i in range(n)],
             "ts": [NOW + timedelta(seconds=i) for i in range(n)],
             "anon_id": [u for u, _, _ in log],
             "session_id": [f"s_{u}" for u, _, _ in log],
@@ -277,10 +283,10 @@ def _tiny_site() -> SiteTables:
             "country": ["US"] * n,
             "time_of_day": ["morning"] * n,
             "campaign": [None] * n,
+            **columns,
         },
         schema_overrides={"campaign": pl.String},
     )
-    return SiteTables(content=content, events=events)
 
 
 def test_bundle_loads_with_every_table_filled(site: SyntheticSite, built: tuple[Manifest, LoadedBundle]) -> None:
@@ -572,26 +578,7 @@ def _plan_site() -> SiteTables:
             contexts += [json.dumps({"plan": "free"}), "not json"]
         for n, context in enumerate(contexts):
             rows.append((visitor, "impression" if n == 0 else "click", context))
-    n = len(rows)
-    events = pl.DataFrame(
-        {
-            "event_id": [f"e{i:03d}" for i in range(n)],
-            "ts": [NOW + timedelta(seconds=i) for i in range(n)],
-            "anon_id": [v for v, _, _ in rows],
-            "session_id": [f"s_{v}" for v, _, _ in rows],
-            "surface_id": ["hero"] * n,
-            "content_id": ["a1"] * n,
-            "type": [t for _, t, _ in rows],
-            "device": ["mobile"] * n,
-            "referrer": [""] * n,
-            "page_type": ["home"] * n,
-            "country": ["US"] * n,
-            "time_of_day": ["morning"] * n,
-            "campaign": [None] * n,
-            "context_json": [c for _, _, c in rows],
-        },
-        schema_overrides={"campaign": pl.String},
-    )
+    events = _mobile_morning_events([(v, "a1", t) for v, t, _ in rows], context_json=[c for _, _, c in rows])
     return SiteTables(content=tiny.content, events=events)
 
 

@@ -168,12 +168,18 @@ def test_same_seed_same_decision(tmp_path: Path) -> None:
     assert any(shown(index, run(index, pol, query(), seed=s)) != shown(index, first) for s in range(1, 20))
 
 
-def test_thompson_sampling_follows_the_evidence(tmp_path: Path) -> None:
-    index = index_for(tmp_path, 6)
+def global_posteriors(index, alphas: list[float], betas: list[float]) -> PosteriorState:
+    """Posterior state whose seg_global cell has these alphas and betas."""
     state = PosteriorState.in_memory(index.bundle)
     cell = index.cell(SURFACE, "seg_global")
-    state.alpha[cell.start : cell.stop] = [2, 2, 900, 2, 2, 2]
-    state.beta[cell.start : cell.stop] = [900, 900, 100, 900, 900, 900]
+    state.alpha[cell.start : cell.stop] = alphas
+    state.beta[cell.start : cell.stop] = betas
+    return state
+
+
+def test_thompson_sampling_follows_the_evidence(tmp_path: Path) -> None:
+    index = index_for(tmp_path, 6)
+    state = global_posteriors(index, [2, 2, 900, 2, 2, 2], [900, 900, 100, 900, 900, 900])
     pol = no_exploration(tmp_path)
     firsts = {shown(index, run(index, pol, query(anon_id="x"), seed=s, state=state))[0] for s in range(30)}
     assert firsts == {"c002"}
@@ -181,11 +187,8 @@ def test_thompson_sampling_follows_the_evidence(tmp_path: Path) -> None:
 
 def test_smaller_posterior_variance_scale_exploits_more(tmp_path: Path) -> None:
     index = index_for(tmp_path, 6)
-    state = PosteriorState.in_memory(index.bundle)
-    cell = index.cell(SURFACE, "seg_global")
     # c002's mean click rate is 0.12 against 0.08 for the others, each from 50 pseudo-impressions.
-    state.alpha[cell.start : cell.stop] = [4, 4, 6, 4, 4, 4]
-    state.beta[cell.start : cell.stop] = [46, 46, 44, 46, 46, 46]
+    state = global_posteriors(index, [4, 4, 6, 4, 4, 4], [46, 46, 44, 46, 46, 46])
 
     def best_first_share(scale: float) -> float:
         pol = policies(tmp_path, exploration={"global_budget": 0.0, "posterior_variance_scale": scale})
