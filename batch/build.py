@@ -6,6 +6,7 @@ propensities) are seeded numpy, so the same tables, `now` and `seed` give the sa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -263,9 +264,7 @@ class Segment:
         """`seg_learn_mobile_new`, `seg_learn_mobile_new_price_high`, `seg_learn_mobile`, `seg_learn`, `seg_global`;
         a dimension other than intent, device class and recency is prefixed by its name (`campaign_spring`),
         a `context.<key>` one by its key (`plan_enterprise`, see `_context_value_slug`)."""
-        if not self.values:
-            return GLOBAL_SEGMENT
-        return "seg_" + "_".join(_id_part(d, v) for d, v in zip(self.dimensions, self.values, strict=False))
+        return _segment_id(self.values, self.dimensions)
 
     @property
     def name(self) -> str:
@@ -318,6 +317,14 @@ def _context_value_slug(value: str) -> str:
     (`enterprise`, `Enterprise Plus` -> `enterprise-plus-<digest>`)."""
     slug = _slug(value)[:CONTEXT_SLUG_LENGTH].strip("-")
     return slug if slug == value else f"{slug}-{hashlib.sha256(value.encode()).hexdigest()[:8]}"
+
+
+@functools.lru_cache(maxsize=65536)
+def _segment_id(values: tuple[str, ...], dimensions: tuple[str, ...]) -> str:
+    """`Segment.id`, memoized: a build asks for it once per profiled visitor."""
+    if not values:
+        return GLOBAL_SEGMENT
+    return "seg_" + "_".join(_id_part(d, v) for d, v in zip(dimensions, values, strict=False))
 
 
 def _id_part(dimension: str, value: str) -> str:
