@@ -27,16 +27,16 @@ CONFIG = LoopConfig(
     config_dir=REPO / "config",
 )
 RANDOM_MARGIN = 1.25
-"""The bandit must beat random ranking by 25% in the last cycle: it beat it by 34-38% in four runs (0.1006-0.1034
+"""The bandit must beat random ranking by 25% in the last cycle: it beat it by 34-38% in three runs (0.1006-0.1034
 against 0.0748 expected clicks per impression); the edge's own unseeded Thompson draws move the bandit's CTR
 by about 0.003 between runs."""
 STATIC_MARGIN = 1.05
 """The bandit must beat static popularity ranking (the first bundle's) by 5% in the last cycle: +10.3% to +13.4%
-in four runs (0.0912 expected clicks per impression for static popularity). On this site a fifth of the items
+in three runs (0.0912 expected clicks per impression for static popularity). On this site a fifth of the items
 are published during the loop: the bandit finds the good ones (neighbour priors, exploration, the node's online
 posteriors), static popularity never ranks them."""
 POPULARITY_MARGIN = 1.03
-"""The bandit must beat popularity refreshed with every bundle by 3% in the last cycle: +9.0% to +13.5% in four
+"""The bandit must beat popularity refreshed with every bundle by 3% in the last cycle: +9.0% to +13.5% in three
 runs, most of it on the items published with the last bundle, which the node learns between bundles."""
 
 
