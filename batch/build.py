@@ -434,21 +434,26 @@ def kmeans(points: np.ndarray, k: int, seed: int, iterations: int = 50) -> np.nd
     return labels.astype(np.int32)
 
 
-def topic_clusters(topics: Sequence[Sequence[str] | None], embeddings: np.ndarray, seed: int) -> np.ndarray:
-    """The topic cluster of every item, for the diversity rule: one cluster per primary (first) topic tag;
-    items without tags are k-means clustered by their embeddings (sqrt(n / 2) clusters) after those.
+def topic_clusters(
+    content_types: Sequence[str], topics: Sequence[Sequence[str] | None], embeddings: np.ndarray, seed: int
+) -> np.ndarray:
+    """The topic cluster of every item, for the diversity rule: k-means over the embeddings with each content
+    type's mean embedding taken out, into as many clusters as the catalogue has primary (first) topic tags,
+    or sqrt(n / 2) without tags.
 
-    The embeddings of "title. summary" group items by content type more than by topic (titles and
-    summaries follow per-type templates), so they only stand in where the CMS gives no topic.
+    The embeddings of "title. summary" group items by content type more than by topic (titles and summaries
+    follow per-type templates); without each type's mean, what is left is mostly what the item is about.
     """
-    primary = [tags[0].strip().lower() if tags else "" for tags in topics]
-    label_of = {tag: i for i, tag in enumerate(sorted(set(primary) - {""}))}
-    labels = np.array([label_of.get(tag, -1) for tag in primary], dtype=np.int32)
-    untagged = np.flatnonzero(labels < 0)
-    if untagged.size:
-        k = max(1, round(math.sqrt(untagged.size / 2)))
-        labels[untagged] = len(label_of) + kmeans(embeddings[untagged], k, seed)
-    return labels
+    centred = embeddings.astype(np.float64)
+    kinds = np.asarray(content_types, dtype=object)
+    for kind in set(content_types):
+        rows = kinds == kind
+        if rows.sum() > 1:
+            centred[rows] -= centred[rows].mean(axis=0)
+    centred /= np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+    primary = {tags[0].strip().lower() for tags in topics if tags}
+    k = len(primary) or max(1, round(math.sqrt(len(centred) / 2)))
+    return kmeans(centred, k, seed)
 
 
 def content_features(
@@ -478,7 +483,11 @@ def content_features(
         pl.Series("complexity", grades, dtype=pl.Float32),
         pl.Series("freshness_score", freshness, dtype=pl.Float32),
         pl.Series("quality_score", quality, dtype=pl.Float32),
-        pl.Series("topic_cluster", topic_clusters(content["topics"].to_list(), embeddings, seed), dtype=pl.Int32),
+        pl.Series(
+            "topic_cluster",
+            topic_clusters(content["content_type"].to_list(), content["topics"].to_list(), embeddings, seed),
+            dtype=pl.Int32,
+        ),
     )
     table = frame.to_arrow()
     return table.append_column("embedding", pa.FixedSizeListArray.from_arrays(flat, EMBEDDING_DIM)).select(
