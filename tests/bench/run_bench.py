@@ -165,7 +165,8 @@ def bench_bundle(cache: Path, rebuild: bool) -> tuple[Path, Path]:
     if not rebuild and len(cached) == 1 and config_dir.is_dir():
         try:
             load_bundle(cached[0])  # verifies checksums and schemas: a bundle of an older format is rebuilt
-        except BundleError as exc:
+            describe_bundle(cached[0])
+        except (BundleError, BenchError) as exc:
             print(f"the cached bench bundle is unusable ({exc}); rebuilding it")
         else:
             print(f"using the cached bench bundle {cached[0]} (--rebuild builds a new one)")
