@@ -1103,6 +1103,7 @@ def build_bundle(
                 segmentation.emitted,
                 policies.segmentation.confidence.holdout_below,
                 INTENT_EVIDENCE_PATTERNS,
+                min_visitors=k,
             )
             cold_start = with_inferred_rules(cold_start, inferred, {s.id: s.depth for s in segmentation.emitted})
         say(f"cold start: {cold_start.num_rows} rules ({len(inferred)} inferred from context by naive Bayes)")

@@ -82,19 +82,31 @@ def intent_posterior(
     return {i: o / total for i, o in odds.items()}
 
 
+def common_values(con: duckdb.DuckDBPyConnection, min_visitors: int) -> set[tuple[str, str]]:
+    """The (key, value) pairs of `EVIDENCE_KEYS` that at least `min_visitors` visitors' impressions carry."""
+    selects = " UNION ALL ".join(
+        f"SELECT '{key}', {key} FROM events WHERE type = 'impression' AND {key} IS NOT NULL "
+        f"GROUP BY {key} HAVING count(DISTINCT anon_id) >= $min_visitors"
+        for key in EVIDENCE_KEYS
+    )
+    return set(con.sql(selects, params={"min_visitors": min_visitors}).fetchall())
+
+
 def context_intent_rules(
     con: duckdb.DuckDBPyConnection,
     labels: pa.Table,
     segments: Iterable,
     min_confidence: float,
     patterns: Iterable[tuple[str, ...]],
+    min_visitors: int,
 ) -> list[dict[str, object]]:
     """Cold-start rules (rows of the bundle's cold-start table) for every combination of `patterns`' keys
     seen in the events' impressions, from the intents of `labels` (anon_id, intent).
 
     `segments` are the emitted `aura.batch.build.Segment`s; only those fixed on intent and device class
     alone can be named. A context whose posterior puts less than `min_confidence` on every such segment
-    gets no rule.
+    gets no rule, and so does one with a value fewer than `min_visitors` visitors carry (a rare value, such
+    as a one-off campaign code, could single a visitor out).
     """
     candidates = [
         s
@@ -103,7 +115,8 @@ def context_intent_rules(
     ]
     if not candidates or labels.num_rows == 0:
         return []
-    log_likelihood = intent_likelihoods(con, labels)
+    common = common_values(con, min_visitors)
+    log_likelihood = {pair: v for pair, v in intent_likelihoods(con, labels).items() if pair in common}
     intents = sorted(next(iter(log_likelihood.values()), {}))
     log_prior = dict.fromkeys(intents, -math.log(len(intents)))
     seen = con.sql(f"SELECT DISTINCT {', '.join(EVIDENCE_KEYS)} FROM events WHERE type = 'impression'").fetchall()
@@ -112,7 +125,7 @@ def context_intent_rules(
         tuple((key, row[EVIDENCE_KEYS.index(key)]) for key in pattern)
         for pattern in patterns
         for row in seen
-        if all(row[EVIDENCE_KEYS.index(key)] is not None for key in pattern)
+        if all((key, row[EVIDENCE_KEYS.index(key)]) in common for key in pattern)
     }
     rules = []
     for context in sorted(contexts):

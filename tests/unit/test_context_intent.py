@@ -59,7 +59,8 @@ def test_posterior_multiplies_the_evidence_of_every_key() -> None:
 
 def test_rules_name_the_deepest_intent_and_device_segment_the_context_supports(con) -> None:
     emitted = [segment(), segment("learn"), segment("learn", "mobile"), segment("buy"), segment("buy", "mobile", "new")]
-    rules = context_intent_rules(con, labels(con, 10), emitted, 0.5, (("device", "page_type"), ("page_type",)))
+    patterns = (("device", "page_type"), ("page_type",))
+    rules = context_intent_rules(con, labels(con, 10), emitted, 0.5, patterns, min_visitors=30)
     by_context = {(r.get("device"), r["page_type"]): (r["segment_id"], r["confidence"]) for r in rules}
     # The device settles device class, so learners on mobile get the deeper segment; buyers' only
     # intent-and-device segment also fixes recency, which a first request cannot tell, so: seg_buy.
@@ -67,12 +68,14 @@ def test_rules_name_the_deepest_intent_and_device_segment_the_context_supports(c
     assert by_context[(None, "article")][0] == "seg_learn"
     assert by_context[("mobile", "product")][0] == "seg_buy"
     assert all(confidence > 0.9 for _, confidence in by_context.values())
+    # Each page type is seen from 30 visitors: with 31 required, no rule may name one.
+    assert context_intent_rules(con, labels(con, 10), emitted, 0.5, patterns, min_visitors=31) == []
 
 
 def test_no_rule_below_the_confidence_or_without_intent_segments(con) -> None:
     patterns = (("device",),)  # every visitor is on mobile: no evidence either way
-    assert context_intent_rules(con, labels(con, 10), [segment("learn")], 0.6, patterns) == []
-    assert context_intent_rules(con, labels(con, 10), [segment()], 0.0, (("page_type",),)) == []
+    assert context_intent_rules(con, labels(con, 10), [segment("learn")], 0.6, patterns, 1) == []
+    assert context_intent_rules(con, labels(con, 10), [segment()], 0.0, (("page_type",),), 1) == []
 
 
 def test_inferred_rules_replace_mined_ones_unless_those_are_deeper() -> None:
