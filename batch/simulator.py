@@ -610,6 +610,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     parser.add_argument("--config-dir", type=Path, default=defaults.config_dir)
     parser.add_argument(
+        "--new-content-share",
+        type=float,
+        default=defaults.new_content_share,
+        help="share of the items published during the loop (default %(default)s)",
+    )
+    parser.add_argument(
         "--editorial", action="store_true", help="keep the surfaces' freshness boosts and diversity rules"
     )
     parser.add_argument("--json", help="also write the report as JSON to this file")
@@ -618,7 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = {k: v for k, v in vars(args).items() if k not in ("work_dir", "json", "editorial")}
         config = LoopConfig(**options, neutral_editorial=not args.editorial)
         report = run_closed_loop(config, args.work_dir, log=print)
-    except AuraError as exc:
+    except (AuraError, ConfigError) as exc:
         print(f"aura-simulate: {exc}", file=sys.stderr)
         return 1
     print(report.table())

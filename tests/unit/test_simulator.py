@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from aura.batch.simulator import LoopConfig, publication_cycles
+from aura.batch.simulator import LoopConfig, main, publication_cycles
 from aura.batch.synthetic import generate_site
 from aura.errors import ConfigError
 
@@ -33,3 +33,8 @@ def test_nothing_is_published_later_in_a_single_cycle_or_at_share_zero() -> None
 def test_share_must_leave_a_catalogue() -> None:
     with pytest.raises(ConfigError, match="new_content_share"):
         LoopConfig(new_content_share=1.0)
+
+
+def test_the_command_line_refuses_a_bad_loop_with_a_message(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    assert main(["--work-dir", str(tmp_path), "--new-content-share", "1.5"]) == 1
+    assert "new_content_share must be in [0, 1), got 1.5" in capsys.readouterr().err
