@@ -25,10 +25,14 @@ import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 from tqdm import tqdm
 
-from aura.batch.context_intent import EVIDENCE_KEYS, context_intent_rules, with_inferred_rules
+from aura.batch.context_intent import (
+    EVIDENCE_KEYS,
+    assigned_intents,
+    context_intent_rules,
+    with_inferred_rules,
+)
 from aura.batch.intent import (
     IntentModel,
     assign_intents,
@@ -1092,14 +1096,9 @@ def build_bundle(
                 min_confidence=policies.segmentation.confidence.holdout_below,
                 patterns=cold_start_patterns(dims),
             )
-            by_id = {s.id: s for s in segmentation.emitted}
-            intents = [by_id[s].intent for s in segmentation.user_segments["segment_id"].to_pylist()]
-            labels = pa.table(
-                {"anon_id": segmentation.user_segments["user_id"], "intent": pa.array(intents, pa.string())}
-            )
             inferred = context_intent_rules(
                 con,
-                labels.filter(pc.is_valid(labels["intent"])),
+                assigned_intents(segmentation.user_segments, segmentation.emitted),
                 segmentation.emitted,
                 policies.segmentation.confidence.holdout_below,
                 INTENT_EVIDENCE_PATTERNS,

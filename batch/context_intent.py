@@ -19,8 +19,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from aura.batch.intent import intent_probabilities
 from aura.bundle.format import COLD_START, COLD_START_KEYS, SCHEMAS
 
 EVIDENCE_KEYS: tuple[str, ...] = ("device", "referrer_class", "page_type", "time_of_day", "campaign")
@@ -70,16 +73,22 @@ def intent_posterior(
     values: Mapping[str, str], log_prior: Mapping[str, float], log_likelihood: Mapping[tuple[str, str], Mapping]
 ) -> dict[str, float]:
     """P(intent | context values) under naive Bayes; a value never seen with a known intent is no evidence."""
-    scores = dict(log_prior)
+    intents = list(log_prior)
+    scores = np.array([[log_prior[i] for i in intents]])
     for key, value in values.items():
         evidence = log_likelihood.get((key, value))
         if evidence is not None:
-            for intent in scores:
-                scores[intent] += evidence[intent]
-    top = max(scores.values())
-    odds = {i: math.exp(s - top) for i, s in scores.items()}
-    total = sum(odds.values())
-    return {i: o / total for i, o in odds.items()}
+            scores[0] += [evidence[i] for i in intents]
+    return dict(zip(intents, intent_probabilities(scores)[0].tolist(), strict=True))
+
+
+def assigned_intents(user_segments: pa.Table, segments: Iterable) -> pa.Table:
+    """anon_id and intent of every visitor in `user_segments` (user_id, segment_id) whose assigned segment, one
+    of `segments` (`aura.batch.build.Segment`s), fixes an intent: the visitors whose intent is confident."""
+    intent_of = {s.id: s.intent for s in segments}
+    intents = pa.array([intent_of[s] for s in user_segments["segment_id"].to_pylist()], pa.string())
+    labels = pa.table({"anon_id": user_segments["user_id"], "intent": intents})
+    return labels.filter(pc.is_valid(labels["intent"]))
 
 
 def common_values(con: duckdb.DuckDBPyConnection, min_visitors: int) -> set[tuple[str, str]]:
