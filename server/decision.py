@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -19,6 +19,7 @@ from aura.bundle.loader import SegmentInfo, match_cold_start
 from aura.config import Policies
 from aura.context import jurisdictions_of
 from aura.errors import ConsentRequired
+from aura.server._native import draw_slate
 from aura.server.serving import DEVICE_BITS, CellView, EligiblePool, ServingIndex
 
 PERSONALIZATION = "personalization"
@@ -54,8 +55,7 @@ class Traffic(NamedTuple):
     """The process's current request rate."""
 
 
-@dataclass(frozen=True)
-class SegmentResolution:
+class SegmentResolution(NamedTuple):
     """How the visitor was segmented."""
 
     segment: SegmentInfo
@@ -82,9 +82,8 @@ class ChosenItem:
     freshness: float
 
 
-@dataclass(frozen=True)
-class Decision:
-    """The outcome of `decide`: the slate, best first, as parallel lists."""
+class Decision(NamedTuple):
+    """The outcome of `decide`: the slate, best first, as parallel lists (one value per slot)."""
 
     surface_id: str
     resolution: SegmentResolution
@@ -96,8 +95,12 @@ class Decision:
     reasons: list[str]
     explored_slot: int
     """The slot the exploration budget filled, or -1."""
-    draws: SlateDraws | None = field(compare=False)
-    """Where the slate's posterior parameters, samples and freshness can be read (None for an empty slate)."""
+    samples: list[float]
+    """The Beta draws behind the scores (score = sample x freshness)."""
+    alphas: list[float]
+    """The posterior parameters the draws used."""
+    betas: list[float]
+    freshness: list[float]
     exploration_rate: float
     eligible_count: int
     removed: tuple[tuple[int, str], ...]
@@ -105,9 +108,7 @@ class Decision:
 
     @property
     def items(self) -> tuple[ChosenItem, ...]:
-        """The slate as one object per item (reads the draws: for explanations and tests, not the hot path)."""
-        if self.draws is None:
-            return ()
+        """The slate as one object per item (for explanations and tests, not the hot path)."""
         return tuple(
             ChosenItem(row, posterior_row, slot + 1, score, propensity, slot == self.explored_slot, reason, *draws)
             for slot, (row, posterior_row, score, propensity, reason, *draws) in enumerate(
@@ -117,33 +118,13 @@ class Decision:
                     self.scores,
                     self.propensities,
                     self.reasons,
-                    *self.draws.per_slot(),
+                    self.alphas,
+                    self.betas,
+                    self.samples,
+                    self.freshness,
                     strict=True,
                 )
             )
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class SlateDraws:
-    """The arrays a decision sampled from, kept by reference so per-slot values cost nothing unless read."""
-
-    shapes: np.ndarray
-    """Alphas then betas of the eligible pool."""
-    samples: np.ndarray
-    freshness: np.ndarray
-    chosen: list[int]
-    """Pool indices of the slate, in slot order."""
-
-    def per_slot(self) -> tuple[list[float], list[float], list[float], list[float]]:
-        """Per slot: posterior alpha, posterior beta, sampled value, freshness multiplier."""
-        n = self.samples.size
-        chosen = self.chosen
-        return (
-            self.shapes[chosen].tolist(),
-            self.shapes[[i + n for i in chosen]].tolist(),
-            self.samples[chosen].tolist(),
-            self.freshness[chosen].tolist(),
         )
 
 
@@ -205,14 +186,15 @@ def decide(
     query: RankQuery,
     policies: Policies,
     traffic: Traffic,
-    rng: np.random.Generator,
+    seed: int,
     *,
     consent_required: bool = True,
 ) -> Decision:
     """Rank content for one query: eligibility, Thompson sampling, freshness, diversity, exploration.
 
     `params` holds the posterior alphas of `index.bundle`'s rows followed by their betas (online state
-    included); `rng` is seeded by the caller, who logs the seed.
+    included); `seed` (a 64-bit unsigned integer the caller logs) determines every random draw, so the
+    same seed and posterior state give the same decision.
     """
     resolution = resolve_segment(index, query, policies, consent_required)
     cell = index.cell(query.surface_id, resolution.segment.id)
@@ -222,70 +204,60 @@ def decide(
     n = pool.size
     if n == 0:
         return Decision(
-            query.surface_id, resolution, cell.segment_id, [], [], [], [], [], -1, None,
+            query.surface_id, resolution, cell.segment_id, [], [], [], [], [], -1, [], [], [], [],
             exploration_rate, 0, removed,
         )  # fmt: skip
-
-    # Beta(a / s, b / s) draws as Ga / (Ga + Gb), with one gamma call for both halves.
-    shapes = params[pool.param_rows]
-    variance_scale = policies.decisioning.exploration.posterior_variance_scale
-    gammas = rng.standard_gamma(shapes if variance_scale == 1.0 else shapes / variance_scale)
-    samples = gammas[:n] / (gammas[:n] + gammas[n:])
-    scores = samples * pool.freshness
 
     limit = min(query.limit, n)
     diversity = policies.decisioning.diversity
     top_n = min(diversity.enforce_in_top_n, limit) if surface.diversity else 0
-    order = _best_first(scores, limit + DIVERSITY_SCAN_PER_SLOT * top_n)
-    if top_n:
-        chosen, demoted = _diversify(index, pool, order, limit, top_n, diversity.max_per_topic_cluster)
-        if query.explain:
-            removed += tuple((pool.content_rows[i], "diversity") for i in demoted)
-    else:
-        chosen = order[:limit]
+    slate, scores, samples, alphas, betas, freshness, explored_slot, demoted = draw_slate(
+        params,
+        pool.param_rows,
+        pool.freshness,
+        pool.clusters,
+        pool.row_array,
+        index.similar_offsets,
+        index.similar_rows,
+        policies.decisioning.exploration.posterior_variance_scale,
+        seed,
+        limit,
+        top_n,
+        diversity.max_per_topic_cluster,
+        DIVERSITY_SCAN_PER_SLOT,
+        exploration_rate,
+    )
+    if query.explain:
+        removed += tuple((pool.content_rows[i], "diversity") for i in demoted)
 
-    explored_slot = -1
-    if n > len(chosen) and exploration_rate > 0 and rng.random() < exploration_rate:
-        in_slate = set(chosen)
-        explored_slot = int(rng.integers(len(chosen)))
-        pick = int(rng.integers(n))
-        while pick in in_slate:  # rejection sampling: the slate is a small part of the eligible set
-            pick = int(rng.integers(n))
-        chosen[explored_slot] = pick
-
-    content_rows = [pool.content_rows[i] for i in chosen]
+    content_rows = [pool.content_rows[i] for i in slate]
     tail = _reason_tail(query, resolution)
     reasons = [index.reason_heads[row] + tail for row in content_rows]
     if explored_slot >= 0:
         reasons[explored_slot] = index.reason_heads[content_rows[explored_slot]] + _reason_tail(
             query, resolution, explored=True
         )
+    estimates = pool.propensity
     return Decision(
         surface_id=query.surface_id,
         resolution=resolution,
         cell_segment_id=cell.segment_id,
         content_rows=content_rows,
-        posterior_rows=[pool.posterior_rows[i] for i in chosen],
-        scores=scores[chosen].tolist(),
+        posterior_rows=[pool.posterior_rows[i] for i in slate],
+        scores=scores,
         propensities=_slate_propensities(
-            pool.propensity[chosen].tolist(), exploration_rate, len(chosen), max(1, n - len(chosen) + 1), n
+            [estimates[i] for i in slate], exploration_rate, len(slate), max(1, n - len(slate) + 1), n
         ),
         reasons=reasons,
         explored_slot=explored_slot,
-        draws=SlateDraws(shapes, samples, pool.freshness, chosen),
+        samples=samples,
+        alphas=alphas,
+        betas=betas,
+        freshness=freshness,
         exploration_rate=exploration_rate,
         eligible_count=n,
         removed=removed,
     )
-
-
-def _best_first(scores: np.ndarray, count: int) -> list[int]:
-    """Indices of the `count` highest scores, highest first (all of them when there are fewer)."""
-    negated = -scores
-    if negated.size > count:
-        top = negated.argpartition(count)[:count]
-        return top[negated[top].argsort(kind="stable")].tolist()
-    return negated.argsort(kind="stable").tolist()
 
 
 POOL_CACHE_SIZE = 1024
@@ -357,40 +329,8 @@ def _rule_failures(
 
 
 DIVERSITY_SCAN_PER_SLOT = 8
-"""How many candidates per top-N slot the diversity pass examines before it stops looking."""
-
-
-def _diversify(
-    index: ServingIndex, pool: EligiblePool, order: list[int], limit: int, top_n: int, max_per_cluster: int
-) -> tuple[list[int], list[int]]:
-    """Greedy diversity over the score order: within the top N, at most `max_per_cluster` per topic
-    cluster and no two items closer than the minimum topic distance; what is skipped moves below the top N.
-    Returns the slate and the items skipped for the top N that fell off the slate.
-
-    `order` is the best part of the score order (DIVERSITY_SCAN_PER_SLOT candidates per slot beyond
-    the limit), so a cell that cannot be diversified costs no more than one that can.
-    """
-    too_similar = index.too_similar
-    content_rows, clusters = pool.content_rows, pool.clusters
-    chosen: list[int] = []
-    chosen_rows: list[int] = []
-    per_cluster: dict[int, int] = {}
-    deferred: list[int] = []
-    scanned = 0
-    for i in order:
-        scanned += 1
-        cluster, row = clusters[i], content_rows[i]
-        if per_cluster.get(cluster, 0) >= max_per_cluster or not too_similar[row].isdisjoint(chosen_rows):
-            deferred.append(i)
-            continue
-        chosen.append(i)
-        chosen_rows.append(row)
-        per_cluster[cluster] = per_cluster.get(cluster, 0) + 1
-        if len(chosen) == top_n:
-            break
-    rest = deferred + order[scanned : scanned + limit]
-    kept = limit - len(chosen)
-    return chosen + rest[:kept], deferred[kept:]
+"""How many candidates per top-N diversity slot the draw examines beyond the limit before it stops looking:
+a cell that cannot be diversified costs no more than one that can."""
 
 
 def _exploration_rate(policies: Policies, traffic: Traffic) -> float:

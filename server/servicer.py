@@ -23,14 +23,15 @@ from aura.config import AppConfig
 from aura.context import referrer_host
 from aura.errors import InvalidRequest, NotFound, Unauthenticated
 from aura.eventlog import EventLog
+from aura.server._native import ranked_items
 from aura.server.decision import HOLDOUT_VARIANT, Decision, Traffic, decide
 from aura.server.erasure import ErasedUsers
 from aura.server.posterior_state import EXAMINATION_WEIGHTS, FeedbackDedupe, examination_weight
 from aura.server.request_id import DecisionRef, RequestIdCodec
 from aura.server.search import search
-from aura.server.state import ExplorationTracker, RateMeter, SeededGenerator, Serving, ServingHolder
+from aura.server.state import ExplorationTracker, RateMeter, Serving, ServingHolder
 from aura.server.validation import check_id, feedback_reward, parse_timestamp, rank_query, search_limit
-from aura.server.wire import rank_response, ranked_item
+from aura.server.wire import rank_response
 from aura.v1 import admin_service_pb2 as admin_pb
 from aura.v1 import admin_service_pb2_grpc as admin_grpc
 from aura.v1 import decision_service_pb2 as pb
@@ -109,7 +110,6 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         self._exploration = ExplorationTracker()
         self._rate = RateMeter()
         self._random = random.Random()
-        self._generator = SeededGenerator()
         self._variant = deps.config.settings.bandit_algorithm
 
     async def Rank(self, request: pb.RankRequest, context: Any) -> bytes:
@@ -118,7 +118,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         query = rank_query(request, self._config.surfaces)
         if query.anon_id and query.anon_id in self._deps.erased:
             query = query._replace(anon_id="")
-        now = time.time()
+        decided_at_ms = time.time_ns() // 1_000_000
         traffic = Traffic(self._exploration.share(query.anon_id), self._rate.tick(time.monotonic()))
         seed = self._random.getrandbits(64)
         decision = decide(
@@ -127,7 +127,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             query,
             self._config.policies,
             traffic,
-            self._generator.seeded(seed),
+            seed,
             consent_required=self._config.settings.consent_required,
         )
         if decision.posterior_rows:
@@ -138,25 +138,25 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         index = serving.index
         fingerprints = serving.item_fingerprints
         ref = DecisionRef(
-            decided_at_ms=int(now * 1000),
+            decided_at_ms=decided_at_ms,
             bundle_tag=serving.bundle_tag,
             surface_index=index.surface_index[query.surface_id],
             segment_index=index.segment_index[decision.cell_segment_id],
             item_fingerprints=tuple(fingerprints[row] for row in decision.content_rows),
         )
         request_id = self._deps.codec.encode(ref, self._random.getrandbits(48).to_bytes(6, "big"))
-        self._log_decision(request_id, now, request, serving, decision, seed)
+        self._log_decision(request_id, decided_at_ms, request, serving, decision, seed)
         return self._response(request_id, serving, decision, seed, query.explain)
 
     def _response(self, request_id: str, serving: Serving, decision: Decision, seed: int, explain: bool) -> bytes:
         tails = serving.response_parts.item_tails
-        explored_slot = decision.explored_slot
-        items = [
-            ranked_item(score, reason, slot + 1, propensity, slot == explored_slot, tails[row])
-            for slot, (row, score, reason, propensity) in enumerate(
-                zip(decision.content_rows, decision.scores, decision.reasons, decision.propensities, strict=True)
-            )
-        ]
+        items = ranked_items(
+            decision.scores,
+            decision.reasons,
+            decision.propensities,
+            decision.explored_slot,
+            [tails[row] for row in decision.content_rows],
+        )
         resolution = decision.resolution
         segment = resolution.segment
         return rank_response(
@@ -189,49 +189,55 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         )
 
     def _log_decision(
-        self, request_id: str, now: float, request: pb.RankRequest, serving: Serving, decision: Decision, seed: int
+        self,
+        request_id: str,
+        decided_at_ms: int,
+        request: pb.RankRequest,
+        serving: Serving,
+        decision: Decision,
+        seed: int,
     ) -> None:
         ctx = request.user_ctx
         content_ids = serving.index.bundle.content.ids
-        personalized = decision.resolution.source != "no_consent"
+        resolution = decision.resolution
+        personalized = resolution.source != "no_consent"
         explored_slot = decision.explored_slot
-        self._deps.decisions.append(
-            {
-                "event_id": request_id,
-                "ts": datetime.fromtimestamp(now, UTC),
-                "node_id": self._deps.node_id,
-                "bundle_version": serving.version,
-                "policy_version": self._config.policies.policy_version,
-                "surface_id": decision.surface_id,
-                "segment_id": decision.cell_segment_id,
-                "segment_source": decision.resolution.source,
-                "segment_confidence": decision.resolution.confidence,
-                "holdout": decision.resolution.holdout,
-                "anon_id": ctx.anon_id if personalized else "",
-                "session_id": ctx.session_id if personalized else "",
-                "device": ctx.device,
-                "referrer_host": _referrer_host(ctx.referrer),
-                "page_type": ctx.page_type,
-                "country": ctx.geo.country,
-                "region": ctx.geo.region,
-                "consent": list(ctx.consent),
-                "context_json": orjson.dumps(dict(request.context)).decode() if request.context else "",
-                "seed": seed,
-                "exploration_rate": decision.exploration_rate,
-                "eligible_count": decision.eligible_count,
-                "items": [
-                    {
-                        "content_id": content_ids[row],
-                        "position": slot + 1,
-                        "score": score,
-                        "propensity": propensity,
-                        "explored": slot == explored_slot,
-                    }
-                    for slot, (row, score, propensity) in enumerate(
-                        zip(decision.content_rows, decision.scores, decision.propensities, strict=True)
+        decisions = self._deps.decisions
+        decisions.append(
+            decisions.record(
+                event_id=request_id,
+                ts=decided_at_ms,
+                node_id=self._deps.node_id,
+                bundle_version=serving.version,
+                policy_version=self._config.policies.policy_version,
+                surface_id=decision.surface_id,
+                segment_id=decision.cell_segment_id,
+                segment_source=resolution.source,
+                segment_confidence=resolution.confidence,
+                holdout=resolution.holdout,
+                anon_id=ctx.anon_id if personalized else "",
+                session_id=ctx.session_id if personalized else "",
+                device=ctx.device,
+                referrer_host=_referrer_host(ctx.referrer),
+                page_type=ctx.page_type,
+                country=ctx.geo.country,
+                region=ctx.geo.region,
+                consent=list(ctx.consent),
+                context_json=orjson.dumps(dict(request.context)).decode() if request.context else "",
+                seed=seed,
+                exploration_rate=decision.exploration_rate,
+                eligible_count=decision.eligible_count,
+                items=[
+                    (content_ids[row], slot, score, propensity, slot == explored_slot + 1)
+                    for slot, row, score, propensity in zip(
+                        range(1, len(decision.content_rows) + 1),
+                        decision.content_rows,
+                        decision.scores,
+                        decision.propensities,
+                        strict=True,
                     )
                 ],
-            }
+            )
         )
 
     async def Feedback(self, request: pb.FeedbackRequest, context: Any) -> pb.FeedbackResponse:
@@ -259,25 +265,26 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             if ref.surface_index < len(index.surface_ids) and ref.segment_index < len(index.segment_ids):
                 cell_key = (index.surface_ids[ref.surface_index], index.segment_ids[ref.segment_index])
         reward_ts = parse_timestamp("reward.timestamp", request.reward.timestamp) if request.reward.timestamp else None
-        await self._deps.feedback.append_durable(
+        feedback_log = self._deps.feedback
+        await feedback_log.append_durable(
             [
-                {
-                    "event_id": feedback_id,
-                    "ts": datetime.fromtimestamp(now, UTC),
-                    "reward_ts": reward_ts,
-                    "node_id": self._deps.node_id,
-                    "request_id": request.request_id,
-                    "decided_at": datetime.fromtimestamp(ref.decided_at_ms / 1000, UTC),
-                    "bundle_tag": f"{ref.bundle_tag:08x}",
-                    "surface_id": cell_key[0] if cell_key else None,
-                    "segment_id": cell_key[1] if cell_key else None,
-                    "item_id": request.item_id,
-                    "reward_type": reward_type,
-                    "reward_value": value,
-                    "position": position,
-                    "dwell_time": request.context.dwell_time,
-                    "scroll_depth": request.context.scroll_depth,
-                }
+                feedback_log.record(
+                    event_id=feedback_id,
+                    ts=datetime.fromtimestamp(now, UTC),
+                    reward_ts=reward_ts,
+                    node_id=self._deps.node_id,
+                    request_id=request.request_id,
+                    decided_at=ref.decided_at_ms,
+                    bundle_tag=f"{ref.bundle_tag:08x}",
+                    surface_id=cell_key[0] if cell_key else None,
+                    segment_id=cell_key[1] if cell_key else None,
+                    item_id=request.item_id,
+                    reward_type=reward_type,
+                    reward_value=value,
+                    position=position,
+                    dwell_time=request.context.dwell_time,
+                    scroll_depth=request.context.scroll_depth,
+                )
             ]
         )
         with dedupe.locked():
@@ -481,16 +488,17 @@ class AdminService(admin_grpc.AdminServiceServicer):
         return admin_pb.EraseUserResponse(user_id=user_id, status="erased", erasure_id=erasure_id)
 
     async def _admin_event(self, action: str, subject: str, note: str) -> None:
-        await self._deps.admin_log.append_durable(
+        admin_log = self._deps.admin_log
+        await admin_log.append_durable(
             [
-                {
-                    "event_id": uuid.uuid4().hex,
-                    "ts": datetime.now(UTC),
-                    "node_id": self._deps.node_id,
-                    "action": action,
-                    "subject": subject,
-                    "note": note,
-                }
+                admin_log.record(
+                    event_id=uuid.uuid4().hex,
+                    ts=datetime.now(UTC),
+                    node_id=self._deps.node_id,
+                    action=action,
+                    subject=subject,
+                    note=note,
+                )
             ]
         )
 

@@ -8,8 +8,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from aura.bundle.loader import load_bundle
 from aura.config import AppConfig
 from aura.errors import NotReady
@@ -142,45 +140,3 @@ class RateMeter:
             self._count = 0
         self._count += 1
         return self._rate
-
-
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(value: int) -> int:
-    value = (value + 0x9E3779B97F4A7C15) & _MASK64
-    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return value ^ (value >> 31)
-
-
-def _sfc64_words(seed: int) -> list[int]:
-    """SFC64's state for a decision seed: three splitmix64 outputs and the counter 1."""
-    a = _splitmix64(seed)
-    b = _splitmix64(a)
-    return [a, b, _splitmix64(b), 1]
-
-
-class SeededGenerator:
-    """One reusable SFC64 generator per process, reset to a decision's seed for every decision.
-
-    SFC64 is numpy's fastest bit generator; setting its state directly costs a fraction of seeding a
-    new generator. `replay_generator(seed)` gives the same stream, which is how a logged decision is replayed.
-    """
-
-    def __init__(self) -> None:
-        self._bits = np.random.SFC64(0)
-        self._state = self._bits.state
-        self._generator = np.random.Generator(self._bits)
-
-    def seeded(self, seed: int) -> np.random.Generator:
-        """The process's generator, reset to the stream of `seed` (a 64-bit unsigned integer)."""
-        self._state["state"]["state"][:] = _sfc64_words(seed)
-        self._state["has_uint32"] = 0
-        self._bits.state = self._state
-        return self._generator
-
-
-def replay_generator(seed: int) -> np.random.Generator:
-    """A fresh generator with the stream a decision logged with `seed` used."""
-    return SeededGenerator().seeded(seed)

@@ -3,6 +3,7 @@
 Most of a RankResponse is constant for a bundle: each item's content id and metadata, each surface's
 name, policy version, cache TTL and bundle version. Building the response as messages costs more
 than the decision itself; encoding the few per-request fields and joining prepared bytes does not.
+The per-item fields are encoded by the compiled `aura.server._native.ranked_items`.
 Field numbers are those of proto/aura/v1/decision_service.proto and common.proto (all below 16, so
 every tag is one byte); the tests parse the output with the generated classes.
 """
@@ -17,7 +18,6 @@ from aura.config import Surface
 from aura.v1 import common_pb2
 
 _TAGGED_DOUBLE = struct.Struct("<Bd").pack
-_SMALL_VARINT_THEN_DOUBLE = struct.Struct("<BBBd").pack
 _LENGTH_DELIMITED = 2
 _TRUE = b"\x01"
 
@@ -79,38 +79,18 @@ def response_parts(
     )
 
 
-def ranked_item(score: float, reason: str, position: int, propensity: float, explored: bool, tail: bytes) -> bytes:
-    """A RankResponse.items field: the per-request fields of a RankedItem, then its prepared tail."""
-    reason_bytes = reason.encode()
-    if position < 0x80:
-        position_and_propensity = _SMALL_VARINT_THEN_DOUBLE(0x28, position, 0x31, propensity)
-    else:
-        position_and_propensity = b"\x28" + varint(position) + _TAGGED_DOUBLE(0x31, propensity)
-    body = b"".join(
-        (
-            _TAGGED_DOUBLE(0x11, score),
-            b"\x1a",
-            varint(len(reason_bytes)),
-            reason_bytes,
-            position_and_propensity,
-            b"\x38\x01" if explored else b"",
-            tail,
-        )
-    )
-    return b"".join((b"\x1a", varint(len(body)), body))
-
-
 def rank_response(
     request_id: str,
     surface_fields: bytes,
-    items: Sequence[bytes],
+    items: bytes,
     segment: tuple[str, float, str],
     experiment: tuple[str, bool],
     seed: int,
     explanation: bytes = b"",
 ) -> bytes:
-    """A serialized RankResponse; `segment` is (id, confidence, intent), `experiment` (variant, holdout),
-    `explanation` a serialized Explanation or empty."""
+    """A serialized RankResponse; `items` are its items fields (aura.server._native.ranked_items),
+    `segment` is (id, confidence, intent), `experiment` (variant, holdout), `explanation` a serialized
+    Explanation or empty."""
     segment_id, confidence, intent = segment
     variant, holdout = experiment
     confidence_field = _TAGGED_DOUBLE(0x11, confidence) if confidence else b""
@@ -120,7 +100,7 @@ def rank_response(
         (
             _string(1, request_id),
             surface_fields,
-            *items,
+            items,
             field_bytes(4, segment_body),
             field_bytes(5, experiment_body),
             b"\x48" + varint(seed) if seed else b"",

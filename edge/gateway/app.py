@@ -322,7 +322,7 @@ class Gateway:
             await self._json(request), received_at_ms=int(time.time() * 1000), scrub=self._scrub
         )
         try:
-            await self.event_log.append_durable(records)
+            await self.event_log.append_durable([self.event_log.record(**record) for record in records])
         except OSError as exc:
             log.error("event log append failed: %s", exc)
             raise NotReady("The event log cannot store events right now; retry later.") from None

@@ -100,12 +100,11 @@ async def run(bundle_dir: Path, config_dir: Path, requests_dir: Path, calls: int
             items.append(len(pb.RankResponse.FromString(data).items))
 
         queries = [rank_query(request, config.surfaces) for request in requests]
-        rng = np.random.Generator(np.random.PCG64(0))
         params = serving.posteriors.params
         policies, traffic = config.policies, Traffic()
 
         def one_decision(i: int) -> object:
-            return decide(serving.index, params, queries[i % len(queries)], policies, traffic, rng)
+            return decide(serving.index, params, queries[i % len(queries)], policies, traffic, i)
 
         async def one_rank(i: int) -> object:
             return await service.Rank(requests[i % len(requests)], None)

@@ -27,7 +27,7 @@ from aura.config import Settings
 from aura.edge.gateway import convert, create_app
 from aura.edge.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from aura.edge.gateway.openapi import build_openapi
-from aura.eventlog import read_log
+from aura.eventlog import RECORD_TYPES, read_log
 from aura.v1 import admin_service_pb2 as admin_pb
 from aura.v1 import admin_service_pb2_grpc as admin_grpc
 from aura.v1 import decision_service_pb2 as decision_pb
@@ -801,7 +801,9 @@ def test_events_are_scrubbed_and_durably_logged(make_gateway: Callable[..., Gate
 class BrokenLog:
     """An event log whose disk is gone."""
 
-    async def append_durable(self, records: list[dict[str, Any]]) -> None:
+    record = RECORD_TYPES["events"]
+
+    async def append_durable(self, records: list[tuple]) -> None:
         raise OSError("event log events cannot write: [Errno 28] No space left on device")
 
 

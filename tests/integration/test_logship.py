@@ -19,7 +19,7 @@ from aura.batch.retention import erase_user
 from aura.bundle.store import LocalBundleStore, S3BundleStore
 from aura.edge.logship import LogShipper
 from aura.errors import BundleError
-from aura.eventlog import SCHEMAS, EventLog
+from aura.eventlog import EventLog
 from aura.v1 import admin_service_pb2 as admin_pb
 from aura.v1 import admin_service_pb2_grpc as admin_grpc
 from aura.v1 import common_pb2
@@ -137,9 +137,7 @@ def test_ship_to_s3_and_read_back(served: dict, moto_endpoint: str, s3_bucket: s
 
 def write_closed_segment(logs_root: Path, stream: str = "feedback") -> EventLog:
     event_log = EventLog(logs_root, stream, node_id="n1", flush_interval=0.05)
-    row = {name: None for name in SCHEMAS[stream].names}
-    row.update(event_id="x", ts=datetime.now(UTC))
-    event_log.append(row)
+    event_log.append(event_log.record(event_id="x", ts=datetime.now(UTC)))
     event_log.close()
     return event_log
 
@@ -148,7 +146,7 @@ def test_open_segments_stay_and_failed_uploads_are_retried(tmp_path: Path, moto_
     logs_root = tmp_path / "logs"
     write_closed_segment(logs_root)
     still_open = EventLog(logs_root, "decisions", node_id="n1", flush_interval=0.05)
-    still_open.append({"event_id": "open", "ts": datetime.now(UTC)})
+    still_open.append(still_open.record(event_id="open", ts=datetime.now(UTC)))
     still_open.flush()
     try:
         store = S3BundleStore("missing-bucket", endpoint_url=moto_endpoint)

@@ -7,11 +7,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from aura.eventlog import EventLog, read_log, recover_open_segments
+from aura.eventlog import RECORD_TYPES, EventLog, read_log, recover_open_segments
 
 
-def _admin(i: int) -> dict:
-    return {"event_id": f"e{i}", "ts": datetime(2026, 11, 27, 15, 30, tzinfo=UTC), "node_id": "n1", "action": "a"}
+def _admin(i: int) -> tuple:
+    return RECORD_TYPES["admin"](
+        event_id=f"e{i}", ts=datetime(2026, 11, 27, 15, 30, tzinfo=UTC), node_id="n1", action="a"
+    )
 
 
 def test_durable_append_is_on_disk_before_it_returns(tmp_path: Path) -> None:
@@ -56,7 +58,7 @@ from datetime import UTC, datetime
 from aura.eventlog import EventLog
 log = EventLog({str(tmp_path)!r}, "admin", node_id="dead", flush_interval=60)
 async def go():
-    await log.append_durable([{{"event_id": "acked", "ts": datetime.now(UTC), "action": "x"}}])
+    await log.append_durable([log.record(event_id="acked", ts=datetime.now(UTC), action="x")])
 asyncio.run(go())
 os.kill(os.getpid(), signal.SIGKILL)
 """
@@ -77,7 +79,7 @@ def test_torn_tail_keeps_the_complete_batches(tmp_path: Path) -> None:
     log.close()
 
 
-async def _append(log: EventLog, records: list[dict]) -> None:
+async def _append(log: EventLog, records: list[tuple]) -> None:
     await log.append_durable(records)
 
 
@@ -89,7 +91,7 @@ def test_unknown_stream_is_refused(tmp_path: Path) -> None:
 def test_a_failed_write_fails_its_caller_and_the_log_goes_on(tmp_path: Path) -> None:
     log = EventLog(tmp_path, "admin", node_id="n1", flush_interval=60)
     with pytest.raises(OSError, match="write failed"):
-        asyncio.run(_append(log, [{"event_id": "bad", "ts": "not a time"}]))
+        asyncio.run(_append(log, [log.record(event_id="bad", ts="not a time")]))
     asyncio.run(_append(log, [_admin(3)]))
     log.close()
     assert read_log(tmp_path, "admin")["event_id"].to_pylist() == ["e3"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from aura.config import Surface
-from aura.server.wire import rank_response, ranked_item, response_parts, varint
+from aura.server._native import ranked_items
+from aura.server.wire import rank_response, response_parts, varint
 from aura.v1 import common_pb2
 from aura.v1 import decision_service_pb2 as pb
 
@@ -24,19 +25,19 @@ def test_rank_response_equals_the_generated_message() -> None:
     ]
     surfaces = {"homepage.hero": Surface(id="homepage.hero", max_items=200, cache_ttl=300)}
     parts = response_parts(["c1", "c2", "c3"], metadata, surfaces, "2025-10-01", "v20251001")
-    items = [
-        (0, 0.42, "beginner+mobile", 1, 0.3, False),
-        (1, 1e-9, "x" * 200, 2, 1.0, True),
-        (2, 0.0, "", 150, 0.0, False),
-    ]
+    # (content row, score, reason, propensity); slot 1 explored; 150 slots, so positions take two bytes.
+    items = [(0, 0.42, "beginner+mobile", 0.3), (1, 1e-9, "x" * 200, 1.0)] + [(2, 0.0, "", 0.0)] * 148
     explanation = pb.Explanation(segment_source="cold_start", exploration_rate=0.08)
     data = rank_response(
         "req_abc",
         parts.surface_fields["homepage.hero"],
-        [
-            ranked_item(score, reason, position, p, explored, parts.item_tails[row])
-            for row, score, reason, position, p, explored in items
-        ],
+        ranked_items(
+            [score for _, score, _, _ in items],
+            [reason for _, _, reason, _ in items],
+            [p for _, _, _, p in items],
+            1,
+            [parts.item_tails[row] for row, _, _, _ in items],
+        ),
         ("seg_learn_mobile_new", 0.8512, "learn"),
         ("thompson", False),
         2**64 - 1,
@@ -51,11 +52,11 @@ def test_rank_response_equals_the_generated_message() -> None:
                 score=score,
                 reason=reason,
                 metadata=metadata[row],
-                position=position,
+                position=slot + 1,
                 propensity=p,
-                explored=explored,
+                explored=slot == 1,
             )
-            for row, score, reason, position, p, explored in items
+            for slot, (row, score, reason, p) in enumerate(items)
         ],
         segment=common_pb2.Segment(id="seg_learn_mobile_new", confidence=0.8512, intent="learn"),
         experiment=common_pb2.Experiment(variant="thompson", holdout=False),
@@ -66,10 +67,17 @@ def test_rank_response_equals_the_generated_message() -> None:
         explanation=explanation,
     )
     assert pb.RankResponse.FromString(data) == expected
-    held_out = pb.RankResponse.FromString(rank_response("r", b"", [], ("seg_global", 1.0, ""), ("holdout", True), 0))
+    held_out = pb.RankResponse.FromString(rank_response("r", b"", b"", ("seg_global", 1.0, ""), ("holdout", True), 0))
     assert (held_out.experiment.variant, held_out.experiment.holdout, held_out.segment.confidence) == (
         "holdout",
         True,
         1.0,
     )
     assert not held_out.HasField("explanation")
+
+
+def test_ranked_items_refuses_mismatched_lists() -> None:
+    with pytest.raises(ValueError, match="one length"):
+        ranked_items([0.5], ["r"], [0.1, 0.2], -1, [b""])
+    with pytest.raises(TypeError, match="bytes"):
+        ranked_items([0.5], ["r"], [0.1], -1, ["not bytes"])

@@ -1,0 +1,484 @@
+/* The compiled parts of the Rank hot path: the slate draw and the encoding of the ranked items.
+ *
+ * draw_slate: Thompson draws, best-first order, diversity and exploration in one call per request, on
+ * arrays prepared when a bundle is loaded (aura.server.serving), so the request path does no numpy
+ * dispatch per step. Everything random comes from one xoshiro256** stream seeded by the decision's
+ * logged seed, so a decision replays exactly from (seed, posterior state).
+ * ranked_items: the RankResponse.items fields in protobuf wire format (see aura.server.wire).
+ * Scratch memory is module-level and reused: callers hold the GIL for the whole call.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef struct {
+    uint64_t s[4];
+    int has_normal;
+    double normal;
+} Rng;
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static void rng_seed(Rng *rng, uint64_t seed) {
+    for (int i = 0; i < 4; i++) rng->s[i] = splitmix64(&seed);
+    rng->has_normal = 0;
+}
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static inline uint64_t next_u64(Rng *rng) {
+    uint64_t *s = rng->s;
+    uint64_t result = rotl(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+/* Uniform in [0, 1). */
+static inline double next_double(Rng *rng) { return (double)(next_u64(rng) >> 11) * 0x1.0p-53; }
+
+/* Uniform integer in [0, n), n > 0, without modulo bias (Lemire 2019). */
+static uint64_t next_below(Rng *rng, uint64_t n) {
+    __uint128_t product = (__uint128_t)next_u64(rng) * n;
+    uint64_t low = (uint64_t)product;
+    if (low < n) {
+        uint64_t threshold = -n % n;
+        while (low < threshold) {
+            product = (__uint128_t)next_u64(rng) * n;
+            low = (uint64_t)product;
+        }
+    }
+    return (uint64_t)(product >> 64);
+}
+
+/* Standard normal, Marsaglia's polar method (the second value of each pair is kept for the next call). */
+static double next_normal(Rng *rng) {
+    if (rng->has_normal) {
+        rng->has_normal = 0;
+        return rng->normal;
+    }
+    double u, v, s;
+    do {
+        u = 2.0 * next_double(rng) - 1.0;
+        v = 2.0 * next_double(rng) - 1.0;
+        s = u * u + v * v;
+    } while (s >= 1.0 || s == 0.0);
+    double f = sqrt(-2.0 * log(s) / s);
+    rng->normal = v * f;
+    rng->has_normal = 1;
+    return u * f;
+}
+
+/* Gamma(shape, 1) by Marsaglia & Tsang (2000); shapes below 1 through Gamma(shape + 1) * U^(1/shape). */
+static double next_gamma(Rng *rng, double shape) {
+    if (!(shape > 0.0)) return 0.0;
+    double boost = 1.0;
+    if (shape < 1.0) {
+        boost = pow(1.0 - next_double(rng), 1.0 / shape);
+        shape += 1.0;
+    }
+    double d = shape - 1.0 / 3.0, c = 1.0 / sqrt(9.0 * d);
+    for (;;) {
+        double x, v;
+        do {
+            x = next_normal(rng);
+            v = 1.0 + c * x;
+        } while (v <= 0.0);
+        v = v * v * v;
+        double u = next_double(rng), xx = x * x;
+        if (u < 1.0 - 0.0331 * xx * xx || log(u) < 0.5 * xx + d * (1.0 - v + log(v))) return boost * d * v;
+    }
+}
+
+/* Scratch reused across calls. */
+static double *g_scores, *g_samples;
+static Py_ssize_t *g_order, *g_deferred, *g_slate;
+static Py_ssize_t g_capacity;
+
+static int reserve(Py_ssize_t n) {
+    if (n <= g_capacity) return 0;
+    Py_ssize_t capacity = n < 256 ? 256 : n * 2;
+    double *scores = PyMem_Realloc(g_scores, capacity * sizeof(double));
+    if (scores) g_scores = scores;
+    double *samples = PyMem_Realloc(g_samples, capacity * sizeof(double));
+    if (samples) g_samples = samples;
+    Py_ssize_t *order = PyMem_Realloc(g_order, capacity * sizeof(Py_ssize_t));
+    if (order) g_order = order;
+    Py_ssize_t *deferred = PyMem_Realloc(g_deferred, capacity * sizeof(Py_ssize_t));
+    if (deferred) g_deferred = deferred;
+    Py_ssize_t *slate = PyMem_Realloc(g_slate, capacity * sizeof(Py_ssize_t));
+    if (slate) g_slate = slate;
+    if (!scores || !samples || !order || !deferred || !slate) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    g_capacity = capacity;
+    return 0;
+}
+
+/* Higher score first; equal scores by lower index, as a stable sort of the negated scores would. */
+static inline int better(const double *scores, Py_ssize_t a, Py_ssize_t b) {
+    return scores[a] > scores[b] || (scores[a] == scores[b] && a < b);
+}
+
+/* Sift down in a heap whose root is its worst element. */
+static void sift_down(const double *scores, Py_ssize_t *heap, Py_ssize_t size, Py_ssize_t at) {
+    for (;;) {
+        Py_ssize_t worst = at, left = 2 * at + 1, right = left + 1;
+        if (left < size && better(scores, heap[worst], heap[left])) worst = left;
+        if (right < size && better(scores, heap[worst], heap[right])) worst = right;
+        if (worst == at) return;
+        Py_ssize_t swap = heap[at];
+        heap[at] = heap[worst];
+        heap[worst] = swap;
+        at = worst;
+    }
+}
+
+/* The indices of the `count` best scores of `n`, best first, into `order`; returns how many (<= n). */
+static Py_ssize_t best_first(const double *scores, Py_ssize_t n, Py_ssize_t count, Py_ssize_t *order) {
+    if (count > n) count = n;
+    Py_ssize_t size = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (size < count) {
+            Py_ssize_t at = size++;
+            order[at] = i;
+            while (at > 0) { /* sift up: the worst rises to the root */
+                Py_ssize_t parent = (at - 1) / 2;
+                if (!better(scores, order[parent], order[at])) break;
+                Py_ssize_t swap = order[at];
+                order[at] = order[parent];
+                order[parent] = swap;
+                at = parent;
+            }
+        } else if (count > 0 && better(scores, i, order[0])) {
+            order[0] = i;
+            sift_down(scores, order, size, 0);
+        }
+    }
+    for (Py_ssize_t end = size - 1; end > 0; end--) { /* heap sort: the worst goes last */
+        Py_ssize_t worst = order[0];
+        order[0] = order[end];
+        order[end] = worst;
+        sift_down(scores, order, end, 0);
+    }
+    return size;
+}
+
+typedef struct {
+    Py_buffer view;
+    int held;
+} Buffer;
+
+/* A read-only, C-contiguous view of 8-byte floats ('d') or 8-byte integers ('q'/'l'). */
+static int get_buffer(PyObject *obj, char kind, const char *name, Buffer *out) {
+    if (PyObject_GetBuffer(obj, &out->view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
+    out->held = 1;
+    const char *format = out->view.format ? out->view.format : "B";
+    if (*format == '<' || *format == '=' || *format == '@') format++;
+    int ok = out->view.itemsize == 8 &&
+             (kind == 'd' ? format[0] == 'd' : (format[0] == 'q' || format[0] == 'l')) && format[1] == '\0';
+    if (!ok) {
+        PyErr_Format(PyExc_TypeError, "%s must be a contiguous %s array", name, kind == 'd' ? "float64" : "int64");
+        return -1;
+    }
+    return 0;
+}
+
+static void release(Buffer *buffers, int count) {
+    for (int i = 0; i < count; i++)
+        if (buffers[i].held) PyBuffer_Release(&buffers[i].view);
+}
+
+/* [values[via[at[i]]] for i in range(count)] (values[at[i]] when via is NULL) as a list of floats. */
+static PyObject *gathered_list(const double *values, const int64_t *via, const Py_ssize_t *at, Py_ssize_t count) {
+    PyObject *list = PyList_New(count);
+    if (!list) return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *value = PyFloat_FromDouble(values[via ? via[at[i]] : at[i]]);
+        if (!value) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, value);
+    }
+    return list;
+}
+
+static PyObject *index_list(const Py_ssize_t *values, Py_ssize_t count) {
+    PyObject *list = PyList_New(count);
+    if (!list) return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *value = PyLong_FromSsize_t(values[i]);
+        if (!value) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, value);
+    }
+    return list;
+}
+
+/* Whether content row `row` is within the minimum topic distance of one of `chosen` (CSR neighbours). */
+static int too_similar(const int64_t *offsets, Py_ssize_t n_rows, const int64_t *neighbours, Py_ssize_t n_neighbours,
+                       int64_t row, const int64_t *content_rows, const Py_ssize_t *chosen, Py_ssize_t n_chosen) {
+    if (row < 0 || row >= n_rows) return 0;
+    int64_t start = offsets[row], stop = offsets[row + 1];
+    if (start < 0 || stop > n_neighbours) return 0;
+    for (int64_t k = start; k < stop; k++)
+        for (Py_ssize_t c = 0; c < n_chosen; c++)
+            if (neighbours[k] == content_rows[chosen[c]]) return 1;
+    return 0;
+}
+
+PyDoc_STRVAR(draw_slate_doc,
+"draw_slate(params, param_rows, freshness, clusters, content_rows, similar_offsets, similar_rows,\n"
+"           variance_scale, seed, limit, top_n, max_per_cluster, scan_per_slot, exploration_rate)\n"
+"--\n\n"
+"Draw one slate from an eligible pool of n items.\n\n"
+"params: float64 posterior alphas then betas; param_rows: int64, the pool's alpha rows then beta rows\n"
+"(2n); freshness, clusters, content_rows: per pool item; similar_offsets/similar_rows: per content\n"
+"row, its too-similar rows (CSR). Samples Beta(alpha/s, beta/s) per item (s = variance_scale), scores\n"
+"sample x freshness, keeps the best limit + scan_per_slot * top_n in order, applies diversity to the\n"
+"first top_n slots (at most max_per_cluster per cluster, no two too-similar items; skipped items move\n"
+"down), then with probability exploration_rate gives one random slot to a uniform pick among the items\n"
+"left out. Returns (slate, scores, samples, alphas, betas, freshness, explored_slot, demoted): the pool\n"
+"indices of the slate in slot order; per slot its score, Beta sample, posterior alpha and beta and\n"
+"freshness; the explored slot or -1; and the pool indices that diversity pushed off the slate.");
+
+static PyObject *draw_slate(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 14) {
+        PyErr_Format(PyExc_TypeError, "draw_slate takes 14 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Buffer buffers[7] = {0};
+    static const char kinds[7] = {'d', 'q', 'd', 'q', 'q', 'q', 'q'};
+    static const char *names[7] = {"params", "param_rows", "freshness", "clusters",
+                                   "content_rows", "similar_offsets", "similar_rows"};
+    PyObject *result = NULL;
+    for (int i = 0; i < 7; i++)
+        if (get_buffer(args[i], kinds[i], names[i], &buffers[i]) < 0) goto done;
+
+    double variance_scale = PyFloat_AsDouble(args[7]);
+    uint64_t seed = PyLong_AsUnsignedLongLongMask(args[8]);
+    Py_ssize_t limit = PyLong_AsSsize_t(args[9]), top_n = PyLong_AsSsize_t(args[10]);
+    Py_ssize_t max_per_cluster = PyLong_AsSsize_t(args[11]), scan_per_slot = PyLong_AsSsize_t(args[12]);
+    double exploration_rate = PyFloat_AsDouble(args[13]);
+    if (PyErr_Occurred()) goto done;
+
+    const double *params = buffers[0].view.buf, *freshness = buffers[2].view.buf;
+    const int64_t *param_rows = buffers[1].view.buf, *clusters = buffers[3].view.buf;
+    const int64_t *content_rows = buffers[4].view.buf, *offsets = buffers[5].view.buf;
+    const int64_t *neighbours = buffers[6].view.buf;
+    Py_ssize_t n_params = buffers[0].view.len / 8, n = buffers[2].view.len / 8;
+    Py_ssize_t n_rows = buffers[5].view.len / 8 - 1, n_neighbours = buffers[6].view.len / 8;
+    if (buffers[1].view.len / 8 != 2 * n || buffers[3].view.len / 8 != n || buffers[4].view.len / 8 != n) {
+        PyErr_SetString(PyExc_ValueError, "param_rows must hold 2n rows and clusters, content_rows n values");
+        goto done;
+    }
+    if (!(variance_scale > 0.0) || limit < 0 || top_n < 0 || top_n > limit || max_per_cluster < 1 ||
+        scan_per_slot < 0) {
+        PyErr_SetString(PyExc_ValueError, "invalid slate parameters");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < 2 * n; i++)
+        if (param_rows[i] < 0 || param_rows[i] >= n_params) {
+            PyErr_SetString(PyExc_IndexError, "param_rows out of range of params");
+            goto done;
+        }
+    if (reserve(n) < 0) goto done;
+
+    Rng rng;
+    rng_seed(&rng, seed);
+    double inverse_scale = 1.0 / variance_scale;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double a = next_gamma(&rng, params[param_rows[i]] * inverse_scale);
+        double b = next_gamma(&rng, params[param_rows[n + i]] * inverse_scale);
+        double sample = a + b > 0.0 ? a / (a + b) : 0.0;
+        double score = sample * freshness[i];
+        g_samples[i] = sample;
+        g_scores[i] = score == score ? score : -HUGE_VAL;
+    }
+    if (limit > n) limit = n;
+    Py_ssize_t ordered = best_first(g_scores, n, limit + scan_per_slot * top_n, g_order);
+
+    /* Diversity over the score order: the first top_n slots take at most max_per_cluster items per
+     * cluster and no two too-similar items; what is skipped moves below them. */
+    Py_ssize_t n_slate = 0, n_deferred = 0, scanned = 0;
+    for (; scanned < ordered && n_slate < top_n; scanned++) {
+        Py_ssize_t i = g_order[scanned], same_cluster = 0;
+        for (Py_ssize_t c = 0; c < n_slate; c++) same_cluster += clusters[g_slate[c]] == clusters[i];
+        if (same_cluster >= max_per_cluster ||
+            too_similar(offsets, n_rows, neighbours, n_neighbours, content_rows[i], content_rows, g_slate, n_slate))
+            g_deferred[n_deferred++] = i;
+        else
+            g_slate[n_slate++] = i;
+    }
+    Py_ssize_t from_deferred = 0;
+    while (n_slate < limit && from_deferred < n_deferred) g_slate[n_slate++] = g_deferred[from_deferred++];
+    while (n_slate < limit && scanned < ordered) g_slate[n_slate++] = g_order[scanned++];
+
+    Py_ssize_t explored_slot = -1;
+    if (n > n_slate && n_slate > 0 && exploration_rate > 0.0 && next_double(&rng) < exploration_rate) {
+        explored_slot = (Py_ssize_t)next_below(&rng, (uint64_t)n_slate);
+        for (;;) { /* rejection: the slate is a small part of the pool */
+            Py_ssize_t pick = (Py_ssize_t)next_below(&rng, (uint64_t)n), in_slate = 0;
+            for (Py_ssize_t s = 0; s < n_slate && !in_slate; s++) in_slate = g_slate[s] == pick;
+            if (!in_slate) {
+                g_slate[explored_slot] = pick;
+                break;
+            }
+        }
+    }
+
+    PyObject *lists[7] = {
+        index_list(g_slate, n_slate),
+        gathered_list(g_scores, NULL, g_slate, n_slate),
+        gathered_list(g_samples, NULL, g_slate, n_slate),
+        gathered_list(params, param_rows, g_slate, n_slate),
+        gathered_list(params, param_rows + n, g_slate, n_slate),
+        gathered_list(freshness, NULL, g_slate, n_slate),
+        index_list(g_deferred + from_deferred, n_deferred - from_deferred),
+    };
+    int built = 1;
+    for (int i = 0; i < 7; i++) built = built && lists[i];
+    if (built)
+        result = Py_BuildValue("(NNNNNNnN)", lists[0], lists[1], lists[2], lists[3], lists[4], lists[5], explored_slot,
+                               lists[6]);
+    else
+        for (int i = 0; i < 7; i++) Py_XDECREF(lists[i]);
+done:
+    release(buffers, 7);
+    return result;
+}
+
+/* ------------------------------------------------------------------------------------ ranked items */
+
+static inline size_t varint_size(uint64_t value) {
+    size_t size = 1;
+    while (value >= 0x80) {
+        value >>= 7;
+        size++;
+    }
+    return size;
+}
+
+static inline char *put_varint(char *out, uint64_t value) {
+    while (value >= 0x80) {
+        *out++ = (char)((value & 0x7F) | 0x80);
+        value >>= 7;
+    }
+    *out++ = (char)value;
+    return out;
+}
+
+static inline char *put_double(char *out, char tag, double value) {
+    *out++ = tag;
+    memcpy(out, &value, 8); /* protobuf doubles are little-endian, as is every platform we build for */
+    return out + 8;
+}
+
+PyDoc_STRVAR(ranked_items_doc,
+"ranked_items(scores, reasons, propensities, explored_slot, tails)\n"
+"--\n\n"
+"The RankResponse.items fields of a slate in protobuf wire format: per slot a RankedItem with its\n"
+"score, reason, position (slot + 1), propensity and explored flag, followed by its prepared tail\n"
+"(content_id and metadata, aura.server.wire.ResponseParts.item_tails). scores and propensities are\n"
+"lists of floats, reasons a list of str, tails a list of bytes, all of one length.");
+
+static PyObject *ranked_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "ranked_items takes 5 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *scores = args[0], *reasons = args[1], *propensities = args[2], *tails = args[4];
+    Py_ssize_t explored_slot = PyLong_AsSsize_t(args[3]);
+    if (explored_slot == -1 && PyErr_Occurred()) return NULL;
+    if (!PyList_Check(scores) || !PyList_Check(reasons) || !PyList_Check(propensities) || !PyList_Check(tails)) {
+        PyErr_SetString(PyExc_TypeError, "scores, reasons, propensities and tails must be lists");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(scores);
+    if (PyList_GET_SIZE(reasons) != count || PyList_GET_SIZE(propensities) != count ||
+        PyList_GET_SIZE(tails) != count) {
+        PyErr_SetString(PyExc_ValueError, "scores, reasons, propensities and tails must have one length");
+        return NULL;
+    }
+    size_t total = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t reason_size;
+        if (!PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(reasons, i), &reason_size)) return NULL;
+        PyObject *tail = PyList_GET_ITEM(tails, i);
+        if (!PyBytes_Check(tail)) {
+            PyErr_SetString(PyExc_TypeError, "tails must be bytes");
+            return NULL;
+        }
+        size_t body = 9 + 1 + varint_size((uint64_t)reason_size) + (size_t)reason_size + 1 +
+                      varint_size((uint64_t)i + 1) + 9 + (i == explored_slot ? 2 : 0) + (size_t)PyBytes_GET_SIZE(tail);
+        total += 1 + varint_size(body) + body;
+    }
+    PyObject *result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (!result) return NULL;
+    char *out = PyBytes_AS_STRING(result);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        double score = PyFloat_AsDouble(PyList_GET_ITEM(scores, i));
+        double propensity = PyFloat_AsDouble(PyList_GET_ITEM(propensities, i));
+        if (PyErr_Occurred()) {
+            Py_DECREF(result);
+            return NULL;
+        }
+        Py_ssize_t reason_size;
+        const char *reason = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(reasons, i), &reason_size);
+        PyObject *tail = PyList_GET_ITEM(tails, i);
+        size_t tail_size = (size_t)PyBytes_GET_SIZE(tail);
+        size_t body = 9 + 1 + varint_size((uint64_t)reason_size) + (size_t)reason_size + 1 +
+                      varint_size((uint64_t)i + 1) + 9 + (i == explored_slot ? 2 : 0) + tail_size;
+        *out++ = 0x1a; /* RankResponse.items */
+        out = put_varint(out, body);
+        out = put_double(out, 0x11, score); /* RankedItem.score */
+        *out++ = 0x1a;                      /* RankedItem.reason */
+        out = put_varint(out, (uint64_t)reason_size);
+        memcpy(out, reason, (size_t)reason_size);
+        out += reason_size;
+        *out++ = 0x28; /* RankedItem.position */
+        out = put_varint(out, (uint64_t)i + 1);
+        out = put_double(out, 0x31, propensity); /* RankedItem.propensity */
+        if (i == explored_slot) {
+            *out++ = 0x38; /* RankedItem.explored */
+            *out++ = 0x01;
+        }
+        memcpy(out, PyBytes_AS_STRING(tail), tail_size);
+        out += tail_size;
+    }
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"draw_slate", (PyCFunction)(void (*)(void))draw_slate, METH_FASTCALL, draw_slate_doc},
+    {"ranked_items", (PyCFunction)(void (*)(void))ranked_items, METH_FASTCALL, ranked_items_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    .m_base = PyModuleDef_HEAD_INIT,
+    .m_name = "_native",
+    .m_doc = "The compiled parts of the Rank hot path (draw_slate, ranked_items).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module_def); }

@@ -1,0 +1,78 @@
+"""The compiled slate draw (aura.server._native.draw_slate) on its own: distribution, order, diversity, input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aura.server._native import draw_slate
+
+
+def pool(alphas, betas, *, clusters=None, similar: dict[int, list[int]] | None = None):
+    """The array arguments of draw_slate for a pool whose item i has posterior row i and content row i."""
+    n = len(alphas)
+    params = np.array([*alphas, *betas], dtype=np.float64)
+    param_rows = np.arange(2 * n, dtype=np.int64)
+    neighbours = [sorted((similar or {}).get(i, [])) for i in range(n)]
+    offsets = np.cumsum([0] + [len(rows) for rows in neighbours]).astype(np.int64)
+    flat = np.array([r for rows in neighbours for r in rows], dtype=np.int64)
+    cluster_ids = np.array(clusters if clusters is not None else range(n), dtype=np.int64)
+    return params, param_rows, np.ones(n), cluster_ids, np.arange(n, dtype=np.int64), offsets, flat
+
+
+def draw(arrays, *, seed=1, limit=3, top_n=0, max_per_cluster=1, rate=0.0, scale=1.0):
+    slate, scores, samples, _alphas, _betas, _freshness, explored, demoted = draw_slate(
+        *arrays, scale, seed, limit, top_n, max_per_cluster, 8, rate
+    )
+    return slate, scores, samples, explored, demoted
+
+
+@pytest.mark.parametrize(("a", "b", "scale"), [(1.0, 1.0, 1.0), (0.3, 2.0, 1.0), (5.0, 50.0, 0.25), (0.5, 0.5, 1.0)])
+def test_draws_follow_the_sharpened_beta(a: float, b: float, scale: float) -> None:
+    n = 2000
+    arrays = pool([a] * n, [b] * n)
+    samples = np.concatenate([draw(arrays, seed=seed, limit=n, scale=scale)[2] for seed in range(10)])
+    reference = np.random.default_rng(0).beta(a / scale, b / scale, size=samples.size)
+    assert samples.mean() == pytest.approx(reference.mean(), abs=0.01)
+    assert samples.std() == pytest.approx(reference.std(), rel=0.05)
+    for q in (0.1, 0.5, 0.9):
+        assert np.quantile(samples, q) == pytest.approx(np.quantile(reference, q), abs=0.015)
+
+
+def test_the_slate_is_the_best_scores_in_order_and_replays_from_its_seed() -> None:
+    arrays = pool([900.0, 1.0, 500.0, 700.0, 2.0], [100.0, 999.0, 500.0, 300.0, 998.0])
+    slate, scores, _, explored, demoted = draw(arrays, limit=3)
+    assert slate == [0, 3, 2]
+    assert scores == sorted(scores, reverse=True)
+    assert (explored, demoted) == (-1, [])
+    assert draw(arrays, seed=99) == draw(arrays, seed=99)
+
+
+def test_diversity_defers_a_full_cluster_and_too_similar_items() -> None:
+    alphas, betas = [900.0, 800.0, 700.0, 600.0], [100.0, 200.0, 300.0, 400.0]
+    slate, _, _, _, demoted = draw(pool(alphas, betas, clusters=[0, 0, 1, 2]), limit=2, top_n=2)
+    assert (slate, demoted) == ([0, 2], [1])
+    slate, _, _, _, _ = draw(pool(alphas, betas, similar={0: [2], 2: [0]}), limit=2, top_n=2)
+    assert slate == [0, 1]
+    slate, _, _, _, _ = draw(pool(alphas, betas, similar={0: [1], 1: [0]}), limit=3, top_n=2)
+    assert slate == [0, 2, 1]
+
+
+def test_exploration_gives_one_slot_to_an_item_outside_the_sampled_slate() -> None:
+    arrays = pool([900.0, 800.0, 1.0, 1.0], [100.0, 200.0, 999.0, 999.0])
+    slate, _, _, explored, _ = draw(arrays, limit=2, rate=1.0)
+    assert explored in (0, 1)
+    assert slate[explored] in (2, 3)
+    assert slate[1 - explored] == [0, 1][1 - explored]
+
+
+def test_bad_arguments_are_refused() -> None:
+    params, rows, freshness, clusters, content_rows, offsets, flat = pool([1.0, 2.0], [1.0, 2.0])
+    with pytest.raises(TypeError, match="float64"):
+        draw((params.astype(np.float32), rows, freshness, clusters, content_rows, offsets, flat))
+    with pytest.raises(IndexError, match="out of range"):
+        draw((params, rows + 3, freshness, clusters, content_rows, offsets, flat))
+    with pytest.raises(ValueError, match="2n rows"):
+        draw((params, rows[:3], freshness, clusters, content_rows, offsets, flat))
+    with pytest.raises(ValueError, match="invalid slate parameters"):
+        draw((params, rows, freshness, clusters, content_rows, offsets, flat), scale=0.0)
