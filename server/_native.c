@@ -103,7 +103,7 @@ static double next_gamma(Rng *rng, double shape) {
 }
 
 /* Scratch reused across calls. */
-static double *g_scores, *g_samples;
+static double *g_scores, *g_samples, *g_propensities;
 static Py_ssize_t *g_order, *g_deferred, *g_slate;
 static Py_ssize_t g_capacity;
 
@@ -114,13 +114,15 @@ static int reserve(Py_ssize_t n) {
     if (scores) g_scores = scores;
     double *samples = PyMem_Realloc(g_samples, capacity * sizeof(double));
     if (samples) g_samples = samples;
+    double *propensities = PyMem_Realloc(g_propensities, capacity * sizeof(double));
+    if (propensities) g_propensities = propensities;
     Py_ssize_t *order = PyMem_Realloc(g_order, capacity * sizeof(Py_ssize_t));
     if (order) g_order = order;
     Py_ssize_t *deferred = PyMem_Realloc(g_deferred, capacity * sizeof(Py_ssize_t));
     if (deferred) g_deferred = deferred;
     Py_ssize_t *slate = PyMem_Realloc(g_slate, capacity * sizeof(Py_ssize_t));
     if (slate) g_slate = slate;
-    if (!scores || !samples || !order || !deferred || !slate) {
+    if (!scores || !samples || !propensities || !order || !deferred || !slate) {
         PyErr_NoMemory();
         return -1;
     }
@@ -202,12 +204,13 @@ static void release(Buffer *buffers, int count) {
         if (buffers[i].held) PyBuffer_Release(&buffers[i].view);
 }
 
-/* [values[via[at[i]]] for i in range(count)] (values[at[i]] when via is NULL) as a list of floats. */
+/* [values[via[at[i]]] for i in range(count)] as a list of floats (via or at NULL: left out). */
 static PyObject *gathered_list(const double *values, const int64_t *via, const Py_ssize_t *at, Py_ssize_t count) {
     PyObject *list = PyList_New(count);
     if (!list) return NULL;
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *value = PyFloat_FromDouble(values[via ? via[at[i]] : at[i]]);
+        Py_ssize_t k = at ? at[i] : i;
+        PyObject *value = PyFloat_FromDouble(values[via ? via[k] : k]);
         if (!value) {
             Py_DECREF(list);
             return NULL;
@@ -217,11 +220,12 @@ static PyObject *gathered_list(const double *values, const int64_t *via, const P
     return list;
 }
 
-static PyObject *index_list(const Py_ssize_t *values, Py_ssize_t count) {
+/* [values[at[i]] for i in range(count)] as a list of ints. */
+static PyObject *gathered_ints(const int64_t *values, const Py_ssize_t *at, Py_ssize_t count) {
     PyObject *list = PyList_New(count);
     if (!list) return NULL;
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *value = PyLong_FromSsize_t(values[i]);
+        PyObject *value = PyLong_FromLongLong(values[at[i]]);
         if (!value) {
             Py_DECREF(list);
             return NULL;
@@ -244,49 +248,58 @@ static int too_similar(const int64_t *offsets, Py_ssize_t n_rows, const int64_t 
 }
 
 PyDoc_STRVAR(draw_slate_doc,
-"draw_slate(params, param_rows, freshness, clusters, content_rows, similar_offsets, similar_rows,\n"
-"           variance_scale, seed, limit, top_n, max_per_cluster, scan_per_slot, exploration_rate)\n"
+"draw_slate(params, param_rows, freshness, propensity, clusters, content_rows, similar_offsets,\n"
+"           similar_rows, variance_scale, seed, limit, top_n, max_per_cluster, scan_per_slot,\n"
+"           exploration_rate)\n"
 "--\n\n"
 "Draw one slate from an eligible pool of n items.\n\n"
 "params: float64 posterior alphas then betas; param_rows: int64, the pool's alpha rows then beta rows\n"
-"(2n); freshness, clusters, content_rows: per pool item; similar_offsets/similar_rows: per content\n"
-"row, its too-similar rows (CSR). Samples Beta(alpha/s, beta/s) per item (s = variance_scale), scores\n"
-"sample x freshness, keeps the best limit + scan_per_slot * top_n in order, applies diversity to the\n"
-"first top_n slots (at most max_per_cluster per cluster, no two too-similar items; skipped items move\n"
-"down), then with probability exploration_rate gives one random slot to a uniform pick among the items\n"
-"left out. Returns (slate, scores, samples, alphas, betas, freshness, explored_slot, demoted): the pool\n"
-"indices of the slate in slot order; per slot its score, Beta sample, posterior alpha and beta and\n"
-"freshness; the explored slot or -1; and the pool indices that diversity pushed off the slate.");
+"(2n); freshness, propensity (the batch's estimate that sampling shows the item, NaN if unknown),\n"
+"clusters, content_rows: per pool item; similar_offsets/similar_rows: per content row, its too-similar\n"
+"rows (CSR). Samples Beta(alpha/s, beta/s) per item (s = variance_scale), scores sample x freshness,\n"
+"keeps the best limit + scan_per_slot * top_n in order, applies diversity to the first top_n slots\n"
+"(at most max_per_cluster per cluster, no two too-similar items; skipped items move down), then with\n"
+"probability exploration_rate gives one random slot to a uniform pick among the items left out.\n\n"
+"Returns (content_rows, posterior_rows, scores, samples, alphas, betas, freshness, propensities,\n"
+"explored_slot, demoted): per slot of the slate its content row, posterior row, score, Beta sample,\n"
+"posterior alpha and beta, freshness and propensity; the explored slot or -1; and the content rows\n"
+"that diversity pushed off the slate. A slot's propensity is its marginal probability of being shown:\n"
+"the sampling estimate p (slate/n where unknown) mixed with the exploration budget r, which gives one\n"
+"of the k slots to one of the n - k + 1 items sampling left out: p (1 - r/k) + r (1 - p) / (n - k + 1).");
 
 static PyObject *draw_slate(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 14) {
-        PyErr_Format(PyExc_TypeError, "draw_slate takes 14 arguments (%zd given)", nargs);
+    if (nargs != 15) {
+        PyErr_Format(PyExc_TypeError, "draw_slate takes 15 arguments (%zd given)", nargs);
         return NULL;
     }
-    Buffer buffers[7] = {0};
-    static const char kinds[7] = {'d', 'q', 'd', 'q', 'q', 'q', 'q'};
-    static const char *names[7] = {"params", "param_rows", "freshness", "clusters",
-                                   "content_rows", "similar_offsets", "similar_rows"};
+    enum { N_BUFFERS = 8 };
+    Buffer buffers[N_BUFFERS] = {0};
+    static const char kinds[N_BUFFERS] = {'d', 'q', 'd', 'd', 'q', 'q', 'q', 'q'};
+    static const char *names[N_BUFFERS] = {"params",   "param_rows",   "freshness",       "propensity",
+                                           "clusters", "content_rows", "similar_offsets", "similar_rows"};
     PyObject *result = NULL;
-    for (int i = 0; i < 7; i++)
+    for (int i = 0; i < N_BUFFERS; i++)
         if (get_buffer(args[i], kinds[i], names[i], &buffers[i]) < 0) goto done;
 
-    double variance_scale = PyFloat_AsDouble(args[7]);
-    uint64_t seed = PyLong_AsUnsignedLongLongMask(args[8]);
-    Py_ssize_t limit = PyLong_AsSsize_t(args[9]), top_n = PyLong_AsSsize_t(args[10]);
-    Py_ssize_t max_per_cluster = PyLong_AsSsize_t(args[11]), scan_per_slot = PyLong_AsSsize_t(args[12]);
-    double exploration_rate = PyFloat_AsDouble(args[13]);
+    double variance_scale = PyFloat_AsDouble(args[8]);
+    uint64_t seed = PyLong_AsUnsignedLongLongMask(args[9]);
+    Py_ssize_t limit = PyLong_AsSsize_t(args[10]), top_n = PyLong_AsSsize_t(args[11]);
+    Py_ssize_t max_per_cluster = PyLong_AsSsize_t(args[12]), scan_per_slot = PyLong_AsSsize_t(args[13]);
+    double exploration_rate = PyFloat_AsDouble(args[14]);
     if (PyErr_Occurred()) goto done;
 
     const double *params = buffers[0].view.buf, *freshness = buffers[2].view.buf;
-    const int64_t *param_rows = buffers[1].view.buf, *clusters = buffers[3].view.buf;
-    const int64_t *content_rows = buffers[4].view.buf, *offsets = buffers[5].view.buf;
-    const int64_t *neighbours = buffers[6].view.buf;
+    const double *propensity = buffers[3].view.buf;
+    const int64_t *param_rows = buffers[1].view.buf, *clusters = buffers[4].view.buf;
+    const int64_t *content_rows = buffers[5].view.buf, *offsets = buffers[6].view.buf;
+    const int64_t *neighbours = buffers[7].view.buf;
     Py_ssize_t n_params = buffers[0].view.len / 8, n = buffers[2].view.len / 8;
-    Py_ssize_t n_rows = buffers[5].view.len / 8 - 1, n_neighbours = buffers[6].view.len / 8;
-    if (buffers[1].view.len / 8 != 2 * n || buffers[3].view.len / 8 != n || buffers[4].view.len / 8 != n) {
-        PyErr_SetString(PyExc_ValueError, "param_rows must hold 2n rows and clusters, content_rows n values");
+    Py_ssize_t n_rows = buffers[6].view.len / 8 - 1, n_neighbours = buffers[7].view.len / 8;
+    if (buffers[1].view.len / 8 != 2 * n || buffers[3].view.len / 8 != n || buffers[4].view.len / 8 != n ||
+        buffers[5].view.len / 8 != n) {
+        PyErr_SetString(PyExc_ValueError,
+                        "param_rows must hold 2n rows and propensity, clusters and content_rows n values");
         goto done;
     }
     if (!(variance_scale > 0.0) || limit < 0 || top_n < 0 || top_n > limit || max_per_cluster < 1 ||
@@ -344,24 +357,35 @@ static PyObject *draw_slate(PyObject *module, PyObject *const *args, Py_ssize_t 
         }
     }
 
-    PyObject *lists[7] = {
-        index_list(g_slate, n_slate),
+    Py_ssize_t left_out = n - n_slate + 1 > 1 ? n - n_slate + 1 : 1;
+    for (Py_ssize_t s = 0; s < n_slate; s++) {
+        double sampled = propensity[g_slate[s]];
+        sampled = isfinite(sampled) ? fmin(1.0, fmax(0.0, sampled)) : (double)n_slate / (double)n;
+        g_propensities[s] = fmin(
+            1.0, sampled * (1.0 - exploration_rate / (double)n_slate) + exploration_rate * (1.0 - sampled) / left_out);
+    }
+
+    enum { N_LISTS = 9 };
+    PyObject *lists[N_LISTS] = {
+        gathered_ints(content_rows, g_slate, n_slate),
+        gathered_ints(param_rows, g_slate, n_slate),
         gathered_list(g_scores, NULL, g_slate, n_slate),
         gathered_list(g_samples, NULL, g_slate, n_slate),
         gathered_list(params, param_rows, g_slate, n_slate),
         gathered_list(params, param_rows + n, g_slate, n_slate),
         gathered_list(freshness, NULL, g_slate, n_slate),
-        index_list(g_deferred + from_deferred, n_deferred - from_deferred),
+        gathered_list(g_propensities, NULL, NULL, n_slate),
+        gathered_ints(content_rows, g_deferred + from_deferred, n_deferred - from_deferred),
     };
     int built = 1;
-    for (int i = 0; i < 7; i++) built = built && lists[i];
+    for (int i = 0; i < N_LISTS; i++) built = built && lists[i];
     if (built)
-        result = Py_BuildValue("(NNNNNNnN)", lists[0], lists[1], lists[2], lists[3], lists[4], lists[5], explored_slot,
-                               lists[6]);
+        result = Py_BuildValue("(NNNNNNNNnN)", lists[0], lists[1], lists[2], lists[3], lists[4], lists[5], lists[6],
+                               lists[7], explored_slot, lists[8]);
     else
-        for (int i = 0; i < 7; i++) Py_XDECREF(lists[i]);
+        for (int i = 0; i < N_LISTS; i++) Py_XDECREF(lists[i]);
 done:
-    release(buffers, 7);
+    release(buffers, N_BUFFERS);
     return result;
 }
 

@@ -6,7 +6,6 @@ replayed from its logged seed, bundle version and posterior state.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -17,7 +16,6 @@ import numpy as np
 from aura.bundle.format import GLOBAL_SEGMENT
 from aura.bundle.loader import SegmentInfo, match_cold_start
 from aura.config import Policies
-from aura.context import jurisdictions_of
 from aura.errors import ConsentRequired
 from aura.server._native import draw_slate
 from aura.server.serving import DEVICE_BITS, CellView, EligiblePool, ServingIndex
@@ -211,12 +209,15 @@ def decide(
     limit = min(query.limit, n)
     diversity = policies.decisioning.diversity
     top_n = min(diversity.enforce_in_top_n, limit) if surface.diversity else 0
-    slate, scores, samples, alphas, betas, freshness, explored_slot, demoted = draw_slate(
+    (
+        content_rows, posterior_rows, scores, samples, alphas, betas, freshness, propensities, explored_slot, demoted
+    ) = draw_slate(
         params,
         pool.param_rows,
         pool.freshness,
+        pool.propensity,
         pool.clusters,
-        pool.row_array,
+        pool.content_rows,
         index.similar_offsets,
         index.similar_rows,
         policies.decisioning.exploration.posterior_variance_scale,
@@ -226,28 +227,24 @@ def decide(
         diversity.max_per_topic_cluster,
         DIVERSITY_SCAN_PER_SLOT,
         exploration_rate,
-    )
+    )  # fmt: skip
     if query.explain:
-        removed += tuple((pool.content_rows[i], "diversity") for i in demoted)
+        removed += tuple((row, "diversity") for row in demoted)
 
-    content_rows = [pool.content_rows[i] for i in slate]
     tail = _reason_tail(query, resolution)
     reasons = [index.reason_heads[row] + tail for row in content_rows]
     if explored_slot >= 0:
         reasons[explored_slot] = index.reason_heads[content_rows[explored_slot]] + _reason_tail(
             query, resolution, explored=True
         )
-    estimates = pool.propensity
     return Decision(
         surface_id=query.surface_id,
         resolution=resolution,
         cell_segment_id=cell.segment_id,
         content_rows=content_rows,
-        posterior_rows=[pool.posterior_rows[i] for i in slate],
+        posterior_rows=posterior_rows,
         scores=scores,
-        propensities=_slate_propensities(
-            [estimates[i] for i in slate], exploration_rate, len(slate), max(1, n - len(slate) + 1), n
-        ),
+        propensities=propensities,
         reasons=reasons,
         explored_slot=explored_slot,
         samples=samples,
@@ -276,7 +273,7 @@ def _eligible_pool(
     unlocked = 0
     for scope in query.consent:
         unlocked |= index.consent_unlocks.get(scope, 0)
-    jurisdiction_bits = index.jurisdiction_mask(jurisdictions_of(query.country)) if rules.check_jurisdiction else -1
+    jurisdiction_bits = index.jurisdiction_mask(query.country) if rules.check_jurisdiction else -1
     device = query.device if rules.check_device else ""
     key = (cell.surface_id, cell.segment_id, unlocked, jurisdiction_bits, device)
     cache = index.pools
@@ -341,20 +338,6 @@ def _exploration_rate(policies: Policies, traffic: Traffic) -> float:
     if exploration.throttle_high_traffic and traffic.requests_per_second > exploration.throttle_rps:
         rate *= exploration.throttle_rps / traffic.requests_per_second
     return rate
-
-
-def _slate_propensities(batch_estimates: list[float], rate: float, slate: int, pool: int, eligible: int) -> list[float]:
-    """Marginal probability that each item is in the slate under Thompson sampling plus the exploration budget.
-
-    Thompson sampling's inclusion probability comes from the batch's Monte-Carlo estimate (uniform
-    slate/eligible where the bundle has none); the exploration part is exact: with probability `rate`
-    one slot is given to a uniform pick among the `pool` items that sampling left out.
-    """
-    propensities = []
-    for estimate in batch_estimates:
-        sampled = min(1.0, max(0.0, estimate if math.isfinite(estimate) else slate / eligible))
-        propensities.append(min(1.0, sampled * (1.0 - rate / slate) + rate * (1.0 - sampled) / pool))
-    return propensities
 
 
 def _reason_tail(query: RankQuery, resolution: SegmentResolution, explored: bool = False) -> str:

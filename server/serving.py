@@ -11,6 +11,7 @@ import numpy as np
 from aura.bundle.format import GLOBAL_SEGMENT
 from aura.bundle.loader import LoadedBundle
 from aura.config import Policies, Surface
+from aura.context import jurisdictions_of
 from aura.errors import BundleError
 
 DEVICE_BITS: dict[str, int] = {"mobile": 1, "desktop": 2, "tablet": 4}
@@ -46,43 +47,36 @@ class CellView:
 class EligiblePool:
     """The items of one cell that pass the eligibility rules for one combination of request values.
 
-    Everything the draw (aura.server._native) and the response read is gathered here once, when the
-    combination is first seen: contiguous arrays for the compiled draw, plain lists for per-slot lookups.
+    Everything the compiled draw (aura.server._native.draw_slate) reads is gathered here once, when the
+    combination is first seen, as contiguous arrays aligned with each other.
     """
 
-    positions: np.ndarray
-    """Cell positions of the eligible items, ascending."""
     param_rows: np.ndarray
     """Where the items' alpha then beta sit in the posterior parameter vector (2 x size, int64)."""
     freshness: np.ndarray
+    propensity: np.ndarray
+    """The batch's estimate that Thompson sampling shows the item (NaN if unknown)."""
     clusters: np.ndarray
     """Topic cluster per item (int64)."""
-    row_array: np.ndarray
-    """Content row per item (int64): `content_rows` for the compiled draw."""
-    propensity: list[float]
-    content_rows: list[int]
-    posterior_rows: list[int]
+    content_rows: np.ndarray
+    """Content row per item (int64)."""
 
     @property
     def size(self) -> int:
         """How many items are eligible."""
-        return len(self.content_rows)
+        return self.freshness.size
 
     @classmethod
     def of(cls, cell: CellView, mask: np.ndarray, n_posteriors: int) -> EligiblePool:
         """The pool of the cell positions where `mask` is true."""
         positions = np.flatnonzero(mask)
-        rows = positions + cell.start
-        content_rows = cell.items[positions].astype(np.int64)
+        rows = (positions + cell.start).astype(np.int64)
         return cls(
-            positions=positions,
-            param_rows=np.concatenate((rows, rows + n_posteriors)).astype(np.int64),
+            param_rows=np.concatenate((rows, rows + n_posteriors)),
             freshness=np.ascontiguousarray(cell.freshness[positions], dtype=np.float64),
+            propensity=np.ascontiguousarray(cell.propensity[positions], dtype=np.float64),
             clusters=cell.clusters[positions].astype(np.int64),
-            row_array=content_rows,
-            propensity=cell.propensity[positions].tolist(),
-            content_rows=content_rows.tolist(),
-            posterior_rows=rows.tolist(),
+            content_rows=cell.items[positions].astype(np.int64),
         )
 
 
@@ -113,6 +107,8 @@ class ServingIndex:
     pools: dict = field(default_factory=dict)
     """Memoized eligible pools of the decision core, by cell and eligibility inputs (bounded)."""
     cold_starts: dict = field(default_factory=dict)
+    country_jurisdictions: dict = field(default_factory=dict)
+    """Memoized `jurisdiction_mask` by country (bounded by the two-letter codes validation allows)."""
     """Memoized cold-start matches by context values (bounded)."""
 
     @property
@@ -130,11 +126,14 @@ class ServingIndex:
         """Posterior rows of the bundle: alpha of row r is parameter r, its beta parameter n + r."""
         return len(self.bundle.alpha)
 
-    def jurisdiction_mask(self, codes: tuple[str, ...]) -> int:
-        """Bits of the given jurisdiction codes (unknown codes have none)."""
-        bits = 0
-        for code in codes:
-            bits |= self.jurisdiction_bits.get(code, 0)
+    def jurisdiction_mask(self, country: str) -> int:
+        """Bits of the jurisdictions a visitor from `country` (ISO alpha-2, upper case) is in; memoized."""
+        bits = self.country_jurisdictions.get(country)
+        if bits is None:
+            bits = 0
+            for code in jurisdictions_of(country):
+                bits |= self.jurisdiction_bits.get(code, 0)
+            self.country_jurisdictions[country] = bits
         return bits
 
 

@@ -8,7 +8,7 @@ import pytest
 from aura.server._native import draw_slate
 
 
-def pool(alphas, betas, *, clusters=None, similar: dict[int, list[int]] | None = None):
+def pool(alphas, betas, *, clusters=None, similar: dict[int, list[int]] | None = None, propensity=None):
     """The array arguments of draw_slate for a pool whose item i has posterior row i and content row i."""
     n = len(alphas)
     params = np.array([*alphas, *betas], dtype=np.float64)
@@ -17,13 +17,19 @@ def pool(alphas, betas, *, clusters=None, similar: dict[int, list[int]] | None =
     offsets = np.cumsum([0] + [len(rows) for rows in neighbours]).astype(np.int64)
     flat = np.array([r for rows in neighbours for r in rows], dtype=np.int64)
     cluster_ids = np.array(clusters if clusters is not None else range(n), dtype=np.int64)
-    return params, param_rows, np.ones(n), cluster_ids, np.arange(n, dtype=np.int64), offsets, flat
+    estimates = np.array(propensity if propensity is not None else [np.nan] * n, dtype=np.float64)
+    return params, param_rows, np.ones(n), estimates, cluster_ids, np.arange(n, dtype=np.int64), offsets, flat
 
 
-def draw(arrays, *, seed=1, limit=3, top_n=0, max_per_cluster=1, rate=0.0, scale=1.0):
-    slate, scores, samples, _alphas, _betas, _freshness, explored, demoted = draw_slate(
+def draw(arrays, *, seed=1, limit=3, top_n=0, max_per_cluster=1, rate=0.0, scale=1.0, propensities=False):
+    """(slate, scores, samples, explored slot, demoted) of one draw; with `propensities`, the slate's propensities."""
+    slate, posterior_rows, scores, samples, alphas, betas, _, slot_propensities, explored, demoted = draw_slate(
         *arrays, scale, seed, limit, top_n, max_per_cluster, 8, rate
     )
+    assert posterior_rows == slate
+    assert (alphas, betas) == ([arrays[0][r] for r in slate], [arrays[0][len(arrays[2]) + r] for r in slate])
+    if propensities:
+        return slot_propensities
     return slate, scores, samples, explored, demoted
 
 
@@ -66,13 +72,22 @@ def test_exploration_gives_one_slot_to_an_item_outside_the_sampled_slate() -> No
     assert slate[1 - explored] == [0, 1][1 - explored]
 
 
+def test_propensities_mix_the_sampling_estimate_with_the_exploration_budget() -> None:
+    alphas, betas = [900.0, 800.0, 1.0, 1.0], [100.0, 200.0, 999.0, 999.0]
+    assert draw(pool(alphas, betas), limit=2, propensities=True) == [0.5, 0.5]  # unknown: slate / eligible
+    known = pool(alphas, betas, propensity=[0.9, 0.6, 0.1, 0.1])
+    # Exploration budget 0.1 over a slate of 2; 4 - 2 + 1 = 3 items sampling left out.
+    expected = [p * (1 - 0.1 / 2) + 0.1 * (1 - p) / 3 for p in (0.9, 0.6)]
+    assert draw(known, limit=2, rate=0.1, seed=3, propensities=True) == pytest.approx(expected)
+
+
 def test_bad_arguments_are_refused() -> None:
-    params, rows, freshness, clusters, content_rows, offsets, flat = pool([1.0, 2.0], [1.0, 2.0])
+    params, rows, freshness, estimates, clusters, content_rows, offsets, flat = pool([1.0, 2.0], [1.0, 2.0])
     with pytest.raises(TypeError, match="float64"):
-        draw((params.astype(np.float32), rows, freshness, clusters, content_rows, offsets, flat))
+        draw((params.astype(np.float32), rows, freshness, estimates, clusters, content_rows, offsets, flat))
     with pytest.raises(IndexError, match="out of range"):
-        draw((params, rows + 3, freshness, clusters, content_rows, offsets, flat))
+        draw((params, rows + 3, freshness, estimates, clusters, content_rows, offsets, flat))
     with pytest.raises(ValueError, match="2n rows"):
-        draw((params, rows[:3], freshness, clusters, content_rows, offsets, flat))
+        draw((params, rows[:3], freshness, estimates, clusters, content_rows, offsets, flat))
     with pytest.raises(ValueError, match="invalid slate parameters"):
-        draw((params, rows, freshness, clusters, content_rows, offsets, flat), scale=0.0)
+        draw((params, rows, freshness, estimates, clusters, content_rows, offsets, flat), scale=0.0)
