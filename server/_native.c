@@ -4,7 +4,8 @@
  * arrays prepared when a bundle is loaded (aura.server.serving), so the request path does no numpy
  * dispatch per step. Everything random comes from one xoshiro256** stream seeded by the decision's
  * logged seed, so a decision replays exactly from (seed, posterior state).
- * ranked_items: the RankResponse.items fields in protobuf wire format (see aura.server.wire).
+ * ranked_items and rank_response: the RankResponse in protobuf wire format, from the bytes prepared per
+ * bundle by aura.server.wire (field numbers of proto/aura/v1/decision_service.proto and common.proto).
  * Scratch memory is module-level and reused: callers hold the GIL for the whole call.
  */
 #define PY_SSIZE_T_CLEAN
@@ -491,16 +492,108 @@ static PyObject *ranked_items(PyObject *module, PyObject *const *args, Py_ssize_
     return result;
 }
 
+/* A string's UTF-8 bytes, or NULL with an exception set. */
+static const char *utf8(PyObject *value, const char *name, Py_ssize_t *size) {
+    if (!PyUnicode_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "%s must be str", name);
+        return NULL;
+    }
+    return PyUnicode_AsUTF8AndSize(value, size);
+}
+
+static inline size_t string_field_size(Py_ssize_t size) {
+    return size ? 1 + varint_size((uint64_t)size) + (size_t)size : 0;
+}
+
+static inline char *put_string_field(char *out, char tag, const char *value, Py_ssize_t size) {
+    if (!size) return out;
+    *out++ = tag;
+    out = put_varint(out, (uint64_t)size);
+    memcpy(out, value, (size_t)size);
+    return out + size;
+}
+
+PyDoc_STRVAR(rank_response_doc,
+"rank_response(request_id, surface_fields, items, segment_id, confidence, intent, variant, holdout,\n"
+"              seed, explanation)\n"
+"--\n\n"
+"A serialized RankResponse: request_id (str), the surface's prepared fields (bytes,\n"
+"aura.server.wire.ResponseParts.surface_fields), the items fields (bytes, from ranked_items), the\n"
+"segment (id, confidence, intent), the experiment (variant, holdout), the seed (a 64-bit unsigned int)\n"
+"and a serialized Explanation (empty bytes for none). Fields equal to their proto3 default are left\n"
+"out, except the segment and experiment messages, which are always present.");
+
+static PyObject *rank_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 10) {
+        PyErr_Format(PyExc_TypeError, "rank_response takes 10 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Py_ssize_t request_id_size, segment_id_size, intent_size, variant_size;
+    const char *request_id = utf8(args[0], "request_id", &request_id_size);
+    if (!request_id) return NULL;
+    const char *segment_id = utf8(args[3], "segment_id", &segment_id_size);
+    if (!segment_id) return NULL;
+    const char *intent = utf8(args[5], "intent", &intent_size);
+    if (!intent) return NULL;
+    const char *variant = utf8(args[6], "variant", &variant_size);
+    if (!variant) return NULL;
+    if (!PyBytes_Check(args[1]) || !PyBytes_Check(args[2]) || !PyBytes_Check(args[9])) {
+        PyErr_SetString(PyExc_TypeError, "surface_fields, items and explanation must be bytes");
+        return NULL;
+    }
+    double confidence = PyFloat_AsDouble(args[4]);
+    int holdout = PyObject_IsTrue(args[7]);
+    uint64_t seed = PyLong_AsUnsignedLongLong(args[8]);
+    if (PyErr_Occurred()) return NULL;
+
+    Py_ssize_t surface_size = PyBytes_GET_SIZE(args[1]), items_size = PyBytes_GET_SIZE(args[2]);
+    Py_ssize_t explanation_size = PyBytes_GET_SIZE(args[9]);
+    size_t segment_size =
+        string_field_size(segment_id_size) + (confidence != 0.0 ? 9 : 0) + string_field_size(intent_size);
+    size_t experiment_size = string_field_size(variant_size) + (holdout ? 2 : 0);
+    size_t total = string_field_size(request_id_size) + (size_t)surface_size + (size_t)items_size + 1 +
+                   varint_size(segment_size) + segment_size + 1 + varint_size(experiment_size) + experiment_size +
+                   (seed ? 1 + varint_size(seed) : 0) + string_field_size(explanation_size);
+    PyObject *result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (!result) return NULL;
+    char *out = PyBytes_AS_STRING(result);
+    out = put_string_field(out, 0x0a, request_id, request_id_size); /* RankResponse.request_id */
+    memcpy(out, PyBytes_AS_STRING(args[1]), (size_t)surface_size);
+    out += surface_size;
+    memcpy(out, PyBytes_AS_STRING(args[2]), (size_t)items_size);
+    out += items_size;
+    *out++ = 0x22; /* RankResponse.segment */
+    out = put_varint(out, segment_size);
+    out = put_string_field(out, 0x0a, segment_id, segment_id_size);
+    if (confidence != 0.0) out = put_double(out, 0x11, confidence);
+    out = put_string_field(out, 0x1a, intent, intent_size);
+    *out++ = 0x2a; /* RankResponse.experiment */
+    out = put_varint(out, experiment_size);
+    out = put_string_field(out, 0x0a, variant, variant_size);
+    if (holdout) {
+        *out++ = 0x10;
+        *out++ = 0x01;
+    }
+    if (seed) {
+        *out++ = 0x48; /* RankResponse.seed */
+        out = put_varint(out, seed);
+    }
+    put_string_field(out, 0x52, PyBytes_AS_STRING(args[9]), explanation_size); /* RankResponse.explanation */
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"draw_slate", (PyCFunction)(void (*)(void))draw_slate, METH_FASTCALL, draw_slate_doc},
     {"ranked_items", (PyCFunction)(void (*)(void))ranked_items, METH_FASTCALL, ranked_items_doc},
+    {"rank_response", (PyCFunction)(void (*)(void))rank_response, METH_FASTCALL, rank_response_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_def = {
     .m_base = PyModuleDef_HEAD_INIT,
     .m_name = "_native",
-    .m_doc = "The compiled parts of the Rank hot path (draw_slate, ranked_items).",
+    .m_doc = "The compiled parts of the Rank hot path (draw_slate, ranked_items, rank_response).",
     .m_size = -1,
     .m_methods = methods,
 };

@@ -23,7 +23,7 @@ from aura.config import AppConfig
 from aura.context import referrer_host
 from aura.errors import InvalidRequest, NotFound, Unauthenticated
 from aura.eventlog import EventLog
-from aura.server._native import ranked_items
+from aura.server._native import rank_response, ranked_items
 from aura.server.decision import HOLDOUT_VARIANT, Decision, Traffic, decide
 from aura.server.erasure import ErasedUsers
 from aura.server.posterior_state import EXAMINATION_WEIGHTS, FeedbackDedupe, examination_weight
@@ -31,7 +31,6 @@ from aura.server.request_id import DecisionRef, RequestIdCodec
 from aura.server.search import search
 from aura.server.state import ExplorationTracker, RateMeter, Serving, ServingHolder
 from aura.server.validation import check_id, feedback_reward, parse_timestamp, rank_query, search_limit
-from aura.server.wire import rank_response
 from aura.v1 import admin_service_pb2 as admin_pb
 from aura.v1 import admin_service_pb2_grpc as admin_grpc
 from aura.v1 import decision_service_pb2 as pb
@@ -142,7 +141,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             bundle_tag=serving.bundle_tag,
             surface_index=index.surface_index[query.surface_id],
             segment_index=index.segment_index[decision.cell_segment_id],
-            item_fingerprints=tuple(fingerprints[row] for row in decision.content_rows),
+            item_fingerprints=tuple(map(fingerprints.__getitem__, decision.content_rows)),
         )
         request_id = self._deps.codec.encode(ref, self._random.getrandbits(48).to_bytes(6, "big"))
         self._log_decision(request_id, decided_at_ms, request, serving, decision, seed)
@@ -163,8 +162,11 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             request_id,
             serving.response_parts.surface_fields[decision.surface_id],
             items,
-            (segment.id, round(resolution.confidence, 4), segment.intent),
-            (HOLDOUT_VARIANT if resolution.holdout else self._variant, resolution.holdout),
+            segment.id,
+            round(resolution.confidence, 4),
+            segment.intent,
+            HOLDOUT_VARIANT if resolution.holdout else self._variant,
+            resolution.holdout,
             seed,
             self._explanation(serving, decision).SerializeToString() if explain else b"",
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -67,7 +68,8 @@ def rank_query(request: pb.RankRequest, surfaces: Mapping[str, Surface], now: da
         raise InvalidRequest("user_ctx.referrer must be at most 2048 characters.")
     if len(ctx.page_type) > 64:
         raise InvalidRequest("user_ctx.page_type must be at most 64 characters.")
-    if len(ctx.consent) > 32 or any(len(c) > 64 for c in ctx.consent):
+    consent = ctx.consent
+    if len(consent) > 32 or max(map(len, consent), default=0) > 64:
         raise InvalidRequest("user_ctx.consent must list at most 32 scopes of at most 64 characters.")
     if len(request.candidates) > MAX_CANDIDATES:
         raise InvalidRequest(f"candidates must list at most {MAX_CANDIDATES} content ids.")
@@ -90,10 +92,10 @@ def rank_query(request: pb.RankRequest, surfaces: Mapping[str, Surface], now: da
         referrer_class=_referrer_class(ctx.referrer),
         page_type=ctx.page_type.lower(),
         country=country.upper(),
-        time_of_day=given_time or time_of_day((now or datetime.now(UTC)).hour),
+        time_of_day=given_time or time_of_day(now.hour if now else time.gmtime().tm_hour),
         campaign=context.get("campaign", ""),
         context=context,
-        consent=frozenset(ctx.consent),
+        consent=frozenset(consent),
         candidates=tuple(request.candidates),
         explain=request.explain,
     )

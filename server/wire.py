@@ -3,23 +3,21 @@
 Most of a RankResponse is constant for a bundle: each item's content id and metadata, each surface's
 name, policy version, cache TTL and bundle version. Building the response as messages costs more
 than the decision itself; encoding the few per-request fields and joining prepared bytes does not.
-The per-item fields are encoded by the compiled `aura.server._native.ranked_items`.
+The per-request fields are encoded, and joined with these parts, by the compiled
+`aura.server._native.ranked_items` and `aura.server._native.rank_response`.
 Field numbers are those of proto/aura/v1/decision_service.proto and common.proto (all below 16, so
 every tag is one byte); the tests parse the output with the generated classes.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aura.config import Surface
 from aura.v1 import common_pb2
 
-_TAGGED_DOUBLE = struct.Struct("<Bd").pack
 _LENGTH_DELIMITED = 2
-_TRUE = b"\x01"
 
 
 _ONE_BYTE = tuple(bytes((value,)) for value in range(0x80))
@@ -76,34 +74,4 @@ def response_parts(
             + _string(8, bundle_version)
             for surface_id, surface in surfaces.items()
         },
-    )
-
-
-def rank_response(
-    request_id: str,
-    surface_fields: bytes,
-    items: bytes,
-    segment: tuple[str, float, str],
-    experiment: tuple[str, bool],
-    seed: int,
-    explanation: bytes = b"",
-) -> bytes:
-    """A serialized RankResponse; `items` are its items fields (aura.server._native.ranked_items),
-    `segment` is (id, confidence, intent), `experiment` (variant, holdout), `explanation` a serialized
-    Explanation or empty."""
-    segment_id, confidence, intent = segment
-    variant, holdout = experiment
-    confidence_field = _TAGGED_DOUBLE(0x11, confidence) if confidence else b""
-    segment_body = _string(1, segment_id) + confidence_field + _string(3, intent)
-    experiment_body = _string(1, variant) + (b"\x10" + _TRUE if holdout else b"")
-    return b"".join(
-        (
-            _string(1, request_id),
-            surface_fields,
-            items,
-            field_bytes(4, segment_body),
-            field_bytes(5, experiment_body),
-            b"\x48" + varint(seed) if seed else b"",
-            field_bytes(10, explanation) if explanation else b"",
-        )
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from aura.config import Surface
-from aura.server._native import ranked_items
-from aura.server.wire import rank_response, response_parts, varint
+from aura.server._native import rank_response, ranked_items
+from aura.server.wire import response_parts, varint
 from aura.v1 import common_pb2
 from aura.v1 import decision_service_pb2 as pb
 
@@ -38,8 +38,11 @@ def test_rank_response_equals_the_generated_message() -> None:
             1,
             [parts.item_tails[row] for row, _, _, _ in items],
         ),
-        ("seg_learn_mobile_new", 0.8512, "learn"),
-        ("thompson", False),
+        "seg_learn_mobile_new",
+        0.8512,
+        "learn",
+        "thompson",
+        False,
         2**64 - 1,
         explanation.SerializeToString(),
     )
@@ -67,7 +70,7 @@ def test_rank_response_equals_the_generated_message() -> None:
         explanation=explanation,
     )
     assert pb.RankResponse.FromString(data) == expected
-    held_out = pb.RankResponse.FromString(rank_response("r", b"", b"", ("seg_global", 1.0, ""), ("holdout", True), 0))
+    held_out = pb.RankResponse.FromString(rank_response("r", b"", b"", "seg_global", 1.0, "", "holdout", True, 0, b""))
     assert (held_out.experiment.variant, held_out.experiment.holdout, held_out.segment.confidence) == (
         "holdout",
         True,
@@ -76,7 +79,11 @@ def test_rank_response_equals_the_generated_message() -> None:
     assert not held_out.HasField("explanation")
 
 
-def test_ranked_items_refuses_mismatched_lists() -> None:
+def test_the_compiled_encoders_refuse_bad_arguments() -> None:
+    with pytest.raises(TypeError, match="request_id must be str"):
+        rank_response(b"r", b"", b"", "s", 1.0, "", "v", False, 0, b"")
+    with pytest.raises(OverflowError):
+        rank_response("r", b"", b"", "s", 1.0, "", "v", False, -1, b"")
     with pytest.raises(ValueError, match="one length"):
         ranked_items([0.5], ["r"], [0.1, 0.2], -1, [b""])
     with pytest.raises(TypeError, match="bytes"):
