@@ -24,7 +24,7 @@ from aura.context import referrer_host
 from aura.errors import InvalidRequest, NotFound, Unauthenticated
 from aura.eventlog import EventLog
 from aura.server._native import rank_response, ranked_items
-from aura.server.decision import HOLDOUT_VARIANT, Decision, Traffic, decide
+from aura.server.decision import HOLDOUT_VARIANT, Decision, RankQuery, Traffic, decide
 from aura.server.erasure import ErasedUsers
 from aura.server.posterior_state import EXAMINATION_WEIGHTS, FeedbackDedupe, examination_weight
 from aura.server.request_id import DecisionRef, RequestIdCodec
@@ -144,7 +144,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             item_fingerprints=tuple(map(fingerprints.__getitem__, decision.content_rows)),
         )
         request_id = self._deps.codec.encode(ref, self._random.getrandbits(48).to_bytes(6, "big"))
-        self._log_decision(request_id, decided_at_ms, request, serving, decision, seed)
+        self._log_decision(request_id, decided_at_ms, request, query, serving, decision, seed)
         return self._response(request_id, serving, decision, seed, query.explain)
 
     def _response(self, request_id: str, serving: Serving, decision: Decision, seed: int, explain: bool) -> bytes:
@@ -195,6 +195,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         request_id: str,
         decided_at_ms: int,
         request: pb.RankRequest,
+        query: RankQuery,
         serving: Serving,
         decision: Decision,
         seed: int,
@@ -217,15 +218,16 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
                 segment_source=resolution.source,
                 segment_confidence=resolution.confidence,
                 holdout=resolution.holdout,
-                anon_id=ctx.anon_id if personalized else "",
+                # The query's values: normalized, and an erased visitor's id already blanked.
+                anon_id=query.anon_id if personalized else "",
                 session_id=ctx.session_id if personalized else "",
-                device=ctx.device,
+                device=query.device,
                 referrer_host=_referrer_host(ctx.referrer),
-                page_type=ctx.page_type,
-                country=ctx.geo.country,
+                page_type=query.page_type,
+                country=query.country,
                 region=ctx.geo.region,
-                consent=list(ctx.consent),
-                context_json=orjson.dumps(dict(request.context)).decode() if request.context else "",
+                consent=sorted(query.consent),
+                context_json=orjson.dumps(dict(query.context)).decode() if query.context else "",
                 seed=seed,
                 exploration_rate=decision.exploration_rate,
                 eligible_count=decision.eligible_count,

@@ -164,20 +164,21 @@ def test_bad_feedback_is_rejected(decisions, mutate, message) -> None:
     assert re.search(message, error.value.details())
 
 
-def test_decisions_are_logged_with_propensities_and_seed(edge_node, decisions) -> None:
-    ranked = decisions.Rank(rank_request())
+def logged_decision(edge_node, request_id: str) -> dict:
+    """The decision log's row of `request_id`, once the node has written it."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        rows = [
-            r
-            for r in read_log(edge_node.state_dir / "logs", "decisions").to_pylist()
-            if r["event_id"] == ranked.request_id
-        ]
+        logged = read_log(edge_node.state_dir / "logs", "decisions").to_pylist()
+        rows = [row for row in logged if row["event_id"] == request_id]
         if rows:
-            break
+            return rows[0]
         time.sleep(0.1)
-    assert len(rows) == 1
-    row = rows[0]
+    raise AssertionError(f"decision {request_id} was not logged within 10 s")
+
+
+def test_decisions_are_logged_with_propensities_and_seed(edge_node, decisions) -> None:
+    ranked = decisions.Rank(rank_request())
+    row = logged_decision(edge_node, ranked.request_id)
     assert row["seed"] == ranked.seed and row["bundle_version"] == V1
     assert row["referrer_host"] == "www.google.com"
     assert [i["content_id"] for i in row["items"]] == [i.content_id for i in ranked.items]
@@ -221,7 +222,7 @@ def test_changing_the_node_needs_the_admin_token(admin, metadata) -> None:
     assert "AURA_ADMIN_TOKEN" in error.value.details()
 
 
-def test_admin_status_and_erasure(admin, decisions) -> None:
+def test_admin_status_and_erasure(admin, decisions, edge_node) -> None:
     status = admin.GetBundleStatus(admin_pb.GetBundleStatusRequest())
     assert status.active_version == V1 and status.store_version == V1 and not status.pinned
     indexer = admin.GetIndexerStatus(admin_pb.GetIndexerStatusRequest())
@@ -237,8 +238,10 @@ def test_admin_status_and_erasure(admin, decisions) -> None:
     with pytest.raises(grpc.RpcError) as error:
         decisions.GetSegments(pb.GetSegmentsRequest(user_id="anon_abc123"))
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
-    # The erased visitor is segmented from context again, as a stranger would be.
-    assert decisions.Rank(rank_request(explain=True)).explanation.segment_source == "cold_start"
+    # The erased visitor is segmented from context again, as a stranger would be, and logged without an id.
+    ranked = decisions.Rank(rank_request(explain=True))
+    assert ranked.explanation.segment_source == "cold_start"
+    assert logged_decision(edge_node, ranked.request_id)["anon_id"] == ""
 
 
 def _hammer(address: str, stop: threading.Event, outcomes: list, versions: set) -> None:
