@@ -33,7 +33,6 @@ from aura.server.state import ServingHolder, prepare_serving
 log = logging.getLogger("aura.edge")
 
 RESTART_BACKOFF_SECONDS = 1.0
-DECISION_SWITCH_INTERVAL_SECONDS = 0.0005
 STOP_GRACE_SECONDS = 5.0
 
 
@@ -68,9 +67,6 @@ async def serve_decisions(config: AppConfig, stop: asyncio.Event | None = None, 
     # The loaded bundle lives until the next swap: keep its objects out of the garbage collector's scans.
     gc.freeze()
     holder.on_swap(lambda _serving: gc.freeze())
-    # Background threads (log writer, bundle sync, shipper) hold the GIL for up to the switch interval
-    # before a waiting request runs; the default 5 ms of it would be the decision's tail latency.
-    sys.setswitchinterval(DECISION_SWITCH_INTERVAL_SECONDS)
     server, port = await create_server(settings.grpc_address, deps)
     await server.start()
     if bound is not None:
