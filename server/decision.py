@@ -1,7 +1,8 @@
-"""The decision core: a pure function of (query, serving index, posteriors, traffic, seeded generator).
+"""The decision core: a pure function of (query, serving index, posteriors, traffic, seed).
 
 No I/O and no clock: everything that varies per call comes in as an argument, so a decision can be
-replayed from its logged seed, bundle version and posterior state.
+replayed from its logged seed, bundle version and posterior state. The numeric work (Thompson draws,
+order, diversity, exploration, propensities) is the compiled `aura.server._native.draw_slate`.
 """
 
 from __future__ import annotations
@@ -258,7 +259,7 @@ def decide(
 
 
 POOL_CACHE_SIZE = 1024
-"""Pools kept per bundle (measured on the bench bundle: 14 KiB for 97 eligible items, 56 KiB for 388)."""
+"""Pools kept per bundle (48 bytes of arrays per eligible item: 5 KiB for the bench's 97 items, 19 KiB for 388)."""
 
 
 def _eligible_pool(

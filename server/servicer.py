@@ -204,6 +204,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         content_ids = serving.index.bundle.content.ids
         resolution = decision.resolution
         personalized = resolution.source != "no_consent"
+        erased = query.anon_id != ctx.anon_id  # Rank blanks the id of a visitor erased on this node
         explored_slot = decision.explored_slot
         decisions = self._deps.decisions
         decisions.append(
@@ -218,9 +219,8 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
                 segment_source=resolution.source,
                 segment_confidence=resolution.confidence,
                 holdout=resolution.holdout,
-                # The query's values: normalized, and an erased visitor's id already blanked.
                 anon_id=query.anon_id if personalized else "",
-                session_id=ctx.session_id if personalized else "",
+                session_id=ctx.session_id if personalized and not erased else "",
                 device=query.device,
                 referrer_host=_referrer_host(ctx.referrer),
                 page_type=query.page_type,

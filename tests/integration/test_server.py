@@ -241,7 +241,8 @@ def test_admin_status_and_erasure(admin, decisions, edge_node) -> None:
     # The erased visitor is segmented from context again, as a stranger would be, and logged without an id.
     ranked = decisions.Rank(rank_request(explain=True))
     assert ranked.explanation.segment_source == "cold_start"
-    assert logged_decision(edge_node, ranked.request_id)["anon_id"] == ""
+    logged = logged_decision(edge_node, ranked.request_id)
+    assert (logged["anon_id"], logged["session_id"]) == ("", "")
 
 
 def _hammer(address: str, stop: threading.Event, outcomes: list, versions: set) -> None:
