@@ -416,6 +416,12 @@ static inline char *put_double(char *out, char tag, double value) {
     return out + 8;
 }
 
+/* The size of one RankedItem's body: score, reason, position, propensity, explored flag and prepared tail. */
+static inline size_t ranked_item_size(Py_ssize_t reason_size, Py_ssize_t slot, int explored, size_t tail_size) {
+    return 9 + 1 + varint_size((uint64_t)reason_size) + (size_t)reason_size + 1 + varint_size((uint64_t)slot + 1) +
+           9 + (explored ? 2 : 0) + tail_size;
+}
+
 PyDoc_STRVAR(ranked_items_doc,
 "ranked_items(scores, reasons, propensities, explored_slot, tails)\n"
 "--\n\n"
@@ -452,8 +458,7 @@ static PyObject *ranked_items(PyObject *module, PyObject *const *args, Py_ssize_
             PyErr_SetString(PyExc_TypeError, "tails must be bytes");
             return NULL;
         }
-        size_t body = 9 + 1 + varint_size((uint64_t)reason_size) + (size_t)reason_size + 1 +
-                      varint_size((uint64_t)i + 1) + 9 + (i == explored_slot ? 2 : 0) + (size_t)PyBytes_GET_SIZE(tail);
+        size_t body = ranked_item_size(reason_size, i, i == explored_slot, (size_t)PyBytes_GET_SIZE(tail));
         total += 1 + varint_size(body) + body;
     }
     PyObject *result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
@@ -470,8 +475,7 @@ static PyObject *ranked_items(PyObject *module, PyObject *const *args, Py_ssize_
         const char *reason = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(reasons, i), &reason_size);
         PyObject *tail = PyList_GET_ITEM(tails, i);
         size_t tail_size = (size_t)PyBytes_GET_SIZE(tail);
-        size_t body = 9 + 1 + varint_size((uint64_t)reason_size) + (size_t)reason_size + 1 +
-                      varint_size((uint64_t)i + 1) + 9 + (i == explored_slot ? 2 : 0) + tail_size;
+        size_t body = ranked_item_size(reason_size, i, i == explored_slot, tail_size);
         *out++ = 0x1a; /* RankResponse.items */
         out = put_varint(out, body);
         out = put_double(out, 0x11, score); /* RankedItem.score */
