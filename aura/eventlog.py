@@ -160,7 +160,7 @@ class EventLog:
         self._rotate_rows = rotate_rows
         self.record = RECORD_TYPES[stream]
         """Build a record of this stream from its fields by name (TypeError on an unknown field)."""
-        self._pending: list[tuple] = []
+        self._pending: collections.deque[tuple] = collections.deque()  # appends need no lock
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._cond = threading.Condition()
         self._closing = False
@@ -172,9 +172,9 @@ class EventLog:
 
     def append(self, record: tuple) -> None:
         """Queue a record (see `record`); it is written within `flush_interval` (no durability promise)."""
-        with self._cond:
-            self._pending.append(record)
-            if len(self._pending) >= 4096:
+        self._pending.append(record)
+        if len(self._pending) >= 4096:
+            with self._cond:
                 self._cond.notify()
 
     async def append_durable(self, records: Iterable[tuple]) -> None:
@@ -207,7 +207,8 @@ class EventLog:
             with self._cond:
                 if not (self._waiters or self._closing):
                     self._cond.wait(timeout=self._flush_interval)
-                records, self._pending = self._pending, []
+                pending = self._pending
+                records = [pending.popleft() for _ in range(len(pending))]
                 waiters, self._waiters = self._waiters, []
                 closing = self._closing
             error: BaseException | None = None

@@ -6,6 +6,8 @@
  * logged seed, so a decision replays exactly from (seed, posterior state).
  * ranked_items and rank_response: the RankResponse in protobuf wire format, from the bytes prepared per
  * bundle by aura.server.wire (field numbers of proto/aura/v1/decision_service.proto and common.proto).
+ * logged_items: the slate as the decision log records it.
+ * parse_rank_request and encode_request_id are in _request.c.
  * Scratch memory is module-level and reused: callers hold the GIL for the whole call.
  */
 #define PY_SSIZE_T_CLEAN
@@ -13,6 +15,8 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "_native.h"
 
 typedef struct {
     uint64_t s[4];
@@ -423,41 +427,56 @@ static inline size_t ranked_item_size(Py_ssize_t reason_size, Py_ssize_t slot, i
 }
 
 PyDoc_STRVAR(ranked_items_doc,
-"ranked_items(scores, reasons, propensities, explored_slot, tails)\n"
+"ranked_items(scores, reasons, propensities, explored_slot, tails, rows)\n"
 "--\n\n"
 "The RankResponse.items fields of a slate in protobuf wire format: per slot a RankedItem with its\n"
-"score, reason, position (slot + 1), propensity and explored flag, followed by its prepared tail\n"
-"(content_id and metadata, aura.server.wire.ResponseParts.item_tails). scores and propensities are\n"
-"lists of floats, reasons a list of str, tails a list of bytes, all of one length.");
+"score, reason, position (slot + 1), propensity and explored flag, followed by the prepared tail of its\n"
+"content row (content_id and metadata, tails[row]: aura.server.wire.ResponseParts.item_tails). scores\n"
+"and propensities are lists of floats, reasons a list of str and rows a list of content rows, all of one\n"
+"length.");
+
+/* The prepared tail of content row `rows[slot]`, or NULL with an exception set. */
+static PyObject *item_tail(PyObject *tails, PyObject *rows, Py_ssize_t slot) {
+    Py_ssize_t row = PyLong_AsSsize_t(PyList_GET_ITEM(rows, slot));
+    if (row == -1 && PyErr_Occurred()) return NULL;
+    if (row < 0 || row >= PyTuple_GET_SIZE(tails)) {
+        PyErr_SetString(PyExc_IndexError, "a row of the slate has no prepared tail");
+        return NULL;
+    }
+    PyObject *tail = PyTuple_GET_ITEM(tails, row);
+    if (!PyBytes_Check(tail)) {
+        PyErr_SetString(PyExc_TypeError, "tails must be bytes");
+        return NULL;
+    }
+    return tail;
+}
 
 static PyObject *ranked_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 5) {
-        PyErr_Format(PyExc_TypeError, "ranked_items takes 5 arguments (%zd given)", nargs);
+    if (nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "ranked_items takes 6 arguments (%zd given)", nargs);
         return NULL;
     }
-    PyObject *scores = args[0], *reasons = args[1], *propensities = args[2], *tails = args[4];
+    PyObject *scores = args[0], *reasons = args[1], *propensities = args[2], *tails = args[4], *rows = args[5];
     Py_ssize_t explored_slot = PyLong_AsSsize_t(args[3]);
     if (explored_slot == -1 && PyErr_Occurred()) return NULL;
-    if (!PyList_Check(scores) || !PyList_Check(reasons) || !PyList_Check(propensities) || !PyList_Check(tails)) {
-        PyErr_SetString(PyExc_TypeError, "scores, reasons, propensities and tails must be lists");
+    if (!PyList_Check(scores) || !PyList_Check(reasons) || !PyList_Check(propensities) || !PyTuple_Check(tails) ||
+        !PyList_Check(rows)) {
+        PyErr_SetString(PyExc_TypeError, "scores, reasons, propensities and rows must be lists, tails a tuple");
         return NULL;
     }
     Py_ssize_t count = PyList_GET_SIZE(scores);
     if (PyList_GET_SIZE(reasons) != count || PyList_GET_SIZE(propensities) != count ||
-        PyList_GET_SIZE(tails) != count) {
-        PyErr_SetString(PyExc_ValueError, "scores, reasons, propensities and tails must have one length");
+        PyList_GET_SIZE(rows) != count) {
+        PyErr_SetString(PyExc_ValueError, "scores, reasons, propensities and rows must have one length");
         return NULL;
     }
     size_t total = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
         Py_ssize_t reason_size;
         if (!PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(reasons, i), &reason_size)) return NULL;
-        PyObject *tail = PyList_GET_ITEM(tails, i);
-        if (!PyBytes_Check(tail)) {
-            PyErr_SetString(PyExc_TypeError, "tails must be bytes");
-            return NULL;
-        }
+        PyObject *tail = item_tail(tails, rows, i);
+        if (!tail) return NULL;
         size_t body = ranked_item_size(reason_size, i, i == explored_slot, (size_t)PyBytes_GET_SIZE(tail));
         total += 1 + varint_size(body) + body;
     }
@@ -473,7 +492,7 @@ static PyObject *ranked_items(PyObject *module, PyObject *const *args, Py_ssize_
         }
         Py_ssize_t reason_size;
         const char *reason = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(reasons, i), &reason_size);
-        PyObject *tail = PyList_GET_ITEM(tails, i);
+        PyObject *tail = item_tail(tails, rows, i);
         size_t tail_size = (size_t)PyBytes_GET_SIZE(tail);
         size_t body = ranked_item_size(reason_size, i, i == explored_slot, tail_size);
         *out++ = 0x1a; /* RankResponse.items */
@@ -494,6 +513,51 @@ static PyObject *ranked_items(PyObject *module, PyObject *const *args, Py_ssize_
         out += tail_size;
     }
     return result;
+}
+
+PyDoc_STRVAR(logged_items_doc,
+"logged_items(content_ids, rows, scores, propensities, explored_slot)\n"
+"--\n\n"
+"The items of a slate as the decision log records them (aura.eventlog.DECISION_ITEM): per slot a tuple\n"
+"(content_ids[row], position, score, propensity, explored). rows, scores and propensities are lists of\n"
+"one length; content_ids is indexed by content row.");
+
+static PyObject *logged_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "logged_items takes 5 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *content_ids = args[0], *rows = args[1], *scores = args[2], *propensities = args[3];
+    Py_ssize_t explored_slot = PyLong_AsSsize_t(args[4]);
+    if (explored_slot == -1 && PyErr_Occurred()) return NULL;
+    if (!PyList_Check(rows) || !PyList_Check(scores) || !PyList_Check(propensities)) {
+        PyErr_SetString(PyExc_TypeError, "rows, scores and propensities must be lists");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(rows);
+    if (PyList_GET_SIZE(scores) != count || PyList_GET_SIZE(propensities) != count) {
+        PyErr_SetString(PyExc_ValueError, "rows, scores and propensities must have one length");
+        return NULL;
+    }
+    PyObject *items = PyList_New(count);
+    if (!items) return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *content_id = PyObject_GetItem(content_ids, PyList_GET_ITEM(rows, i));
+        PyObject *position = content_id ? PyLong_FromSsize_t(i + 1) : NULL;
+        PyObject *item = position ? PyTuple_Pack(5, content_id, position, PyList_GET_ITEM(scores, i),
+                                                 PyList_GET_ITEM(propensities, i),
+                                                 i == explored_slot ? Py_True : Py_False)
+                                  : NULL;
+        Py_XDECREF(content_id);
+        Py_XDECREF(position);
+        if (!item) {
+            Py_DECREF(items);
+            return NULL;
+        }
+        PyList_SET_ITEM(items, i, item);
+    }
+    return items;
 }
 
 /* A string's UTF-8 bytes, or NULL with an exception set. */
@@ -523,7 +587,7 @@ PyDoc_STRVAR(rank_response_doc,
 "--\n\n"
 "A serialized RankResponse: request_id (str), the surface's prepared fields (bytes,\n"
 "aura.server.wire.ResponseParts.surface_fields), the items fields (bytes, from ranked_items), the\n"
-"segment (id, confidence, intent), the experiment (variant, holdout), the seed (a 64-bit unsigned int)\n"
+"segment (id, confidence rounded to 4 decimals, intent), the experiment (variant, holdout), the seed (a 64-bit unsigned int)\n"
 "and a serialized Explanation (empty bytes for none). Fields equal to their proto3 default are left\n"
 "out, except the segment and experiment messages, which are always present.");
 
@@ -546,7 +610,7 @@ static PyObject *rank_response(PyObject *module, PyObject *const *args, Py_ssize
         PyErr_SetString(PyExc_TypeError, "surface_fields, items and explanation must be bytes");
         return NULL;
     }
-    double confidence = PyFloat_AsDouble(args[4]);
+    double confidence = nearbyint(PyFloat_AsDouble(args[4]) * 1e4) / 1e4;
     int holdout = PyObject_IsTrue(args[7]);
     uint64_t seed = PyLong_AsUnsignedLongLong(args[8]);
     if (PyErr_Occurred()) return NULL;
@@ -591,13 +655,17 @@ static PyMethodDef methods[] = {
     {"draw_slate", (PyCFunction)(void (*)(void))draw_slate, METH_FASTCALL, draw_slate_doc},
     {"ranked_items", (PyCFunction)(void (*)(void))ranked_items, METH_FASTCALL, ranked_items_doc},
     {"rank_response", (PyCFunction)(void (*)(void))rank_response, METH_FASTCALL, rank_response_doc},
+    {"logged_items", (PyCFunction)(void (*)(void))logged_items, METH_FASTCALL, logged_items_doc},
+    {"parse_rank_request", (PyCFunction)(void (*)(void))parse_rank_request, METH_FASTCALL, parse_rank_request_doc},
+    {"encode_request_id", (PyCFunction)(void (*)(void))encode_request_id, METH_FASTCALL, encode_request_id_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_def = {
     .m_base = PyModuleDef_HEAD_INIT,
     .m_name = "_native",
-    .m_doc = "The compiled parts of the Rank hot path (draw_slate, ranked_items, rank_response).",
+    .m_doc = "The compiled parts of the Rank hot path: draw_slate, ranked_items, rank_response, logged_items, "
+             "parse_rank_request and encode_request_id.",
     .m_size = -1,
     .m_methods = methods,
 };

@@ -42,16 +42,16 @@ def guarded(method: Callable[[Any, Any], Awaitable[Any]], name: str) -> Callable
 
 
 def service_handler(
-    service: ServiceDescriptor, servicer: object, raw_responses: frozenset[str] = frozenset()
+    service: ServiceDescriptor, servicer: object, raw_methods: frozenset[str] = frozenset()
 ) -> grpc.GenericRpcHandler:
-    """The guarded unary handlers of every method of `service`; methods in `raw_responses` return bytes."""
+    """The guarded unary handlers of every method of `service`; methods in `raw_methods` take and return wire bytes."""
     handlers = {}
     for method in service.methods:
-        response_class = GetMessageClass(method.output_type)
+        raw = method.name in raw_methods
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             guarded(getattr(servicer, method.name), method.full_name),
-            request_deserializer=GetMessageClass(method.input_type).FromString,
-            response_serializer=None if method.name in raw_responses else response_class.SerializeToString,
+            request_deserializer=None if raw else GetMessageClass(method.input_type).FromString,
+            response_serializer=None if raw else GetMessageClass(method.output_type).SerializeToString,
         )
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
@@ -72,7 +72,7 @@ async def create_server(address: str, deps: ServerDeps) -> tuple[grpc.aio.Server
     )
     server.add_generic_rpc_handlers(
         (
-            service_handler(DECISION_DESCRIPTOR, DecisionService(deps), raw_responses=frozenset({"Rank"})),
+            service_handler(DECISION_DESCRIPTOR, DecisionService(deps), raw_methods=frozenset({"Rank"})),
             service_handler(ADMIN_DESCRIPTOR, AdminService(deps)),
         )
     )

@@ -27,7 +27,8 @@ NO_CONTEXT: Mapping[str, str] = MappingProxyType({})
 
 
 class RankQuery(NamedTuple):
-    """A validated Rank request in domain terms (a named tuple: built on every request, cheaply)."""
+    """A validated Rank request in domain terms (built by the compiled `aura.server.validation.rank_query`,
+    which fills these fields in this order)."""
 
     surface_id: str
     limit: int
@@ -43,6 +44,10 @@ class RankQuery(NamedTuple):
     consent: frozenset[str] = frozenset()
     candidates: tuple[str, ...] = ()
     explain: bool = False
+    session_id: str = ""
+    referrer_host: str = ""
+    """The referrer's host (the decision log keeps no more of the referrer)."""
+    region: str = ""
 
 
 class Traffic(NamedTuple):

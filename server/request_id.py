@@ -6,20 +6,24 @@ for which surface and segment, and a fingerprint of every item shown, in order. 
 (key: AURA_REQUEST_ID_SECRET, shared by the fleet) makes it unforgeable.
 
 Layout before base64url: version (1) | decided_at ms (6) | nonce (6) | bundle tag (4) |
-surface index (2) | segment index (2) | item count (1) | crc32 per item (4 each) | keyed BLAKE2b (10).
+surface index (2) | segment index (2) | item count (1) | crc32 per item (4 each) | keyed BLAKE2b (10),
+integers big-endian. Rank encodes with the compiled `aura.server._native.encode_request_id`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aura.errors import InvalidRequest
+from aura.server._native import encode_request_id
 
 PREFIX = "req_"
 _VERSION = 2
@@ -61,24 +65,32 @@ class RequestIdCodec:
     """Encodes and verifies request ids with one secret."""
 
     def __init__(self, secret: str) -> None:
-        self._key = hashlib.sha256(secret.encode()).digest()
+        self._hasher = functools.partial(
+            hashlib.blake2b, key=hashlib.sha256(secret.encode()).digest(), digest_size=_MAC_BYTES
+        )
 
-    def _mac(self, body: bytes) -> bytes:
-        return hashlib.blake2b(body, key=self._key, digest_size=_MAC_BYTES).digest()
+    def encode(self, ref: DecisionRef, nonce: int) -> str:
+        """Return the request id of a decision; `nonce` is a random 48-bit integer."""
+        fingerprints = ref.item_fingerprints
+        return self.encode_slate(
+            ref.decided_at_ms, nonce, ref.bundle_tag, ref.surface_index, ref.segment_index,
+            fingerprints, range(len(fingerprints)),
+        )  # fmt: skip
 
-    def encode(self, ref: DecisionRef, nonce: bytes) -> str:
-        """Return the request id of a decision; `nonce` is 6 random bytes."""
-        body = _HEADER.pack(
-            _VERSION,
-            ref.decided_at_ms.to_bytes(6, "big"),
-            nonce,
-            ref.bundle_tag,
-            ref.surface_index,
-            ref.segment_index,
-            len(ref.item_fingerprints),
-        ) + struct.pack(f">{len(ref.item_fingerprints)}I", *ref.item_fingerprints)
-        mac = self._mac(body)
-        return PREFIX + base64.urlsafe_b64encode(body + mac).rstrip(b"=").decode()
+    def encode_slate(
+        self,
+        decided_at_ms: int,
+        nonce: int,
+        bundle_tag: int,
+        surface_index: int,
+        segment_index: int,
+        fingerprints: Sequence[int],
+        rows: Sequence[int],
+    ) -> str:
+        """The request id of a slate: `fingerprints[row]` for each content row of the slate, best first."""
+        return encode_request_id(
+            self._hasher, decided_at_ms, nonce, bundle_tag, surface_index, segment_index, fingerprints, rows
+        )
 
     def decode(self, request_id: str) -> DecisionRef:
         """Verify a request id and return its decision reference; InvalidRequest if it is not ours."""
@@ -92,7 +104,7 @@ class RequestIdCodec:
         if len(raw) < _HEADER.size + _MAC_BYTES:
             raise InvalidRequest("request_id is truncated.")
         body, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
-        expected = self._mac(body)
+        expected = self._hasher(body).digest()
         if not hmac.compare_digest(mac, expected):
             raise InvalidRequest("request_id failed verification: it was altered or issued by another deployment.")
         version, decided, _nonce, tag, surface, segment, count = _HEADER.unpack_from(body)

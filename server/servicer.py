@@ -20,14 +20,13 @@ import orjson
 
 from aura.bundle.format import EMBEDDING_DIM, EMBEDDING_MODEL
 from aura.config import AppConfig
-from aura.context import referrer_host
 from aura.errors import InvalidRequest, NotFound, Unauthenticated
 from aura.eventlog import EventLog
-from aura.server._native import rank_response, ranked_items
+from aura.server._native import logged_items, rank_response, ranked_items
 from aura.server.decision import HOLDOUT_VARIANT, Decision, RankQuery, Traffic, decide
 from aura.server.erasure import ErasedUsers
 from aura.server.posterior_state import EXAMINATION_WEIGHTS, FeedbackDedupe, examination_weight
-from aura.server.request_id import DecisionRef, RequestIdCodec
+from aura.server.request_id import RequestIdCodec
 from aura.server.search import search
 from aura.server.state import ExplorationTracker, RateMeter, Serving, ServingHolder
 from aura.server.validation import check_id, feedback_reward, parse_timestamp, rank_query, search_limit
@@ -37,8 +36,6 @@ from aura.v1 import decision_service_pb2 as pb
 from aura.v1 import decision_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
-
-_referrer_host = functools.lru_cache(maxsize=4096)(referrer_host)
 
 FEEDBACK_WINDOW_SECONDS = 30 * 86400
 
@@ -111,12 +108,15 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         self._random = random.Random()
         self._variant = deps.config.settings.bandit_algorithm
 
-    async def Rank(self, request: pb.RankRequest, context: Any) -> bytes:
-        """Rank content for one surface and visitor, log the decision, and return the serialized RankResponse."""
+    async def Rank(self, request: bytes, context: Any) -> bytes:
+        """Rank content for one surface and visitor, log the decision, and return the serialized RankResponse.
+
+        Rank takes and returns wire bytes: the compiled parser validates the request in one call.
+        """
         serving = self._deps.holder.require()
         query = rank_query(request, self._config.surfaces)
         if query.anon_id and query.anon_id in self._deps.erased:
-            query = query._replace(anon_id="")
+            query = query._replace(anon_id="", session_id="")
         decided_at_ms = time.time_ns() // 1_000_000
         traffic = Traffic(self._exploration.share(query.anon_id), self._rate.tick(time.monotonic()))
         seed = self._random.getrandbits(64)
@@ -135,26 +135,26 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             )
         self._exploration.record(query.anon_id, decision.explored_slot >= 0)
         index = serving.index
-        fingerprints = serving.item_fingerprints
-        ref = DecisionRef(
-            decided_at_ms=decided_at_ms,
-            bundle_tag=serving.bundle_tag,
-            surface_index=index.surface_index[query.surface_id],
-            segment_index=index.segment_index[decision.cell_segment_id],
-            item_fingerprints=tuple(map(fingerprints.__getitem__, decision.content_rows)),
+        request_id = self._deps.codec.encode_slate(
+            decided_at_ms,
+            self._random.getrandbits(48),
+            serving.bundle_tag,
+            index.surface_index[query.surface_id],
+            index.segment_index[decision.cell_segment_id],
+            serving.item_fingerprints,
+            decision.content_rows,
         )
-        request_id = self._deps.codec.encode(ref, self._random.getrandbits(48).to_bytes(6, "big"))
-        self._log_decision(request_id, decided_at_ms, request, query, serving, decision, seed)
+        self._log_decision(request_id, decided_at_ms, query, serving, decision, seed)
         return self._response(request_id, serving, decision, seed, query.explain)
 
     def _response(self, request_id: str, serving: Serving, decision: Decision, seed: int, explain: bool) -> bytes:
-        tails = serving.response_parts.item_tails
         items = ranked_items(
             decision.scores,
             decision.reasons,
             decision.propensities,
             decision.explored_slot,
-            [tails[row] for row in decision.content_rows],
+            serving.response_parts.item_tails,
+            decision.content_rows,
         )
         resolution = decision.resolution
         segment = resolution.segment
@@ -163,7 +163,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             serving.response_parts.surface_fields[decision.surface_id],
             items,
             segment.id,
-            round(resolution.confidence, 4),
+            resolution.confidence,
             segment.intent,
             HOLDOUT_VARIANT if resolution.holdout else self._variant,
             resolution.holdout,
@@ -194,18 +194,13 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         self,
         request_id: str,
         decided_at_ms: int,
-        request: pb.RankRequest,
         query: RankQuery,
         serving: Serving,
         decision: Decision,
         seed: int,
     ) -> None:
-        ctx = request.user_ctx
-        content_ids = serving.index.bundle.content.ids
         resolution = decision.resolution
         personalized = resolution.source != "no_consent"
-        erased = query.anon_id != ctx.anon_id  # Rank blanks the id of a visitor erased on this node
-        explored_slot = decision.explored_slot
         decisions = self._deps.decisions
         decisions.append(
             decisions.record(
@@ -220,27 +215,24 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
                 segment_confidence=resolution.confidence,
                 holdout=resolution.holdout,
                 anon_id=query.anon_id if personalized else "",
-                session_id=ctx.session_id if personalized and not erased else "",
+                session_id=query.session_id if personalized else "",
                 device=query.device,
-                referrer_host=_referrer_host(ctx.referrer),
+                referrer_host=query.referrer_host,
                 page_type=query.page_type,
                 country=query.country,
-                region=ctx.geo.region,
+                region=query.region,
                 consent=sorted(query.consent),
                 context_json=orjson.dumps(dict(query.context)).decode() if query.context else "",
                 seed=seed,
                 exploration_rate=decision.exploration_rate,
                 eligible_count=decision.eligible_count,
-                items=[
-                    (content_ids[row], slot, score, propensity, slot == explored_slot + 1)
-                    for slot, row, score, propensity in zip(
-                        range(1, len(decision.content_rows) + 1),
-                        decision.content_rows,
-                        decision.scores,
-                        decision.propensities,
-                        strict=True,
-                    )
-                ],
+                items=logged_items(
+                    serving.index.bundle.content.ids,
+                    decision.content_rows,
+                    decision.scores,
+                    decision.propensities,
+                    decision.explored_slot,
+                ),
             )
         )
 

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import functools
 import re
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from aura.config import Surface
-from aura.context import DEVICES, TIMES_OF_DAY, referrer_class, time_of_day
+from aura.context import referrer_class, referrer_host
 from aura.errors import InvalidRequest, NotFound
+from aura.server._native import parse_rank_request
 from aura.server.decision import RankQuery
 from aura.v1 import decision_service_pb2 as pb
 
 MAX_ID_LENGTH = 128
-MAX_CANDIDATES = 1000
-MAX_CONTEXT_ENTRIES = 32
-MAX_CONTEXT_VALUE = 256
 MAX_QUERY_LENGTH = 1000
 MAX_SEARCH_RESULTS = 100
 _ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
-_COUNTRY = re.compile(r"^[A-Za-z]{2}$")
 
 REWARD_TYPES: dict[int, str] = {
     pb.REWARD_TYPE_CLICK: "click",
@@ -29,9 +25,6 @@ REWARD_TYPES: dict[int, str] = {
     pb.REWARD_TYPE_ENGAGEMENT: "engagement",
     pb.REWARD_TYPE_DISMISS: "dismiss",
 }
-
-
-_referrer_class = functools.lru_cache(maxsize=4096)(referrer_class)
 
 
 def check_id(field: str, value: str, *, required: bool = True) -> str:
@@ -45,60 +38,23 @@ def check_id(field: str, value: str, *, required: bool = True) -> str:
     return value
 
 
-def rank_query(request: pb.RankRequest, surfaces: Mapping[str, Surface], now: datetime | None = None) -> RankQuery:
-    """Validate a RankRequest against the configured surfaces and normalize its context."""
-    if not request.surface_id:
-        raise InvalidRequest("surface_id is required.")
-    surface = surfaces.get(request.surface_id)
-    if surface is None:
-        raise NotFound(f"unknown surface {request.surface_id!r}; configured surfaces: {', '.join(sorted(surfaces))}.")
-    limit = request.limit or surface.max_items
-    if limit > surface.max_items:
-        raise InvalidRequest(f"limit must be between 1 and {surface.max_items} for surface {surface.id}, got {limit}.")
-    ctx = request.user_ctx
-    check_id("user_ctx.anon_id", ctx.anon_id, required=False)
-    check_id("user_ctx.session_id", ctx.session_id, required=False)
-    device = ctx.device.lower()
-    if device and device not in DEVICES:
-        raise InvalidRequest(f"user_ctx.device must be one of {', '.join(DEVICES)}, got {ctx.device!r}.")
-    country = ctx.geo.country
-    if country and not _COUNTRY.match(country):
-        raise InvalidRequest(f"user_ctx.geo.country must be an ISO 3166-1 alpha-2 code, got {country!r}.")
-    if len(ctx.referrer) > 2048:
-        raise InvalidRequest("user_ctx.referrer must be at most 2048 characters.")
-    if len(ctx.page_type) > 64:
-        raise InvalidRequest("user_ctx.page_type must be at most 64 characters.")
-    consent = ctx.consent
-    if len(consent) > 32 or max(map(len, consent), default=0) > 64:
-        raise InvalidRequest("user_ctx.consent must list at most 32 scopes of at most 64 characters.")
-    if len(request.candidates) > MAX_CANDIDATES:
-        raise InvalidRequest(f"candidates must list at most {MAX_CANDIDATES} content ids.")
-    for candidate in request.candidates:
-        check_id("candidates[]", candidate)
-    context = request.context
-    if len(context) > MAX_CONTEXT_ENTRIES:
-        raise InvalidRequest(f"context must have at most {MAX_CONTEXT_ENTRIES} entries.")
-    for key, value in context.items():
-        if not key or len(key) > 64 or len(value) > MAX_CONTEXT_VALUE:
-            raise InvalidRequest(f"context keys must be 1-64 and values at most {MAX_CONTEXT_VALUE} characters.")
-    given_time = context.get("time_of_day", "").lower()
-    if given_time and given_time not in TIMES_OF_DAY:
-        raise InvalidRequest(f"context.time_of_day must be one of {', '.join(TIMES_OF_DAY)}, got {given_time!r}.")
-    return RankQuery(
-        surface_id=surface.id,
-        limit=limit,
-        anon_id=ctx.anon_id,
-        device=device,
-        referrer_class=_referrer_class(ctx.referrer),
-        page_type=ctx.page_type.lower(),
-        country=country.upper(),
-        time_of_day=given_time or time_of_day(now.hour if now else time.gmtime().tm_hour),
-        campaign=context.get("campaign", ""),
-        context=context,
-        consent=frozenset(consent),
-        candidates=tuple(request.candidates),
-        explain=request.explain,
-    )
+def _referrer_fields(referrer: str) -> tuple[str, str]:
+    return referrer_host(referrer), referrer_class(referrer)
+
+
+_parse_rank_request = functools.partial(
+    parse_rank_request, RankQuery, InvalidRequest, NotFound, functools.lru_cache(maxsize=4096)(_referrer_fields)
+)
+
+
+def rank_query(request: bytes, surfaces: Mapping[str, Surface], hour: int = -1) -> RankQuery:
+    """Validate a RankRequest (wire bytes) against the configured surfaces and normalize its context.
+
+    The compiled parser applies every rule of the Rank API: InvalidRequest for malformed bytes or a broken
+    rule, NotFound for an unknown surface. `hour` (UTC, 0-23) sets the time of day when the request's
+    context has none; -1 means now.
+    """
+    return _parse_rank_request(surfaces, request, hour)
 
 
 def feedback_reward(request: pb.FeedbackRequest) -> tuple[str, float]:

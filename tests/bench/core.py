@@ -81,7 +81,7 @@ async def run(bundle_dir: Path, config_dir: Path, requests_dir: Path, calls: int
     """Write the real responses and return the micro-benchmark figures."""
     config = load_config({"AURA_CONFIG_DIR": str(config_dir), "API_LOG_LEVEL": "warning"})
     request_paths = sorted(requests_dir.glob("request-*.bin"))
-    requests = [pb.RankRequest.FromString(path.read_bytes()) for path in request_paths]
+    requests = [path.read_bytes() for path in request_paths]
     with tempfile.TemporaryDirectory(prefix="aura-bench-core-") as tmp:
         state_dir = Path(tmp)
         started = time.perf_counter()
@@ -113,7 +113,7 @@ async def run(bundle_dir: Path, config_dir: Path, requests_dir: Path, calls: int
         figures = {
             "bundle_load_seconds": round(load_seconds, 2),
             "response_bytes": sizes,
-            "request_bytes": [request.ByteSize() for request in requests],
+            "request_bytes": [len(request) for request in requests],
             "items_per_response": items,
             "decide": time_calls(one_decision, calls),
             "rank_adapter": await time_async_calls(one_rank, calls),

@@ -142,7 +142,7 @@ def test_cold_start_rules_on_custom_context_keys(tmp_path: Path) -> None:
     def resolve(device: str, **context: str):
         request = pb.RankRequest(surface_id=SURFACE, context=context)
         request.user_ctx.CopyFrom(common_pb2.UserContext(anon_id="new", device=device, consent=["personalization"]))
-        resolution = resolve_segment(index, rank_query(request, {SURFACE: surface}), pol, True)
+        resolution = resolve_segment(index, rank_query(request.SerializeToString(), {SURFACE: surface}), pol, True)
         return resolution.segment.id, resolution.source, resolution.confidence
 
     assert resolve("desktop", plan="enterprise") == (segment, "cold_start", 0.8)
