@@ -18,9 +18,10 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -135,7 +136,12 @@ call per flush would stall a server's requests for as long as a second's worth o
 
 
 class EventLog:
-    """Append-only log of one stream for one process; see the module docstring for the layout."""
+    """Append-only log of one stream for one process; see the module docstring for the layout.
+
+    `column_builders` maps a field to the function that converts a batch of its values to an Arrow array,
+    for records that keep a field in a cheaper form than the schema's (aura.server.decision_log); the other
+    fields are converted by `pa.array`.
+    """
 
     def __init__(
         self,
@@ -146,6 +152,7 @@ class EventLog:
         flush_interval: float = 1.0,
         rotate_seconds: float = 300.0,
         rotate_rows: int = 200_000,
+        column_builders: Mapping[str, Callable[[Sequence[Any], pa.DataType], pa.Array]] | None = None,
     ) -> None:
         if stream not in SCHEMAS:
             raise ValueError(f"unknown event stream {stream!r}; known: {', '.join(SCHEMAS)}.")
@@ -158,6 +165,10 @@ class EventLog:
         self._flush_interval = flush_interval
         self._rotate_seconds = rotate_seconds
         self._rotate_rows = rotate_rows
+        builders = column_builders or {}
+        if unknown := set(builders) - set(self.schema.names):
+            raise ValueError(f"column builders for unknown {stream} fields: {', '.join(sorted(unknown))}.")
+        self._builders = [builders.get(field.name, _plain_column) for field in self.schema]
         self.record = RECORD_TYPES[stream]
         """Build a record of this stream from its fields by name (TypeError on an unknown field)."""
         self._pending: collections.deque[tuple] = collections.deque()  # appends need no lock
@@ -246,9 +257,16 @@ class EventLog:
     def _batch(self, records: list[tuple]) -> pa.RecordBatch:
         columns = zip(*records, strict=True)
         return pa.RecordBatch.from_arrays(
-            [pa.array(column, type=field.type) for column, field in zip(columns, self.schema, strict=True)],
+            [
+                build(column, field.type)
+                for build, column, field in zip(self._builders, columns, self.schema, strict=True)
+            ],
             schema=self.schema,
         )
+
+
+def _plain_column(column: Sequence[Any], field_type: pa.DataType) -> pa.Array:
+    return pa.array(column, type=field_type)
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:

@@ -6,7 +6,6 @@
  * logged seed, so a decision replays exactly from (seed, posterior state).
  * ranked_items and rank_response: the RankResponse in protobuf wire format, from the bytes prepared per
  * bundle by aura.server.wire (field numbers of proto/aura/v1/decision_service.proto and common.proto).
- * logged_items: the slate as the decision log records it.
  * parse_rank_request and encode_request_id are in _request.c.
  * Scratch memory is module-level and reused: callers hold the GIL for the whole call.
  */
@@ -559,51 +558,6 @@ static PyObject *ranked_items(PyObject *module, PyObject *const *args, Py_ssize_
     return result;
 }
 
-PyDoc_STRVAR(logged_items_doc,
-"logged_items(content_ids, rows, scores, propensities, explored_slot)\n"
-"--\n\n"
-"The items of a slate as the decision log records them (aura.eventlog.DECISION_ITEM): per slot a tuple\n"
-"(content_ids[row], position, score, propensity, explored). rows, scores and propensities are lists of\n"
-"one length; content_ids is indexed by content row.");
-
-static PyObject *logged_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    (void)module;
-    if (nargs != 5) {
-        PyErr_Format(PyExc_TypeError, "logged_items takes 5 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    PyObject *content_ids = args[0], *rows = args[1], *scores = args[2], *propensities = args[3];
-    Py_ssize_t explored_slot = PyLong_AsSsize_t(args[4]);
-    if (explored_slot == -1 && PyErr_Occurred()) return NULL;
-    if (!PyList_Check(rows) || !PyList_Check(scores) || !PyList_Check(propensities)) {
-        PyErr_SetString(PyExc_TypeError, "rows, scores and propensities must be lists");
-        return NULL;
-    }
-    Py_ssize_t count = PyList_GET_SIZE(rows);
-    if (PyList_GET_SIZE(scores) != count || PyList_GET_SIZE(propensities) != count) {
-        PyErr_SetString(PyExc_ValueError, "rows, scores and propensities must have one length");
-        return NULL;
-    }
-    PyObject *items = PyList_New(count);
-    if (!items) return NULL;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *content_id = PyObject_GetItem(content_ids, PyList_GET_ITEM(rows, i));
-        PyObject *position = content_id ? PyLong_FromSsize_t(i + 1) : NULL;
-        PyObject *item = position ? PyTuple_Pack(5, content_id, position, PyList_GET_ITEM(scores, i),
-                                                 PyList_GET_ITEM(propensities, i),
-                                                 i == explored_slot ? Py_True : Py_False)
-                                  : NULL;
-        Py_XDECREF(content_id);
-        Py_XDECREF(position);
-        if (!item) {
-            Py_DECREF(items);
-            return NULL;
-        }
-        PyList_SET_ITEM(items, i, item);
-    }
-    return items;
-}
-
 /* A string's UTF-8 bytes, or NULL with an exception set. */
 static const char *utf8(PyObject *value, const char *name, Py_ssize_t *size) {
     if (!PyUnicode_Check(value)) {
@@ -699,7 +653,6 @@ static PyMethodDef methods[] = {
     {"draw_slate", (PyCFunction)(void (*)(void))draw_slate, METH_FASTCALL, draw_slate_doc},
     {"ranked_items", (PyCFunction)(void (*)(void))ranked_items, METH_FASTCALL, ranked_items_doc},
     {"rank_response", (PyCFunction)(void (*)(void))rank_response, METH_FASTCALL, rank_response_doc},
-    {"logged_items", (PyCFunction)(void (*)(void))logged_items, METH_FASTCALL, logged_items_doc},
     {"parse_rank_request", (PyCFunction)(void (*)(void))parse_rank_request, METH_FASTCALL, parse_rank_request_doc},
     {"encode_request_id", (PyCFunction)(void (*)(void))encode_request_id, METH_FASTCALL, encode_request_id_doc},
     {NULL, NULL, 0, NULL},
@@ -708,7 +661,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module_def = {
     .m_base = PyModuleDef_HEAD_INIT,
     .m_name = "_native",
-    .m_doc = "The compiled parts of the Rank hot path: draw_slate, ranked_items, rank_response, logged_items, "
+    .m_doc = "The compiled parts of the Rank hot path: draw_slate, ranked_items, rank_response, "
              "parse_rank_request and encode_request_id.",
     .m_size = -1,
     .m_methods = methods,

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import orjson
 
 from aura.bundle.format import EMBEDDING_DIM, EMBEDDING_MODEL
 from aura.config import AppConfig
 from aura.errors import InvalidRequest, NotFound, Unauthenticated
 from aura.eventlog import EventLog
-from aura.server._native import logged_items, rank_response, ranked_items
+from aura.server._native import rank_response, ranked_items
 from aura.server.decision import HOLDOUT_VARIANT, Decision, RankQuery, Traffic, decide
+from aura.server.decision_log import LoggedSlate, decision_log
 from aura.server.erasure import ErasedUsers
 from aura.server.posterior_state import EXAMINATION_WEIGHTS, FeedbackDedupe, examination_weight
 from aura.server.request_id import RequestIdCodec
@@ -86,7 +86,7 @@ def node_deps(
         config=config,
         holder=holder,
         codec=RequestIdCodec(config.settings.request_id_secret),
-        decisions=EventLog(logs_root, "decisions", node_id=node_id, flush_interval=flush),
+        decisions=decision_log(logs_root, node_id=node_id, flush_interval=flush),
         feedback=EventLog(logs_root, "feedback", node_id=node_id, flush_interval=flush),
         admin_log=EventLog(logs_root, "admin", node_id=node_id, flush_interval=flush),
         dedupe=FeedbackDedupe(state_dir / "feedback-seen.u64"),
@@ -221,12 +221,12 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
                 page_type=query.page_type,
                 country=query.country,
                 region=query.region,
-                consent=sorted(query.consent),
-                context_json=orjson.dumps(dict(query.context)).decode() if query.context else "",
+                consent=query.consent,
+                context_json=query.context,
                 seed=seed,
                 exploration_rate=decision.exploration_rate,
                 eligible_count=decision.eligible_count,
-                items=logged_items(
+                items=LoggedSlate(
                     serving.index.bundle.content.ids,
                     decision.content_rows,
                     decision.scores,

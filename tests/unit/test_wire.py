@@ -1,14 +1,11 @@
-"""The hand-assembled RankResponse parses to exactly the message the generated classes would build; the
-decision log's items are built by the same compiled module."""
+"""The hand-assembled RankResponse parses to exactly the message the generated classes would build."""
 
 from __future__ import annotations
 
-import pyarrow as pa
 import pytest
 
 from aura.config import Surface
-from aura.eventlog import DECISION_ITEM
-from aura.server._native import logged_items, rank_response, ranked_items
+from aura.server._native import rank_response, ranked_items
 from aura.server.wire import response_parts, varint
 from aura.v1 import common_pb2
 from aura.v1 import decision_service_pb2 as pb
@@ -94,17 +91,3 @@ def test_the_compiled_encoders_refuse_bad_arguments() -> None:
         ranked_items([0.5], ["r"], [0.1], -1, ("not bytes",), [0])
     with pytest.raises(IndexError, match="no prepared tail"):
         ranked_items([0.5], ["r"], [0.1], -1, (b"",), [1])
-    with pytest.raises(ValueError, match="one length"):
-        logged_items(("c1",), [0], [0.5, 0.4], [0.1], -1)
-
-
-def test_logged_items_are_the_decision_logs_item_structs() -> None:
-    items = logged_items(("c1", "c2", "c3"), [2, 0], [0.9, 0.5], [0.7, 0.2], 1)
-    assert items == [("c3", 1, 0.9, 0.7, False), ("c1", 2, 0.5, 0.2, True)]
-    assert pa.array(items, type=DECISION_ITEM).to_pylist()[1] == {
-        "content_id": "c1",
-        "position": 2,
-        "score": 0.5,
-        "propensity": 0.2,
-        "explored": True,
-    }
