@@ -374,23 +374,31 @@ static PyObject *draw_slate(PyObject *module, PyObject *const *args, Py_ssize_t 
         g_scores[i] = score == score ? score : -HUGE_VAL;
     }
     if (limit > n) limit = n;
-    Py_ssize_t ordered = best_first(g_scores, n, limit + scan_per_slot * top_n, g_order);
-
     /* Diversity over the score order: the first top_n slots take at most max_per_cluster items per
-     * cluster and no two too-similar items; what is skipped moves below them. */
-    Py_ssize_t n_slate = 0, n_deferred = 0, scanned = 0;
-    for (; scanned < ordered && n_slate < top_n; scanned++) {
-        Py_ssize_t i = g_order[scanned], same_cluster = 0;
-        for (Py_ssize_t c = 0; c < n_slate; c++) same_cluster += clusters[g_slate[c]] == clusters[i];
-        if (same_cluster >= max_per_cluster ||
-            too_similar(offsets, n_rows, neighbours, n_neighbours, content_rows[i], content_rows, g_slate, n_slate))
-            g_deferred[n_deferred++] = i;
-        else
-            g_slate[n_slate++] = i;
+     * cluster and no two too-similar items; what is skipped moves below them. The scan may look at the
+     * best limit + scan_per_slot * top_n items; it first orders only the best limit + top_n, and orders
+     * the rest only when the scan runs past them (a prefix of the same order, so the slate is the same). */
+    Py_ssize_t deepest = limit + scan_per_slot * top_n, depth = limit + top_n < deepest ? limit + top_n : deepest;
+    Py_ssize_t n_slate, n_deferred, scanned, from_deferred, ordered;
+    for (;;) {
+        ordered = best_first(g_scores, n, depth, g_order);
+        n_slate = n_deferred = scanned = from_deferred = 0;
+        for (; scanned < ordered && n_slate < top_n; scanned++) {
+            Py_ssize_t i = g_order[scanned], same_cluster = 0;
+            for (Py_ssize_t c = 0; c < n_slate; c++) same_cluster += clusters[g_slate[c]] == clusters[i];
+            if (same_cluster >= max_per_cluster || too_similar(offsets, n_rows, neighbours, n_neighbours,
+                                                               content_rows[i], content_rows, g_slate, n_slate))
+                g_deferred[n_deferred++] = i;
+            else
+                g_slate[n_slate++] = i;
+        }
+        int ran_out = n_slate < top_n && scanned == ordered;
+        while (n_slate < limit && from_deferred < n_deferred) g_slate[n_slate++] = g_deferred[from_deferred++];
+        while (n_slate < limit && scanned < ordered) g_slate[n_slate++] = g_order[scanned++];
+        ran_out = ran_out || (n_slate < limit && scanned == ordered);
+        if (!ran_out || depth >= deepest || ordered == n) break;
+        depth = deepest;
     }
-    Py_ssize_t from_deferred = 0;
-    while (n_slate < limit && from_deferred < n_deferred) g_slate[n_slate++] = g_deferred[from_deferred++];
-    while (n_slate < limit && scanned < ordered) g_slate[n_slate++] = g_order[scanned++];
 
     Py_ssize_t explored_slot = -1;
     if (n > n_slate && n_slate > 0 && exploration_rate > 0.0 && next_double(&rng) < exploration_rate) {

@@ -64,6 +64,42 @@ def test_diversity_defers_a_full_cluster_and_too_similar_items() -> None:
     assert slate == [0, 2, 1]
 
 
+def diverse_slate(order, clusters, similar, limit, top_n, max_per_cluster, scan_per_slot=8):
+    """The documented diversity pass over a best-first order: (slate, demoted)."""
+    window = order[: limit + scan_per_slot * top_n]
+    slate, deferred, scanned = [], [], 0
+    while scanned < len(window) and len(slate) < top_n:
+        item = window[scanned]
+        crowded = sum(clusters[other] == clusters[item] for other in slate) >= max_per_cluster
+        if crowded or any(other in similar.get(item, ()) for other in slate):
+            deferred.append(item)
+        else:
+            slate.append(item)
+        scanned += 1
+    while len(slate) < limit and deferred:
+        slate.append(deferred.pop(0))
+    slate += window[scanned : scanned + limit - len(slate)]
+    return slate, deferred
+
+
+def test_diversity_matches_the_documented_pass_on_random_pools() -> None:
+    rng = np.random.default_rng(5)
+    for trial in range(300):
+        n = int(rng.integers(1, 60))
+        clusters = rng.integers(0, int(rng.integers(1, 6)), n).tolist()
+        similar = {i: set(rng.choice(n, size=int(rng.integers(0, 4))).tolist()) - {i} for i in range(n)}
+        similar = {i: sorted(rows | {j for j in range(n) if i in similar[j]}) for i, rows in similar.items()}
+        arrays = pool(
+            rng.uniform(1, 50, n).tolist(), rng.uniform(1, 50, n).tolist(), clusters=clusters, similar=similar
+        )
+        order = draw(arrays, seed=trial, limit=n)[0]
+        limit = int(rng.integers(1, n + 1))
+        top_n = int(rng.integers(0, limit + 1))
+        max_per_cluster = int(rng.integers(1, 3))
+        slate, _, _, _, demoted = draw(arrays, seed=trial, limit=limit, top_n=top_n, max_per_cluster=max_per_cluster)
+        assert (slate, demoted) == diverse_slate(order, clusters, similar, limit, top_n, max_per_cluster)
+
+
 def test_exploration_gives_one_slot_to_an_item_outside_the_sampled_slate() -> None:
     arrays = pool([900.0, 800.0, 1.0, 1.0], [100.0, 200.0, 999.0, 999.0])
     slate, _, _, explored, _ = draw(arrays, limit=2, rate=1.0)
