@@ -237,30 +237,17 @@ def decide(
     if query.explain:
         removed += tuple((row, "diversity") for row in demoted)
 
-    tail = _reason_tail(query, resolution)
-    reasons = [index.reason_heads[row] + tail for row in content_rows]
+    heads = index.reason_heads
+    tail = _reason_tail(index, query, resolution)
+    reasons = [heads[row] + tail for row in content_rows]
     if explored_slot >= 0:
-        reasons[explored_slot] = index.reason_heads[content_rows[explored_slot]] + _reason_tail(
-            query, resolution, explored=True
+        reasons[explored_slot] = heads[content_rows[explored_slot]] + _reason_tail(
+            index, query, resolution, explored=True
         )
     return Decision(
-        surface_id=query.surface_id,
-        resolution=resolution,
-        cell_segment_id=cell.segment_id,
-        content_rows=content_rows,
-        posterior_rows=posterior_rows,
-        scores=scores,
-        propensities=propensities,
-        reasons=reasons,
-        explored_slot=explored_slot,
-        samples=samples,
-        alphas=alphas,
-        betas=betas,
-        freshness=freshness,
-        exploration_rate=exploration_rate,
-        eligible_count=n,
-        removed=removed,
-    )
+        query.surface_id, resolution, cell.segment_id, content_rows, posterior_rows, scores, propensities, reasons,
+        explored_slot, samples, alphas, betas, freshness, exploration_rate, n, removed,
+    )  # fmt: skip
 
 
 POOL_CACHE_SIZE = 1024
@@ -346,18 +333,24 @@ def _exploration_rate(policies: Policies, traffic: Traffic) -> float:
     return rate
 
 
-def _reason_tail(query: RankQuery, resolution: SegmentResolution, explored: bool = False) -> str:
+REASON_TAIL_CACHE_SIZE = 4096
+
+
+def _reason_tail(index: ServingIndex, query: RankQuery, resolution: SegmentResolution, explored: bool = False) -> str:
     """The request-dependent part of an item's reason, e.g. "+mobile+intent:learn+high-confidence"."""
-    parts = [""]
-    device = query.device or resolution.segment.features.get("device_class", "")
-    if device:
-        parts.append(device)
-    if resolution.segment.intent:
-        parts.append(f"intent:{resolution.segment.intent}")
+    segment = resolution.segment
     if explored:
-        parts.append("exploration")
+        kind = "exploration"
     elif resolution.holdout:
-        parts.append("holdout:popular")
+        kind = "holdout:popular"
     elif resolution.confidence >= 0.8 and resolution.source != "no_consent":
-        parts.append("high-confidence")
-    return "+".join(parts)
+        kind = "high-confidence"
+    else:
+        kind = ""
+    key = (segment.id, query.device, kind)
+    tail = index.reason_tails.get(key)
+    if tail is None:
+        device = query.device or segment.features.get("device_class", "")
+        parts = (device, f"intent:{segment.intent}" if segment.intent else "", kind)
+        tail = _remember(index.reason_tails, key, "".join("+" + part for part in parts if part), REASON_TAIL_CACHE_SIZE)
+    return tail

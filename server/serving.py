@@ -106,6 +106,8 @@ class ServingIndex:
     built_at: float
     pools: dict = field(default_factory=dict)
     """Memoized eligible pools of the decision core, by cell and eligibility inputs (bounded)."""
+    reason_tails: dict = field(default_factory=dict)
+    """Memoized request-dependent endings of item reasons, by segment, device and kind (bounded)."""
     cold_starts: dict = field(default_factory=dict)
     country_jurisdictions: dict = field(default_factory=dict)
     """Memoized `jurisdiction_mask` by country (bounded by the two-letter codes validation allows)."""
