@@ -110,6 +110,21 @@ def test_rank_errors_carry_the_right_status(decisions, overrides, code, message)
     assert message in error.value.details()
 
 
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x0a\xff", "not a RankRequest: its protobuf encoding is malformed"),
+        (b"\x0a\x02\xc3\x28", "not a RankRequest: a string field is not valid UTF-8"),
+    ],
+)
+def test_bytes_that_are_not_a_rank_request_are_invalid_argument(channel, data: bytes, message: str) -> None:
+    rank = channel.unary_unary("/aura.v1.DecisionService/Rank")
+    with pytest.raises(grpc.RpcError) as error:
+        rank(data)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in error.value.details()
+
+
 def test_feedback_is_durable_idempotent_and_learned_from(edge_node, decisions) -> None:
     ranked = decisions.Rank(rank_request())
     item = ranked.items[0].content_id
