@@ -86,8 +86,24 @@ async def serve_decisions(config: AppConfig, stop: asyncio.Event | None = None, 
         await loop.run_in_executor(None, shipper.stop)
 
 
+GC_THRESHOLDS = (50_000, 20, 100)
+"""Cycle-collector thresholds of the server processes (CPython's default is 700, 10, 10)."""
+
+
+def collect_garbage_less_often() -> None:
+    """Run the cycle collector about every thousand requests instead of every twenty.
+
+    Requests free their objects by reference counting, so the collector finds little; at the default
+    threshold its young-generation passes over in-flight requests and the decision log's pending records
+    cost about 15% of a Rank's CPU (tests.bench.core-style loop, 8 interleaved rounds: median 78 against
+    66 µs per request).
+    """
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def _decision_worker() -> None:
     _configure_logging(load_config().settings.api_log_level)
+    collect_garbage_less_often()
     asyncio.run(serve_decisions(load_config()))
 
 
@@ -96,6 +112,7 @@ def _gateway_worker() -> None:
 
     settings = load_config().settings
     _configure_logging(settings.api_log_level)
+    collect_garbage_less_often()
     run_gateway(settings)
 
 
