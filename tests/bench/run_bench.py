@@ -25,6 +25,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -74,6 +75,8 @@ WORKERS = 2
 SATURATION_CONNECTIONS, SATURATION_STREAMS = 64, 2
 # The kernel spreads connections over the SO_REUSEPORT processes by hash: with 16 connections one process often
 # got 11 or more of them and saturated while the other idled, for the bare server as for the real one.
+SATURATION_ROUNDS = 3
+"""Saturation alternates between the servers in rounds, so a slow spell of the shared machine hits both."""
 FIXED_RPS = 1000.0
 FIXED_CONNECTIONS, FIXED_STREAMS = 16, 8
 GATEWAY_CONNECTIONS = 16
@@ -445,16 +448,53 @@ def drive(
 
 
 def grpc_phases(report: Report, servers: list[Server], bodies: list[Path], work: Path, args: argparse.Namespace):
-    """Warm up each server (which also sizes its saturation phase to about --seconds), then saturate each, then
-    drive each at 1,000 RPS: the phases compared with each other run back to back, under the same background."""
+    """Warm up each server (which also sizes its saturation rounds to about --seconds in all), saturate them in
+    alternating rounds, then drive each at 1,000 RPS: the phases compared with each other run back to back."""
     requests = {}
     for server in servers:
         warmup = drive(report, server, "warm-up", saturation(WARMUP_REQUESTS), bodies, work)
-        requests[server.name] = max(WARMUP_REQUESTS, int(round(warmup.result.rps * args.seconds, -3)))
+        per_round = warmup.result.rps * args.seconds / SATURATION_ROUNDS
+        requests[server.name] = max(WARMUP_REQUESTS // SATURATION_ROUNDS, int(round(per_round, -3)))
+    rounds: dict[str, list[Phase]] = {server.name: [] for server in servers}
+    for number in range(1, SATURATION_ROUNDS + 1):
+        for server in servers:
+            name = f"saturation-{number}"
+            rounds[server.name].append(drive(report, server, name, saturation(requests[server.name]), bodies, work))
     for server in servers:
-        drive(report, server, "saturation", saturation(requests[server.name]), bodies, work)
+        report.phases.append(combined(server.name, "saturation", rounds[server.name]))
     for server in servers:
         drive(report, server, "1000rps", fixed_rate(args.rate_seconds), bodies, work)
+
+
+def combined(server: str, name: str, rounds: list[Phase]) -> Phase:
+    """One phase for several rounds: counts added up, RPS over their total time, CPU shares weighted by time,
+    percentiles the median of the rounds'."""
+    seconds = sum(p.result.seconds for p in rounds)
+    done = sum(p.result.done for p in rounds)
+    p95s = [p.result.p95_ms for p in rounds]
+    result = LoadResult(
+        done=done,
+        ok=sum(p.result.ok for p in rounds),
+        errors=sum(p.result.errors for p in rounds),
+        rps=done / seconds,
+        p50_ms=statistics.median(p.result.p50_ms for p in rounds),
+        p95_ms=None if None in p95s else statistics.median(p95s),
+        p99_ms=statistics.median(p.result.p99_ms for p in rounds),
+        seconds=seconds,
+    )
+    cpu_seconds = sum(p.cpu.seconds for p in rounds)
+
+    def weighted(share: Callable[[CpuUse], float]) -> float:
+        return sum(share(p.cpu) * p.cpu.seconds for p in rounds) / cpu_seconds
+
+    cpu = CpuUse(
+        seconds=cpu_seconds,
+        servers={label: weighted(lambda use, label=label: use.servers[label]) for label in rounds[0].cpu.servers},
+        load_generator=weighted(lambda use: use.load_generator),
+        machine=weighted(lambda use: use.machine),
+        cores=rounds[0].cpu.cores,
+    )
+    return Phase(server, name, result, cpu, rounds[-1].server_ok)
 
 
 def swap_under_load(
@@ -731,7 +771,9 @@ def main(argv: list[str] | None = None) -> int:
         "--dir", type=Path, default=REPO / "var" / "bench", help="bundle cache and run logs (default var/bench)"
     )
     parser.add_argument("--rebuild", action="store_true", help="build a new bench bundle instead of the cached one")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each saturation phase (default 10)")
+    parser.add_argument(
+        "--seconds", type=float, default=10.0, help="saturation time per server, over its rounds (default 10)"
+    )
     parser.add_argument("--rate-seconds", type=float, default=15.0, help="length of each fixed-rate phase (default 15)")
     parser.add_argument("--strict", action="store_true", help="also exit 1 when a target is missed")
     parser.add_argument("--grpc-only", action="store_true", help="only bare vs real (no swap, no gateway)")

@@ -1,4 +1,5 @@
-"""The benchmark's readings of h2load, wrk and /proc: a misread figure would pass silently, so they are tested."""
+"""The benchmark's readings of h2load, wrk and /proc, and how it adds up rounds: a misread figure would pass
+silently, so they are tested."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from tests.bench.loadgen import H2loadSummary, LoadError, merge_h2load, parse_h2load_summary, parse_wrk
-from tests.bench.procs import cpu_seconds, listening_ports
+from tests.bench.loadgen import H2loadSummary, LoadError, LoadResult, merge_h2load, parse_h2load_summary, parse_wrk
+from tests.bench.procs import CpuUse, cpu_seconds, listening_ports
+from tests.bench.run_bench import Phase, combined
 
 H2LOAD_OUTPUT = """\
 finished in 10.01s, 3761.87 req/s, 3.14MB/s
@@ -96,3 +98,18 @@ def test_cpu_of_a_process_that_is_gone_is_an_error() -> None:
     process.wait()
     with pytest.raises(ProcessLookupError, match=f"process {process.pid} exited"):
         cpu_seconds(process.pid)
+
+
+def test_saturation_rounds_combine_into_one_phase() -> None:
+    def round_(done: int, seconds: float, p99: float, cpu: float) -> Phase:
+        result = LoadResult(done, done, 0, done / seconds, 1.0, 2.0, p99, seconds)
+        return Phase("real", "saturation-1", result, CpuUse(seconds, {"decision-0": cpu}, 20.0, 180.0, 2), done)
+
+    phase = combined(
+        "real", "saturation", [round_(3000, 1.0, 9.0, 90.0), round_(3000, 2.0, 5.0, 60.0), round_(600, 0.2, 7.0, 100.0)]
+    )
+    assert (phase.result.done, phase.result.seconds) == (6600, pytest.approx(3.2))
+    assert phase.result.rps == pytest.approx(6600 / 3.2)
+    assert phase.result.p99_ms == 7.0
+    assert phase.cpu.servers["decision-0"] == pytest.approx((90.0 + 120.0 + 20.0) / 3.2)
+    assert phase.cpu_us_per_request() == pytest.approx(sum((0.9, 1.2, 0.2)) / 6600 * 1e6)
