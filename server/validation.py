@@ -1,4 +1,4 @@
-"""Validation of incoming requests, once, at the boundary: proto in, domain query out, or InvalidRequest."""
+"""Validation of incoming requests, once, at the boundary: wire bytes or protos in, domain values out."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from aura.v1 import decision_service_pb2 as pb
 MAX_ID_LENGTH = 128
 MAX_QUERY_LENGTH = 1000
 MAX_SEARCH_RESULTS = 100
-_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 REWARD_TYPES: dict[int, str] = {
     pb.REWARD_TYPE_CLICK: "click",
@@ -33,7 +33,7 @@ def check_id(field: str, value: str, *, required: bool = True) -> str:
         if required:
             raise InvalidRequest(f"{field} is required.")
         return value
-    if not _ID.match(value):
+    if not _ID.fullmatch(value):
         raise InvalidRequest(f"{field} must be 1-{MAX_ID_LENGTH} characters of letters, digits and ._:@/+=-.")
     return value
 

@@ -8,7 +8,7 @@ import pytest
 
 from aura.errors import InvalidRequest, NotFound
 from aura.server.decision import RankQuery
-from aura.server.validation import rank_query
+from aura.server.validation import check_id, rank_query
 from aura.v1 import common_pb2
 from aura.v1 import decision_service_pb2 as pb
 
@@ -186,3 +186,11 @@ def test_a_query_parses_like_the_generated_classes_do() -> None:
         message.user_ctx.anon_id,
         dict(message.context),
     )
+
+
+@pytest.mark.parametrize("value", ["a b", "abc\n", "a" * 129, "é"])
+def test_ids_checked_in_python_follow_the_same_rule(value: str) -> None:
+    with pytest.raises(InvalidRequest, match="must be 1-128 characters"):
+        check_id("item_id", value)
+    with pytest.raises(InvalidRequest, match="must be 1-128 characters"):
+        parse(request(user={"anon_id": value}))
