@@ -48,10 +48,14 @@ EU_COUNTRIES = frozenset(
 
 
 def referrer_host(referrer: str) -> str:
-    """Return the lower-case host of a referrer URL (no path, no query string), or "" when there is none."""
+    """Return the lower-case host of a referrer URL (no path, no query string), or "" when there is none or
+    the URL cannot be parsed (e.g. an unclosed IPv6 bracket)."""
     if not referrer:
         return ""
-    host = urlsplit(referrer if "//" in referrer else f"//{referrer}").hostname or ""
+    try:
+        host = urlsplit(referrer if "//" in referrer else f"//{referrer}").hostname or ""
+    except ValueError:
+        return ""
     return host.lower()
 
 

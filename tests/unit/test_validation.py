@@ -194,3 +194,16 @@ def test_ids_checked_in_python_follow_the_same_rule(value: str) -> None:
         check_id("item_id", value)
     with pytest.raises(InvalidRequest, match="must be 1-128 characters"):
         parse(request(user={"anon_id": value}))
+
+
+@pytest.mark.parametrize(
+    ("referrer", "host", "kind"),
+    [
+        ("https://[x.com/a", "", "direct"),
+        ("http://[::1", "", "direct"),
+        ("https://Exa mple.com/", "exa mple.com", "other"),
+    ],
+)
+def test_a_referrer_that_is_not_a_url_is_no_error(referrer: str, host: str, kind: str) -> None:
+    query = parse(request(user={"referrer": referrer}))
+    assert (query.referrer_host, query.referrer_class) == (host, kind)
