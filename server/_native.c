@@ -319,10 +319,7 @@ PyDoc_STRVAR(draw_slate_doc,
 
 static PyObject *draw_slate(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 15) {
-        PyErr_Format(PyExc_TypeError, "draw_slate takes 15 arguments (%zd given)", nargs);
-        return NULL;
-    }
+    if (check_arg_count("draw_slate", nargs, 15) < 0) return NULL;
     enum { N_BUFFERS = 8 };
     Buffer buffers[N_BUFFERS] = {0};
     static const char kinds[N_BUFFERS] = {'d', 'q', 'd', 'd', 'q', 'q', 'q', 'q'};
@@ -368,7 +365,8 @@ static PyObject *draw_slate(PyObject *module, PyObject *const *args, Py_ssize_t 
     rng_seed(&rng, seed);
     double inverse_scale = 1.0 / variance_scale;
     for (Py_ssize_t i = 0; i < n; i++) {
-        double sample = next_beta(&rng, params[param_rows[i]] * inverse_scale, params[param_rows[n + i]] * inverse_scale);
+        double alpha = params[param_rows[i]] * inverse_scale, beta = params[param_rows[n + i]] * inverse_scale;
+        double sample = next_beta(&rng, alpha, beta);
         double score = sample * freshness[i];
         g_samples[i] = sample;
         g_scores[i] = score == score ? score : -HUGE_VAL;
@@ -504,10 +502,7 @@ static PyObject *item_tail(PyObject *tails, PyObject *rows, Py_ssize_t slot) {
 
 static PyObject *ranked_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 6) {
-        PyErr_Format(PyExc_TypeError, "ranked_items takes 6 arguments (%zd given)", nargs);
-        return NULL;
-    }
+    if (check_arg_count("ranked_items", nargs, 6) < 0) return NULL;
     PyObject *scores = args[0], *reasons = args[1], *propensities = args[2], *tails = args[4], *rows = args[5];
     Py_ssize_t explored_slot = PyLong_AsSsize_t(args[3]);
     if (explored_slot == -1 && PyErr_Occurred()) return NULL;
@@ -593,16 +588,13 @@ PyDoc_STRVAR(rank_response_doc,
 "--\n\n"
 "A serialized RankResponse: request_id (str), the surface's prepared fields (bytes,\n"
 "aura.server.wire.ResponseParts.surface_fields), the items fields (bytes, from ranked_items), the\n"
-"segment (id, confidence rounded to 4 decimals, intent), the experiment (variant, holdout), the seed (a 64-bit unsigned int)\n"
-"and a serialized Explanation (empty bytes for none). Fields equal to their proto3 default are left\n"
-"out, except the segment and experiment messages, which are always present.");
+"segment (id, confidence rounded to 4 decimals, intent), the experiment (variant, holdout), the seed\n"
+"(a 64-bit unsigned int) and a serialized Explanation (empty bytes for none). Fields equal to their\n"
+"proto3 default are left out, except the segment and experiment messages, which are always present.");
 
 static PyObject *rank_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 10) {
-        PyErr_Format(PyExc_TypeError, "rank_response takes 10 arguments (%zd given)", nargs);
-        return NULL;
-    }
+    if (check_arg_count("rank_response", nargs, 10) < 0) return NULL;
     Py_ssize_t request_id_size, segment_id_size, intent_size, variant_size;
     const char *request_id = utf8(args[0], "request_id", &request_id_size);
     if (!request_id) return NULL;

@@ -1,8 +1,16 @@
-/* The functions of aura.server._native defined outside _native.c (request parsing and request ids: _request.c). */
+/* Shared by the sources of aura.server._native: the argument check, and the functions defined in _request.c
+ * (request parsing and request ids). */
 #ifndef AURA_NATIVE_H
 #define AURA_NATIVE_H
 
 #include <Python.h>
+
+/* 0, or -1 with a TypeError when a METH_FASTCALL function got other than `expected` arguments. */
+static inline int check_arg_count(const char *function, Py_ssize_t nargs, Py_ssize_t expected) {
+    if (nargs == expected) return 0;
+    PyErr_Format(PyExc_TypeError, "%s takes %zd arguments (%zd given)", function, expected, nargs);
+    return -1;
+}
 
 extern const char parse_rank_request_doc[];
 PyObject *parse_rank_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

@@ -303,7 +303,8 @@ static PyObject *query_fields(Request *request, PyObject *surfaces, PyObject *re
     }
     SET(LIMIT, PyLong_FromUnsignedLongLong(limit));
     if (user->anon_id.size && !is_id(user->anon_id)) {
-        refuse(errors->invalid, "user_ctx.anon_id must be 1-%d characters of letters, digits and ._:@/+=-.", MAX_ID_LENGTH);
+        refuse(errors->invalid, "user_ctx.anon_id must be 1-%d characters of letters, digits and ._:@/+=-.",
+               MAX_ID_LENGTH);
         goto fail;
     }
     if (user->session_id.size && !is_id(user->session_id)) {
@@ -425,10 +426,7 @@ const char parse_rank_request_doc[] =
     "not a RankRequest or breaks a rule raises `invalid_error`, an unknown surface `not_found_error`.";
 
 PyObject *parse_rank_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "parse_rank_request takes 7 arguments");
-        return NULL;
-    }
+    if (check_arg_count("parse_rank_request", nargs, 7) < 0) return NULL;
     PyObject *query_type = args[0], *surfaces = args[4], *data = args[5];
     if (!PyType_Check(query_type) || !PyType_IsSubtype((PyTypeObject *)query_type, &PyTuple_Type) ||
         !PyBytes_Check(data)) {
@@ -515,10 +513,7 @@ const char encode_request_id_doc[] =
     "`mac(body).digest()` the 10-byte keyed MAC of the body.";
 
 PyObject *encode_request_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "encode_request_id takes 8 arguments");
-        return NULL;
-    }
+    if (check_arg_count("encode_request_id", nargs, 8) < 0) return NULL;
     uint64_t header[5];
     static const uint64_t header_max[5] = {0xFFFFFFFFFFFFULL, 0xFFFFFFFFFFFFULL, 0xFFFFFFFFULL, 0xFFFF, 0xFFFF};
     for (int i = 0; i < 5; i++) {

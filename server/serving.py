@@ -109,9 +109,9 @@ class ServingIndex:
     reason_tails: dict = field(default_factory=dict)
     """Memoized request-dependent endings of item reasons, by segment, device and kind (bounded)."""
     cold_starts: dict = field(default_factory=dict)
+    """Memoized cold-start matches by context values (bounded)."""
     country_jurisdictions: dict = field(default_factory=dict)
     """Memoized `jurisdiction_mask` by country (bounded by the two-letter codes validation allows)."""
-    """Memoized cold-start matches by context values (bounded)."""
 
     @property
     def version(self) -> str:
