@@ -234,9 +234,9 @@ typedef struct {
     int held;
 } Buffer;
 
-/* A read-only, C-contiguous view of 8-byte floats ('d') or 8-byte integers ('q'/'l'). */
-static int get_buffer(PyObject *obj, char kind, const char *name, Buffer *out) {
-    if (PyObject_GetBuffer(obj, &out->view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
+/* A C-contiguous view of 8-byte floats ('d') or 8-byte integers ('q'/'l'); `flags` may add PyBUF_WRITABLE. */
+static int get_buffer(PyObject *obj, char kind, const char *name, int flags, Buffer *out) {
+    if (PyObject_GetBuffer(obj, &out->view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | flags) < 0) return -1;
     out->held = 1;
     const char *format = out->view.format ? out->view.format : "B";
     if (*format == '<' || *format == '=' || *format == '@') format++;
@@ -327,7 +327,7 @@ static PyObject *draw_slate(PyObject *module, PyObject *const *args, Py_ssize_t 
                                            "clusters", "content_rows", "similar_offsets", "similar_rows"};
     PyObject *result = NULL;
     for (int i = 0; i < N_BUFFERS; i++)
-        if (get_buffer(args[i], kinds[i], names[i], &buffers[i]) < 0) goto done;
+        if (get_buffer(args[i], kinds[i], names[i], 0, &buffers[i]) < 0) goto done;
 
     double variance_scale = PyFloat_AsDouble(args[8]);
     uint64_t seed = PyLong_AsUnsignedLongLongMask(args[9]);
@@ -440,6 +440,46 @@ static PyObject *draw_slate(PyObject *module, PyObject *const *args, Py_ssize_t 
         for (int i = 0; i < N_LISTS; i++) Py_XDECREF(lists[i]);
 done:
     release(buffers, N_BUFFERS);
+    return result;
+}
+
+/* ------------------------------------------------------------------------------------ add_at */
+
+static const char add_at_doc[] =
+    "add_at(values, rows, increments)\n--\n\n"
+    "values[rows[k]] += increments[k] for each k < len(rows), in place: `values` a writable float64 array, `rows`\n"
+    "a list of ints, `increments` a float64 array at least as long. Like numpy.add.at, without building arrays\n"
+    "from the list.";
+
+static PyObject *add_at(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (check_arg_count("add_at", nargs, 3) < 0) return NULL;
+    if (!PyList_Check(args[1])) return PyErr_Format(PyExc_TypeError, "rows must be a list of ints");
+    Buffer buffers[2] = {0};
+    PyObject *result = NULL;
+    if (get_buffer(args[0], 'd', "values", PyBUF_WRITABLE, &buffers[0]) < 0 ||
+        get_buffer(args[2], 'd', "increments", 0, &buffers[1]) < 0)
+        goto done;
+    double *values = buffers[0].view.buf;
+    const double *increments = buffers[1].view.buf;
+    Py_ssize_t n_values = buffers[0].view.len / 8, count = PyList_GET_SIZE(args[1]);
+    if (count > buffers[1].view.len / 8) {
+        PyErr_SetString(PyExc_ValueError, "increments is shorter than rows");
+        goto done;
+    }
+    /* Check every row before changing anything, so an error leaves `values` as it was. */
+    for (Py_ssize_t k = 0; k < count; k++) {
+        Py_ssize_t row = PyLong_AsSsize_t(PyList_GET_ITEM(args[1], k));
+        if (row == -1 && PyErr_Occurred()) goto done;
+        if (row < 0 || row >= n_values) {
+            PyErr_Format(PyExc_IndexError, "row %zd is out of range of values (%zd)", row, n_values);
+            goto done;
+        }
+    }
+    for (Py_ssize_t k = 0; k < count; k++) values[PyLong_AsSsize_t(PyList_GET_ITEM(args[1], k))] += increments[k];
+    result = Py_NewRef(Py_None);
+done:
+    release(buffers, 2);
     return result;
 }
 
@@ -655,6 +695,7 @@ static PyMethodDef methods[] = {
     {"rank_response", (PyCFunction)(void (*)(void))rank_response, METH_FASTCALL, rank_response_doc},
     {"parse_rank_request", (PyCFunction)(void (*)(void))parse_rank_request, METH_FASTCALL, parse_rank_request_doc},
     {"encode_request_id", (PyCFunction)(void (*)(void))encode_request_id, METH_FASTCALL, encode_request_id_doc},
+    {"add_at", (PyCFunction)(void (*)(void))add_at, METH_FASTCALL, add_at_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -662,7 +703,7 @@ static struct PyModuleDef module_def = {
     .m_base = PyModuleDef_HEAD_INIT,
     .m_name = "_native",
     .m_doc = "The compiled parts of the Rank hot path: draw_slate, ranked_items, rank_response, "
-             "parse_rank_request and encode_request_id.",
+             "parse_rank_request, encode_request_id and add_at (the online impression counts).",
     .m_size = -1,
     .m_methods = methods,
 };

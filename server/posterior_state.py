@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from aura.bundle.loader import LoadedBundle
+from aura.server._native import add_at
 
 EXAMINATION_WEIGHTS = 1.0 / np.log2(np.arange(2, 203, dtype=np.float64))
 """EXAMINATION_WEIGHTS[k - 1]: the weight of position k (1-based), 1 / log2(k + 1)."""
@@ -65,9 +66,9 @@ class PosteriorState:
         # A plain ndarray view of the mapping: slicing a np.memmap costs a subclass round trip per request.
         return cls(np.memmap(path, dtype=np.float64, mode="r+", shape=(2 * n,)).view(np.ndarray), bundle.beta)
 
-    def record_impressions(self, rows: np.ndarray, weights: np.ndarray) -> None:
-        """Count the items of a decision as (position-weighted) impressions: beta += weight."""
-        self.beta[rows] += weights
+    def record_impressions(self, rows: list[int]) -> None:
+        """Count a slate's posterior rows (best first) as impressions weighted by position: beta += weight."""
+        add_at(self.beta, rows, EXAMINATION_WEIGHTS)
 
     def record_reward(self, row: int, value: float, weight: float) -> None:
         """Turn an impression into a success: alpha += value, beta -= weight, never below the bundle's beta."""

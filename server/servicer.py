@@ -25,7 +25,7 @@ from aura.server._native import rank_response, ranked_items
 from aura.server.decision import HOLDOUT_VARIANT, Decision, RankQuery, Traffic, decide
 from aura.server.decision_log import LoggedSlate, decision_log
 from aura.server.erasure import ErasedUsers
-from aura.server.posterior_state import EXAMINATION_WEIGHTS, FeedbackDedupe, examination_weight
+from aura.server.posterior_state import FeedbackDedupe, examination_weight
 from aura.server.request_id import RequestIdCodec
 from aura.server.search import search
 from aura.server.state import ExplorationTracker, RateMeter, Serving, ServingHolder
@@ -130,9 +130,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             consent_required=self._config.settings.consent_required,
         )
         if decision.posterior_rows:
-            serving.posteriors.record_impressions(
-                decision.posterior_rows, EXAMINATION_WEIGHTS[: len(decision.posterior_rows)]
-            )
+            serving.posteriors.record_impressions(decision.posterior_rows)
         self._exploration.record(query.anon_id, decision.explored_slot >= 0)
         index = serving.index
         request_id = self._deps.codec.encode_slate(

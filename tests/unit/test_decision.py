@@ -278,12 +278,14 @@ def test_posterior_updates_and_floor(tmp_path: Path) -> None:
     index = index_for(tmp_path, 4)
     state = PosteriorState.in_memory(index.bundle)
     original_beta = index.bundle.beta.copy()
-    state.record_impressions(np.array([0, 1]), np.array([examination_weight(1), examination_weight(2)]))
-    assert state.beta[0] == pytest.approx(original_beta[0] + 1.0)
-    assert state.beta[1] == pytest.approx(original_beta[1] + 1.0 / np.log2(3))
-    state.record_reward(0, 1.0, examination_weight(1))
-    assert state.alpha[0] == pytest.approx(index.bundle.alpha[0] + 1.0)
-    assert state.beta[0] == pytest.approx(original_beta[0])
+    state.record_impressions([1, 0])  # a slate, best first: row 1 at position 1, row 0 at position 2
+    assert state.beta[1] == pytest.approx(original_beta[1] + 1.0)
+    assert state.beta[0] == pytest.approx(original_beta[0] + 1.0 / np.log2(3))
+    state.record_impressions([0])
+    assert state.beta[0] == pytest.approx(original_beta[0] + 1.0 / np.log2(3) + 1.0)
+    state.record_reward(1, 1.0, examination_weight(1))
+    assert state.alpha[1] == pytest.approx(index.bundle.alpha[1] + 1.0)
+    assert state.beta[1] == pytest.approx(original_beta[1])
     state.record_reward(2, 1.0, 1.0)  # a click without a counted impression cannot push beta below the bundle's
     assert state.beta[2] == pytest.approx(original_beta[2])
 

@@ -1,11 +1,12 @@
-"""The compiled slate draw (aura.server._native.draw_slate) on its own: distribution, order, diversity, input checks."""
+"""The compiled slate draw (aura.server._native.draw_slate) on its own: distribution, order, diversity, input checks;
+and add_at, which counts impressions."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from aura.server._native import draw_slate
+from aura.server._native import add_at, draw_slate
 
 
 def pool(alphas, betas, *, clusters=None, similar: dict[int, list[int]] | None = None, propensity=None):
@@ -127,3 +128,28 @@ def test_bad_arguments_are_refused() -> None:
         draw((params, rows[:3], freshness, estimates, clusters, content_rows, offsets, flat))
     with pytest.raises(ValueError, match="invalid slate parameters"):
         draw((params, rows, freshness, estimates, clusters, content_rows, offsets, flat), scale=0.0)
+
+
+def test_add_at_adds_increments_at_listed_rows_in_place() -> None:
+    values = np.zeros(5)
+    add_at(values, [3, 0, 3], np.array([1.0, 2.0, 4.0, 100.0]))
+    assert values.tolist() == [2.0, 0.0, 0.0, 5.0, 0.0]
+    add_at(values, [], np.array([]))
+    assert values.tolist() == [2.0, 0.0, 0.0, 5.0, 0.0]
+
+
+def test_add_at_refuses_bad_arguments_and_leaves_values_unchanged() -> None:
+    values = np.zeros(3)
+    with pytest.raises(IndexError, match="row 3 is out of range"):
+        add_at(values, [0, 3], np.ones(2))
+    with pytest.raises(IndexError, match="row -1 is out of range"):
+        add_at(values, [-1], np.ones(1))
+    with pytest.raises(ValueError, match="shorter than rows"):
+        add_at(values, [0, 1], np.ones(1))
+    with pytest.raises(TypeError, match="list of ints"):
+        add_at(values, np.array([0]), np.ones(1))
+    with pytest.raises(TypeError, match="float64"):
+        add_at(values.astype(np.float32), [0], np.ones(1))
+    with pytest.raises(ValueError, match="read-only"):
+        add_at(np.frombuffer(bytes(24)), [0], np.ones(1))
+    assert values.tolist() == [0.0, 0.0, 0.0]
