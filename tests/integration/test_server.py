@@ -192,10 +192,31 @@ def logged_decision(edge_node, request_id: str) -> dict:
 
 
 def test_decisions_are_logged_with_propensities_and_seed(edge_node, decisions) -> None:
-    ranked = decisions.Rank(rank_request())
+    request = rank_request(explain=True)
+    request.context["campaign"] = "summer_sale"
+    ranked = decisions.Rank(request)
     row = logged_decision(edge_node, ranked.request_id)
     assert row["seed"] == ranked.seed and row["bundle_version"] == V1
     assert row["referrer_host"] == "www.google.com"
+    expected = {
+        "policy_version": ranked.policy_version,
+        "surface_id": "homepage.hero",
+        "segment_id": ranked.segment.id,
+        "segment_source": ranked.explanation.segment_source,
+        "segment_confidence": pytest.approx(ranked.segment.confidence, abs=1e-4),
+        "holdout": ranked.experiment.holdout,
+        "anon_id": "anon_abc123",
+        "session_id": "sess_1",
+        "device": "mobile",
+        "page_type": "index",
+        "country": "US",
+        "region": "CA",
+        "consent": ["analytics", "personalization"],
+        "context_json": '{"campaign":"summer_sale"}',
+        "exploration_rate": pytest.approx(ranked.explanation.exploration_rate),
+    }
+    assert {field: row[field] for field in expected} == expected
+    assert row["eligible_count"] >= len(ranked.items) and row["node_id"]
     assert [i["content_id"] for i in row["items"]] == [i.content_id for i in ranked.items]
     assert [i["propensity"] for i in row["items"]] == pytest.approx([i.propensity for i in ranked.items], abs=1e-6)
 
