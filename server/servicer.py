@@ -200,7 +200,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         resolution = decision.resolution
         personalized = resolution.source != "no_consent"
         decisions = self._deps.decisions
-        # Positional, in the order of the decisions schema (aura.eventlog.SCHEMAS): 3.5 against 5.3 µs by name.
+        # Positional, in the order of the decisions schema (aura.eventlog.SCHEMAS): 3.5-3.9 against 5.3-5.8 µs by name.
         decisions.append(
             decisions.record(
                 request_id,
