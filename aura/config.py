@@ -273,6 +273,10 @@ class Settings:
         _check_range(where, "event_flush_interval", self.event_flush_interval, 0.01, 3600.0)
         if self.diversity_constraint is not None:
             _parse_diversity_constraint(self.diversity_constraint)
+        try:
+            parse_host_port(self.grpc_address)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: grpc_address: {exc}") from None
 
 
 ENV_NAMES: dict[str, str] = {
@@ -412,6 +416,16 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path.name}: the top level must be a mapping.")
     return data
+
+
+def parse_host_port(address: str) -> tuple[str, int]:
+    """Host and port of a gRPC `host:port` address (also `[v6]:port`, and grpc's `dns:///` and `ipv4:` forms)."""
+    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        address = address.removeprefix(scheme)
+    host, colon, port = address.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port with a port in 1-65535, got {address!r}")
+    return host.strip("[]"), int(port)
 
 
 def _check_range(where: str, key: str, value: float, low: float, high: float) -> None:

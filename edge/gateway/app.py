@@ -1,7 +1,8 @@
 """The HTTP gateway: the seed's JSON API, validated at the boundary and translated to gRPC calls.
 
-Each route handler decodes and validates its JSON body (`convert`), calls the decision server over one
-persistent `grpc.aio` channel and encodes the reply. One middleware answers every error in one shape,
+Each route handler decodes and validates its JSON body (`convert`), calls the decision server over
+persistent HTTP/2 connections (`upstream`, with the lean gRPC client of `grpc_wire`) and encodes the
+reply. One middleware answers every error in one shape,
 ``{"error": {"code": ..., "message": ..., "status": ...}}``, applies the per-client rate limit, sets
 `X-Request-ID` and the CORS headers, and records the metrics.
 
@@ -23,26 +24,25 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 import orjson
 import uvloop
 from aiohttp import web
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from aura.config import Settings
 from aura.errors import AuraError, ConfigError, InvalidRequest, NotReady, Unauthenticated, http_status_for
 from aura.eventlog import EventLog, default_node_id
 from aura.v1 import admin_service_pb2 as admin_pb
-from aura.v1 import admin_service_pb2_grpc as admin_grpc
 from aura.v1 import decision_service_pb2 as decision_pb
 
 from . import convert
+from .grpc_wire import CallError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import GatewayMetrics
 from .openapi import build_openapi
 from .ratelimit import RateLimiter
 from .responses import error_response, json_response
-from .upstream import DecisionConnections
+from .upstream import DecisionConnections, ServiceStub
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,10 @@ class Gateway:
         self._id_prefix = f"gw_{os.urandom(4).hex()}_"
         self._id_counter = itertools.count(1)
         self._methods: dict[str, str] = {}
-        self.channel: grpc.aio.Channel | None = None
-        self.decisions: DecisionConnections | None = None
-        self.admin: admin_grpc.AdminServiceStub
-        self.health: health_pb2_grpc.HealthStub
+        self.connections: DecisionConnections | None = None
+        self.decisions: ServiceStub
+        self.admin: ServiceStub
+        self.health: ServiceStub
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         """(method, path, handler) of every route; admin handlers check the bearer token first."""
@@ -135,11 +135,13 @@ class Gateway:
         app.on_cleanup.append(self.stop)
 
     async def start(self, app: web.Application) -> None:
-        """Open the gRPC channel (and the event log, unless one was given)."""
-        self.decisions = DecisionConnections(self.grpc_target, DECISION_CONNECTIONS)
-        self.channel = self.decisions.channels[0]
-        self.admin = admin_grpc.AdminServiceStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
+        """Set up the connections to the decision server (and the event log, unless one was given)."""
+        self.connections = DecisionConnections(self.grpc_target, DECISION_CONNECTIONS)
+        self.decisions = ServiceStub(self.connections, decision_pb.DESCRIPTOR.services_by_name["DecisionService"])
+        self.admin = ServiceStub(
+            self.connections, admin_pb.DESCRIPTOR.services_by_name["AdminService"], self._admin_metadata
+        )
+        self.health = ServiceStub(self.connections, health_pb2.DESCRIPTOR.services_by_name["Health"])
         if self.event_log is None:
             root = Path(self.settings.state_dir) / "logs"
             self.event_log = await asyncio.to_thread(
@@ -151,11 +153,10 @@ class Gateway:
             )
 
     async def stop(self, app: web.Application) -> None:
-        """Close the gRPC channel and the event log this gateway opened."""
-        if self.decisions is not None:
-            await self.decisions.close()
-        self.decisions = None
-        self.channel = None
+        """Close the connections and the event log this gateway opened."""
+        if self.connections is not None:
+            self.connections.close()
+        self.connections = None
         if self._owns_event_log and self.event_log is not None:
             await asyncio.to_thread(self.event_log.close)
             self.event_log = None
@@ -203,7 +204,7 @@ class Gateway:
             if exc.http_status == 401:
                 response.headers["WWW-Authenticate"] = 'Bearer realm="aura-admin"'
             return response
-        except grpc.aio.AioRpcError as exc:
+        except CallError as exc:
             return self._upstream_error(exc)
         except web.HTTPException as exc:
             response = error_response(exc.status, self._http_error_message(request, exc))
@@ -223,7 +224,7 @@ class Gateway:
             return f"The request body exceeds the limit of {self.settings.max_body_bytes} bytes."
         return exc.text or exc.reason
 
-    def _upstream_error(self, exc: grpc.aio.AioRpcError) -> web.Response:
+    def _upstream_error(self, exc: CallError) -> web.Response:
         """Map a failed gRPC call to HTTP: the server's message passes through, internal details do not."""
         code = exc.code()
         self.metrics.upstream_error(code.name)
@@ -231,8 +232,7 @@ class Gateway:
         if status == 500:
             log.warning("decision server failed: %s: %s", code.name, exc.details())
             return error_response(500, "Internal error in the decision server.")
-        reachable = self.channel is not None and self.channel.get_state() is grpc.ChannelConnectivity.READY
-        if code is grpc.StatusCode.UNAVAILABLE and not reachable:
+        if exc.unreachable:
             return error_response(503, "The decision server is unreachable; retry later.")
         return error_response(status, exc.details() or code.name.replace("_", " ").capitalize() + ".")
 
@@ -335,13 +335,11 @@ class Gateway:
     async def health_detailed(self, request: web.Request) -> web.Response:
         """GET /v1/health/detailed: gateway, decision server and serving bundle; 503 unless all serve."""
         health, bundle = await asyncio.gather(
-            self.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=HEALTH_TIMEOUT),
-            self.admin.GetBundleStatus(
-                admin_pb.GetBundleStatusRequest(), timeout=HEALTH_TIMEOUT, metadata=self._admin_metadata
-            ),
+            self.health.call("Check", health_pb2.HealthCheckRequest(service=""), HEALTH_TIMEOUT),
+            self.admin.call("GetBundleStatus", admin_pb.GetBundleStatusRequest(), HEALTH_TIMEOUT),
             return_exceptions=True,
         )
-        if isinstance(health, grpc.aio.AioRpcError):
+        if isinstance(health, CallError):
             message = f"The decision server did not answer the health check ({health.code().name})."
             server = {"status": "unreachable", "serving_status": "UNKNOWN", "message": message}
         elif isinstance(health, BaseException):
@@ -353,7 +351,7 @@ class Gateway:
                 "serving_status": serving,
                 "message": "",
             }
-        if isinstance(bundle, grpc.aio.AioRpcError):
+        if isinstance(bundle, CallError):
             bundle_part = {
                 "status": "unknown",
                 "version": "",
@@ -386,43 +384,43 @@ class Gateway:
         """GET /openapi.json."""
         return web.Response(body=self._openapi, content_type="application/json")
 
-    async def _admin_call(self, call: Any, message: Any, status: int = 200) -> web.Response:
-        reply = await call(message, timeout=ADMIN_TIMEOUT, metadata=self._admin_metadata)
+    async def _admin_call(self, method: str, message: Any, status: int = 200) -> web.Response:
+        reply = await self.admin.call(method, message, ADMIN_TIMEOUT)
         return json_response(convert.admin_response_to_json(reply), status)
 
     async def indexer_status(self, request: web.Request) -> web.Response:
         """GET /v1/admin/indexer/status."""
-        return await self._admin_call(self.admin.GetIndexerStatus, admin_pb.GetIndexerStatusRequest())
+        return await self._admin_call("GetIndexerStatus", admin_pb.GetIndexerStatusRequest())
 
     async def index_refresh(self, request: web.Request) -> web.Response:
         """POST /v1/admin/index/refresh."""
         convert.empty_body(await self._json(request, optional=True))
-        return await self._admin_call(self.admin.RefreshContentIndex, admin_pb.RefreshContentIndexRequest())
+        return await self._admin_call("RefreshContentIndex", admin_pb.RefreshContentIndexRequest())
 
     async def segments_retrain(self, request: web.Request) -> web.Response:
         """POST /v1/admin/segments/retrain: 202 with the queued job."""
         message = convert.retrain_request_from_json(await self._json(request, optional=True))
-        return await self._admin_call(self.admin.TriggerRetraining, message, status=202)
+        return await self._admin_call("TriggerRetraining", message, status=202)
 
     async def bundles(self, request: web.Request) -> web.Response:
         """GET /v1/admin/bundles."""
-        return await self._admin_call(self.admin.GetBundleStatus, admin_pb.GetBundleStatusRequest())
+        return await self._admin_call("GetBundleStatus", admin_pb.GetBundleStatusRequest())
 
     async def bundle_activate(self, request: web.Request) -> web.Response:
         """POST /v1/admin/bundles/{version}/activate."""
         convert.empty_body(await self._json(request, optional=True))
         version = convert.path_id(request.match_info["version"], "version")
-        return await self._admin_call(self.admin.ActivateBundle, admin_pb.ActivateBundleRequest(version=version))
+        return await self._admin_call("ActivateBundle", admin_pb.ActivateBundleRequest(version=version))
 
     async def bundle_rollback(self, request: web.Request) -> web.Response:
         """POST /v1/admin/bundles/rollback."""
         convert.empty_body(await self._json(request, optional=True))
-        return await self._admin_call(self.admin.RollbackBundle, admin_pb.RollbackBundleRequest())
+        return await self._admin_call("RollbackBundle", admin_pb.RollbackBundleRequest())
 
     async def user_erase(self, request: web.Request) -> web.Response:
         """DELETE /v1/admin/users/{user_id}."""
         user_id = convert.path_id(request.match_info["user_id"], "user_id")
-        return await self._admin_call(self.admin.EraseUser, admin_pb.EraseUserRequest(user_id=user_id))
+        return await self._admin_call("EraseUser", admin_pb.EraseUserRequest(user_id=user_id))
 
 
 def create_app(

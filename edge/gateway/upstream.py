@@ -1,15 +1,21 @@
-"""The gateway's connections to the decision server processes, and how calls are spread over them."""
+"""The gateway's connections to the decision server processes, how calls are spread over them, and the stubs."""
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
 
-from aura.v1 import decision_service_pb2_grpc as decision_grpc
+from aura.config import parse_host_port
 
-CHANNEL_OPTIONS = (("grpc.enable_http_proxy", 0), ("grpc.use_local_subchannel_pool", 1))
+from .grpc_wire import CallError, Channel
+
 LATENCY_SMOOTHING = 0.1
 """Weight of the newest call in a connection's moving average of latency."""
 FAILED_CALL_SECONDS = 1.0
@@ -30,8 +36,8 @@ class DecisionConnections:
     def __init__(self, target: str, count: int) -> None:
         if count < 2:
             raise ValueError("DecisionConnections needs at least 2 connections.")
-        self.channels = [grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) for _ in range(count)]
-        self._stubs = [decision_grpc.DecisionServiceStub(channel) for channel in self.channels]
+        host, port = parse_host_port(target)
+        self.channels = [Channel(host, port) for _ in range(count)]
         self._in_flight = [0] * count
         self._latency = [0.0] * count
         self._random = random.Random()
@@ -43,15 +49,15 @@ class DecisionConnections:
         in_flight, latency = self._in_flight, self._latency
         return first if (in_flight[first] + 1) * latency[first] <= (in_flight[second] + 1) * latency[second] else second
 
-    async def call(self, method: str, request, timeout: float):
-        """Call DecisionService `method` (Rank, Feedback, GetSegments or Search) with `request`."""
+    async def call(self, path: str, request: bytes, timeout: float, metadata: Sequence[tuple[str, str]] = ()) -> bytes:
+        """Call the unary method `path` with the serialized `request`; return the serialized reply."""
         index = self._pick()
         self._in_flight[index] += 1
         started = time.perf_counter()
         elapsed = None
         try:
-            return await getattr(self._stubs[index], method)(request, timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
+            return await self.channels[index].call(path, request, timeout, metadata)
+        except CallError as exc:
             if exc.code() in CONNECTION_TROUBLE:
                 elapsed = FAILED_CALL_SECONDS
             raise
@@ -61,7 +67,27 @@ class DecisionConnections:
                 elapsed = time.perf_counter() - started
             self._latency[index] += LATENCY_SMOOTHING * (elapsed - self._latency[index])
 
-    async def close(self) -> None:
+    def close(self) -> None:
         """Close every connection."""
         for channel in self.channels:
-            await channel.close()
+            channel.close()
+
+
+class ServiceStub:
+    """The unary methods of one gRPC service, called by name with protobuf messages over DecisionConnections."""
+
+    def __init__(
+        self, connections: DecisionConnections, service: ServiceDescriptor, metadata: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        self._connections = connections
+        self._metadata = tuple(metadata)
+        self._methods = {
+            method.name: (f"/{service.full_name}/{method.name}", GetMessageClass(method.output_type))
+            for method in service.methods
+        }
+
+    async def call(self, method: str, request: Message, timeout: float) -> Any:
+        """Call `method` with `request`; return the parsed reply or raise CallError."""
+        path, reply_type = self._methods[method]
+        reply = await self._connections.call(path, request.SerializeToString(), timeout, self._metadata)
+        return reply_type.FromString(reply)

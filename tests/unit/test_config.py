@@ -2,7 +2,15 @@ from pathlib import Path
 
 import pytest
 
-from aura.config import check_dimensions, custom_context_key, load_config, load_policies, load_settings, load_surfaces
+from aura.config import (
+    check_dimensions,
+    custom_context_key,
+    load_config,
+    load_policies,
+    load_settings,
+    load_surfaces,
+    parse_host_port,
+)
 from aura.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,6 +61,8 @@ def test_seed_env_vars_override_the_policies() -> None:
         ({"CONSENT_REQUIRED": "maybe"}, "CONSENT_REQUIRED must be true or false"),
         ({"API_LOG_LEVEL": "loud"}, "API_LOG_LEVEL must be one of"),
         ({"SEGMENT_CONFIDENCE_THRESHOLD": "0.2"}, "holdout_below .* must not exceed"),
+        ({"AURA_GRPC_ADDRESS": "localhost"}, "grpc_address: expected host:port"),
+        ({"AURA_GRPC_ADDRESS": "127.0.0.1:0"}, "grpc_address: expected host:port with a port in 1-65535"),
     ],
 )
 def test_bad_environment_is_rejected_with_the_variable_named(env: dict, message: str) -> None:
@@ -153,3 +163,17 @@ def test_settings_defaults_follow_the_seed() -> None:
         5,
     )
     assert settings.grpc_address == "127.0.0.1:50051"
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [("127.0.0.1:50051", ("127.0.0.1", 50051)), ("dns:///edge:80", ("edge", 80)), ("[::1]:9", ("::1", 9))],
+)
+def test_grpc_addresses_parse_to_host_and_port(address: str, expected: tuple[str, int]) -> None:
+    assert parse_host_port(address) == expected
+
+
+@pytest.mark.parametrize("address", ["localhost", "host:port", ":50051", "unix:/tmp/x.sock", "h:70000"])
+def test_a_grpc_address_that_is_not_host_and_port_is_refused(address: str) -> None:
+    with pytest.raises(ValueError, match="host:port"):
+        parse_host_port(address)
