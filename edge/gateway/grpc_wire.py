@@ -341,6 +341,8 @@ class Connection(asyncio.Protocol):
                 lambda sid: sid > last_stream_id & MAX_STREAM_ID,
                 f"the server is going away (GOAWAY, error code {error_code})",
             )
+            if not self._streams and self._transport is not None:
+                self._transport.close()
         elif frame_type == PUSH_PROMISE:
             raise ConnectionError("PUSH_PROMISE although push is disabled")
 
@@ -433,7 +435,7 @@ class Channel:
 
     def __init__(self, host: str, port: int) -> None:
         self._host, self._port = host, port
-        self._authority = f"{host}:{port}"
+        self._authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._connection: Connection | None = None
         self._connecting: asyncio.Future | None = None
 

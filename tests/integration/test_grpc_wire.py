@@ -165,6 +165,22 @@ def test_calls_in_flight_fail_unavailable_when_the_server_goes_away() -> None:
     asyncio.run(main())
 
 
+def test_a_graceful_stop_goaway_lets_the_call_in_flight_finish_and_the_next_call_reconnects() -> None:
+    async def main() -> None:
+        port = free_port()
+        channel = Channel("127.0.0.1", port)
+        async with wire_server(port) as server:
+            slow = asyncio.ensure_future(channel.call(f"/{SERVICE}/Sleep", b"0.5", 10.0))
+            await asyncio.sleep(0.2)
+            await server.stop(5.0)
+            assert await slow == b"late"
+        async with wire_server(port):
+            assert await channel.call(f"/{SERVICE}/Echo", b"new", 5.0) == b"new"
+        channel.close()
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("value_length", [0, 14, 15, 126, 127, 128, 300, 20_000])
 def test_literal_headers_decode_with_a_standard_hpack_decoder(value_length: int) -> None:
     value = b"v" * value_length
