@@ -7,10 +7,9 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
-import hpack
 import pytest
 
-from aura.edge.gateway.grpc_wire import CallError, Channel, literal_header
+from aura.edge.gateway.grpc_wire import CallError, Channel
 from tests.conftest import free_port
 
 SERVICE = "test.Wire"
@@ -179,15 +178,3 @@ def test_a_graceful_stop_goaway_lets_the_call_in_flight_finish_and_the_next_call
         channel.close()
 
     asyncio.run(main())
-
-
-@pytest.mark.parametrize("value_length", [0, 14, 15, 126, 127, 128, 300, 20_000])
-def test_literal_headers_decode_with_a_standard_hpack_decoder(value_length: int) -> None:
-    value = b"v" * value_length
-    block = literal_header(b"x-name", value) + literal_header(b":path", b"/a/B", 4)
-    block += literal_header(b"content-type", b"application/grpc", 31)
-    assert hpack.Decoder().decode(block, raw=True) == [
-        (b"x-name", value),
-        (b":path", b"/a/B"),
-        (b"content-type", b"application/grpc"),
-    ]
