@@ -38,3 +38,12 @@ def test_the_header_memo_gives_what_hpack_gives_as_the_dynamic_table_changes() -
             encoder.header_table_size = 64 + number  # a table size update evicts entries
         block = encoder.encode(headers)
         assert decoder.decode(block) == plain.decode(block, raw=True)
+
+
+def test_a_repeated_block_that_leaves_the_table_unchanged_is_decoded_once() -> None:
+    encoder, decoder = hpack.Encoder(), HeaderDecoder()
+    trailers = [("grpc-status", "0"), hpack.NeverIndexedHeaderTuple("grpc-message", "")]
+    decoder.decode(encoder.encode(trailers))  # adds grpc-status: 0 to the table
+    repeated = encoder.encode(trailers)
+    assert decoder.decode(repeated) is decoder.decode(repeated)
+    assert decoder.decode(repeated) == [(b"grpc-status", b"0"), (b"grpc-message", b"")]
