@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
+import random
 import struct
+import time
 import urllib.parse
 from collections.abc import Sequence
 
@@ -241,6 +244,12 @@ class Connection(asyncio.Protocol):
                 self._write(_frame(RST_STREAM, 0, stream_id, struct.pack(">I", CANCEL)))
                 return
 
+    def retire(self) -> None:
+        """Take no new calls, and close once the calls in flight are answered."""
+        self.closed = True
+        if not self._streams and self._transport is not None:
+            self._transport.close()
+
     def close(self) -> None:
         """Send GOAWAY and close; calls in flight fail with UNAVAILABLE."""
         if self._transport is not None:
@@ -466,18 +475,27 @@ def _reset_error(error_code: int) -> CallError:
 
 
 class Channel:
-    """One target's connection, opened on the first call and again after it is lost."""
+    """One target's connection, opened on the first call, again after it is lost, and renewed after `max_age`.
 
-    def __init__(self, host: str, port: int) -> None:
+    Several server processes may share the target's port (SO_REUSEPORT), and the kernel picks one of them
+    per connection. Renewing connections (after `max_age` seconds, give or take a tenth) spreads them again,
+    so a process that joins later, such as a restarted one, gets calls.
+    """
+
+    def __init__(self, host: str, port: int, max_age: float = math.inf) -> None:
         self._host, self._port = host, port
         self._authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._max_age = max_age
         self._connection: Connection | None = None
         self._connecting: asyncio.Future | None = None
+        self._renew_at = math.inf
 
     async def call(self, path: str, message: bytes, timeout: float, metadata: Sequence[tuple[str, str]] = ()) -> bytes:
         """Call the unary method `path` (e.g. /aura.v1.DecisionService/Rank) and return the reply's bytes."""
         connection = self._connection
-        if connection is None or connection.closed:
+        if connection is None or connection.closed or time.monotonic() >= self._renew_at:
+            if connection is not None:
+                connection.retire()
             connection = await self._connect(timeout)
         future = connection.call(_path_header(path), message, timeout, _metadata_block(metadata))
         try:
@@ -503,6 +521,7 @@ class Channel:
             loop = asyncio.get_running_loop()
             _, connection = await loop.create_connection(lambda: Connection(self._authority), self._host, self._port)
             self._connection = connection
+            self._renew_at = time.monotonic() + self._max_age * random.uniform(0.9, 1.1)
             return connection
         finally:
             self._connecting = None

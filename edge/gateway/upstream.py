@@ -21,6 +21,8 @@ LATENCY_SMOOTHING = 0.1
 FAILED_CALL_SECONDS = 1.0
 """The latency a call counts for when its connection is unavailable or timed out, so calls move away from it."""
 CONNECTION_TROUBLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+CONNECTION_MAX_AGE_SECONDS = 30.0
+"""How long a connection takes new calls: renewing them spreads them again over the processes sharing the port."""
 
 
 class DecisionConnections:
@@ -30,14 +32,15 @@ class DecisionConnections:
     calls: with 8 connections one process often holds 5 or 6 of them. Each call therefore picks two
     connections at random and takes the one whose calls in flight times average latency is lower (the
     "power of two choices" over a moving average): a process that is busier answers more slowly, and calls
-    move to the connections of the other.
+    move to the connections of the other. Each connection is renewed after CONNECTION_MAX_AGE_SECONDS, so a
+    process that joined the port later (a restarted one) gets connections too.
     """
 
     def __init__(self, target: str, count: int) -> None:
         if count < 2:
             raise ValueError("DecisionConnections needs at least 2 connections.")
         host, port = parse_host_port(target)
-        self.channels = [Channel(host, port) for _ in range(count)]
+        self.channels = [Channel(host, port, CONNECTION_MAX_AGE_SECONDS) for _ in range(count)]
         self._in_flight = [0] * count
         self._latency = [0.0] * count
         self._random = random.Random()

@@ -341,7 +341,22 @@ def start_node(work: Path, store_dir: Path, config_dir: Path, gateway: bool, sta
     except pytest.fail.Exception as exc:
         raise BenchError(str(exc)) from None
     stack.callback(stop_server, node.process, node_workers(node), node)
+    wait_all_listening(node)
     return node
+
+
+def wait_all_listening(node: EdgeNode) -> None:
+    """Wait until all WORKERS decision processes listen on the gRPC port.
+
+    A decision process joins the port only once its first bundle is loaded, and one may still be loading
+    when the node first answers. Connections made before it listens all go to the others (the gateway's
+    too, until it renews them), so no phase starts before it does.
+    """
+    deadline = time.monotonic() + 60
+    while sum(label.startswith("decision") for label in node_workers(node)) < WORKERS:
+        if time.monotonic() > deadline or node.process.poll() is not None:
+            raise BenchError(f"the node's {WORKERS} decision processes did not all listen within 60 s")
+        time.sleep(0.2)
 
 
 def stop_server(process: subprocess.Popen, workers: dict[str, int], node: EdgeNode | None = None) -> None:
@@ -390,9 +405,9 @@ def settled_count(count: Callable[[], int], expected: int) -> int:
 def wait_all_serving(node: EdgeNode, requests: list[pb.RankRequest], server: Server) -> list[int]:
     """Wait until every decision worker serves, then return the node's response size for each request.
 
-    A worker reports SERVING only for itself, and SO_REUSEPORT sends a new connection to any worker, so
-    health can say SERVING while another worker has no bundle yet: only READY_ROUNDS rounds of Rank calls
-    in a row, each on a new connection, all answered, show that every worker serves. Every OK call counts.
+    Every worker listens by now (`wait_all_listening`); READY_ROUNDS rounds of Rank calls in a row, each on
+    a new connection (SO_REUSEPORT sends it to any worker), all answered, show that they serve. Every OK
+    call counts.
     """
     deadline = time.monotonic() + 60
     in_a_row, sizes = 0, []

@@ -37,9 +37,15 @@ HANDLERS: dict[str, Handler] = {"Echo": echo, "Metadata": metadata, "Fail": fail
 
 
 @contextlib.asynccontextmanager
-async def wire_server(port: int) -> AsyncIterator[grpc.aio.Server]:
-    server = grpc.aio.server()
-    handlers = {name: grpc.unary_unary_rpc_method_handler(handler) for name, handler in HANDLERS.items()}
+async def wire_server(port: int, name: str = "") -> AsyncIterator[grpc.aio.Server]:
+    """A server of HANDLERS on 127.0.0.1:`port` (shared with other servers by SO_REUSEPORT); Who answers `name`."""
+
+    async def who(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return name.encode()
+
+    server = grpc.aio.server(options=(("grpc.so_reuseport", 1),))
+    handlers = {method: grpc.unary_unary_rpc_method_handler(handler) for method, handler in HANDLERS.items()}
+    handlers["Who"] = grpc.unary_unary_rpc_method_handler(who)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -176,5 +182,40 @@ def test_a_graceful_stop_goaway_lets_the_call_in_flight_finish_and_the_next_call
         async with wire_server(port):
             assert await channel.call(f"/{SERVICE}/Echo", b"new", 5.0) == b"new"
         channel.close()
+
+    asyncio.run(main())
+
+
+def test_renewed_connections_reach_a_server_that_joined_the_port_later() -> None:
+    async def main() -> None:
+        port = free_port()
+        async with wire_server(port, "first"):
+            channel = Channel("127.0.0.1", port, max_age=0.05)
+            assert await channel.call(f"/{SERVICE}/Who", b"", 5.0) == b"first"
+            async with wire_server(port, "second"):
+                answers = set()
+                for _ in range(20):  # SO_REUSEPORT hashes each new connection: both servers get some
+                    await asyncio.sleep(0.06)
+                    answers.add(await channel.call(f"/{SERVICE}/Who", b"", 5.0))
+                channel.close()
+        assert answers == {b"first", b"second"}
+
+    asyncio.run(main())
+
+
+def test_a_retired_connection_answers_its_calls_in_flight_and_then_closes() -> None:
+    async def main() -> None:
+        port = free_port()
+        async with wire_server(port):
+            channel = Channel("127.0.0.1", port, max_age=0.2)
+            slow = asyncio.ensure_future(channel.call(f"/{SERVICE}/Sleep", b"0.6", 5.0))
+            await asyncio.sleep(0.3)
+            old = channel._connection
+            assert await channel.call(f"/{SERVICE}/Echo", b"new", 5.0) == b"new"
+            assert channel._connection is not old
+            assert await slow == b"late"
+            await asyncio.sleep(0.1)
+            assert old is not None and old._transport is None  # closed once its last call was answered
+            channel.close()
 
     asyncio.run(main())
