@@ -60,13 +60,13 @@ def listening_ports(pid: int) -> set[int]:
     return ports
 
 
-def _machine_busy_seconds() -> tuple[float, int]:
-    """CPU seconds spent busy by all cores since boot, and the number of cores."""
+def _machine_seconds() -> tuple[float, float, int]:
+    """CPU seconds all cores spent busy since boot, the seconds the hypervisor took (steal), and the cores."""
     lines = (PROC / "stat").read_text().splitlines()
     values = [int(v) for v in lines[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
+    idle, steal = values[3] + values[4], values[7]  # idle + iowait; steal
     cores = sum(1 for line in lines if line.startswith("cpu") and line[3].isdigit())
-    return (sum(values[:8]) - idle) / CLOCK_TICKS, cores
+    return (sum(values[:7]) - idle) / CLOCK_TICKS, steal / CLOCK_TICKS, cores
 
 
 def _children_seconds() -> float:
@@ -84,8 +84,10 @@ class CpuUse:
     load_generator: float
     """The load generator processes this script waited for during the phase."""
     machine: float
-    """Every process on the machine; the maximum is 100 x cores."""
+    """Every process on the machine; with `steal`, at most 100 x cores."""
     cores: int
+    steal: float = 0.0
+    """Time the hypervisor gave the machine's virtual cores to others (the host was contended)."""
 
     @property
     def others(self) -> float:
@@ -104,7 +106,7 @@ class CpuMeter:
         self._servers = servers
         self._start = {label: cpu_seconds(pid) for label, pid in servers.items()}
         self._children = _children_seconds()
-        self._machine, self._cores = _machine_busy_seconds()
+        self._machine, self._steal, self._cores = _machine_seconds()
         self._wall = time.monotonic()
 
     def stop(self) -> CpuUse:
@@ -113,11 +115,12 @@ class CpuMeter:
         servers = {
             label: 100.0 * (cpu_seconds(pid) - self._start[label]) / wall for label, pid in self._servers.items()
         }
-        machine, cores = _machine_busy_seconds()
+        machine, steal, cores = _machine_seconds()
         return CpuUse(
             seconds=wall,
             servers=servers,
             load_generator=100.0 * (_children_seconds() - self._children) / wall,
             machine=100.0 * (machine - self._machine) / wall,
             cores=cores,
+            steal=100.0 * (steal - self._steal) / wall,
         )

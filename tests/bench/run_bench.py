@@ -508,6 +508,7 @@ def combined(server: str, name: str, rounds: list[Phase]) -> Phase:
         load_generator=weighted(lambda use: use.load_generator),
         machine=weighted(lambda use: use.machine),
         cores=rounds[0].cpu.cores,
+        steal=weighted(lambda use: use.steal),
     )
     return Phase(server, name, result, cpu, rounds[-1].server_ok)
 
@@ -591,7 +592,7 @@ def _ms(value: float | None) -> str:
 
 HEADER = (
     f"  {'server':<8} {'phase':<13} {'requests':>8} {'RPS':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7}  "
-    f"{'server CPU, % of one core':<46} {'load':>4} {'other':>5} {'µs/req':>6}"
+    f"{'server CPU, % of one core':<46} {'load':>4} {'other':>5} {'steal':>5} {'µs/req':>6}"
 )
 
 
@@ -600,7 +601,8 @@ def _phase_line(phase: Phase) -> str:
     servers = " ".join(f"{label}={pct:.0f}" for label, pct in cpu.servers.items())
     return (
         f"{r.done:>8,} {r.rps:>7,.0f} {_ms(r.p50_ms):>7} {_ms(r.p95_ms):>7} {_ms(r.p99_ms):>7}  "
-        f"{servers:<46} {cpu.load_generator:>4.0f} {cpu.others:>5.0f} {phase.cpu_us_per_request():>6.0f}"
+        f"{servers:<46} {cpu.load_generator:>4.0f} {cpu.others:>5.0f} {cpu.steal:>5.0f} "
+        f"{phase.cpu_us_per_request():>6.0f}"
     )
 
 
@@ -676,10 +678,16 @@ def print_report(report: Report) -> None:
     for phase in report.phases:
         if phase.name != "warm-up":
             print(f"  {phase.server:<8} {phase.name:<13} {_phase_line(phase)}")
-    print("  load: the load generators' CPU; other: every other process on the machine; µs/req: server CPU per request")
+    print(
+        "  load: the load generators' CPU; other: every other process on the machine; steal: CPU time the "
+        "hypervisor gave to other guests; µs/req: server CPU per request"
+    )
     busiest = max(p.cpu.others for p in report.phases)
     if busiest > SHARED_MACHINE_PERCENT:
         print(f"  NOTE: other processes used up to {busiest:.0f}% of a core during a phase: the machine was shared.")
+    stolen = max(p.cpu.steal for p in report.phases)
+    if stolen > SHARED_MACHINE_PERCENT:
+        print(f"  NOTE: the hypervisor took up to {stolen:.0f}% of a core during a phase: the host was contended.")
     bare_sat, real_sat = report.phase("bare", "saturation"), report.phase("real", "saturation")
     extra = real_sat.cpu_us_per_request() - bare_sat.cpu_us_per_request()
     d, a, e = core["decide"], core["rank_adapter"], core["embed_query"]
@@ -717,6 +725,7 @@ def report_json(report: Report) -> dict[str, object]:
             "server_cpu_percent": {label: round(pct, 1) for label, pct in p.cpu.servers.items()},
             "load_generator_cpu_percent": round(p.cpu.load_generator, 1),
             "other_cpu_percent": round(p.cpu.others, 1),
+            "steal_cpu_percent": round(p.cpu.steal, 1),
             "server_cpu_us_per_request": round(p.cpu_us_per_request(), 1),
             "server_ok_total": p.server_ok,
         }

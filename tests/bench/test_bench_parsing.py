@@ -10,6 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from tests.bench import procs
 from tests.bench.loadgen import H2loadSummary, LoadError, LoadResult, merge_h2load, parse_h2load_summary, parse_wrk
 from tests.bench.procs import CpuUse, cpu_seconds, listening_ports
 from tests.bench.run_bench import Phase, combined
@@ -103,7 +104,9 @@ def test_cpu_of_a_process_that_is_gone_is_an_error() -> None:
 def test_saturation_rounds_combine_into_one_phase() -> None:
     def round_(done: int, seconds: float, p99: float, cpu: float) -> Phase:
         result = LoadResult(done, done, 0, done / seconds, 1.0, 2.0, p99, seconds)
-        return Phase("real", "saturation-1", result, CpuUse(seconds, {"decision-0": cpu}, 20.0, 180.0, 2), done)
+        return Phase(
+            "real", "saturation-1", result, CpuUse(seconds, {"decision-0": cpu}, 20.0, 180.0, 2, steal=cpu / 10), done
+        )
 
     phase = combined(
         "real", "saturation", [round_(3000, 1.0, 9.0, 90.0), round_(3000, 2.0, 5.0, 60.0), round_(600, 0.2, 7.0, 100.0)]
@@ -113,3 +116,19 @@ def test_saturation_rounds_combine_into_one_phase() -> None:
     assert phase.result.p99_ms == 7.0
     assert phase.cpu.servers["decision-0"] == pytest.approx((90.0 + 120.0 + 20.0) / 3.2)
     assert phase.cpu_us_per_request() == pytest.approx(sum((0.9, 1.2, 0.2)) / 6600 * 1e6)
+    assert phase.cpu.steal == pytest.approx((9.0 + 12.0 + 2.0) / 3.2)
+
+
+def test_the_machine_meter_counts_steal_apart_from_busy_time(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    stat = tmp_path / "stat"
+    monkeypatch.setattr(procs, "PROC", tmp_path)
+    stat.write_text("cpu  100 0 50 1000 10 0 5 40 0 0\ncpu0 50 0 25 500 5 0 3 20 0 0\ncpu1 50 0 25 500 5 0 2 20 0 0\n")
+    meter = procs.CpuMeter({})
+    stat.write_text(
+        "cpu  300 0 70 1100 10 0 5 240 0 0\ncpu0 150 0 35 550 5 0 3 120 0 0\ncpu1 150 0 35 550 5 0 2 120 0 0\n"
+    )
+    use = meter.stop()
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert use.cores == 2
+    assert use.machine * use.seconds / 100 == pytest.approx(220 / ticks)  # user + system, not steal
+    assert use.steal * use.seconds / 100 == pytest.approx(200 / ticks)
