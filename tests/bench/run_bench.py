@@ -132,6 +132,10 @@ class Report:
         """The measured phase `name` of `server`."""
         return next(p for p in self.phases if p.server == server and p.name == name)
 
+    def has_phase(self, server: str, name: str) -> bool:
+        """Whether the phase `name` of `server` ran (--grpc-only and --gateway-only skip some)."""
+        return any(p.server == server and p.name == name for p in self.phases)
+
 
 @dataclass
 class Server:
@@ -607,49 +611,51 @@ def _phase_line(phase: Phase) -> str:
 
 
 def targets(report: Report) -> list[tuple[str, str, bool]]:
-    """(target, what was measured, met) for each target of the issue."""
-    bare_sat, real_sat = report.phase("bare", "saturation"), report.phase("real", "saturation")
-    bare_fix, real_fix = report.phase("bare", "1000rps"), report.phase("real", "1000rps")
-    rps_ratio = real_sat.result.rps / bare_sat.result.rps
-    p99_ratio = real_fix.result.p99_ms / bare_fix.result.p99_ms
-    decision_cpu = {k: v for k, v in real_sat.cpu.servers.items() if k.startswith("decision")}
-    measured = [
-        (
-            "real saturated RPS >= 80% of bare",
-            f"{rps_ratio:.0%} ({real_sat.result.rps:,.0f} / {bare_sat.result.rps:,.0f} RPS); bare/real server CPU "
-            f"per request {bare_sat.cpu_us_per_request() / real_sat.cpu_us_per_request():.0%}",
-            rps_ratio >= TARGET_RPS_RATIO,
-        ),
-        (
-            "real p99 at 1,000 RPS <= 1.5x bare",
-            f"{p99_ratio:.2f}x ({real_fix.result.p99_ms:.2f} / {bare_fix.result.p99_ms:.2f} ms, "
-            f"at {real_fix.result.rps:,.0f} / {bare_fix.result.rps:,.0f} RPS)",
-            p99_ratio <= TARGET_P99_RATIO,
-        ),
-        (
-            "both cores used (real, saturation)",
-            f"{sum(decision_cpu.values()):.0f}% of one core over {len(decision_cpu)} decision processes",
-            sum(decision_cpu.values()) > 100.0 and min(decision_cpu.values()) > 0.0,
-        ),
-    ]
-    if not report.swap:  # --grpc-only
-        return measured
-    swap_failed = report.swap["failed_requests"]
-    gw_sat, gw_fix = report.phase("gateway", "saturation"), report.phase("gateway", "1000rps")
-    return [
-        *measured,
-        ("0 failed requests during a bundle swap", f"{swap_failed} failed", swap_failed == 0),
-        (
-            "gateway >= 1,000 RPS (wrk, saturation)",
-            f"{gw_sat.result.rps:,.0f} RPS (p99 {gw_sat.result.p99_ms:.2f} ms)",
-            gw_sat.result.rps >= TARGET_GATEWAY_RPS,
-        ),
-        (
-            "gateway p99 < 15 ms at 1,000 RPS",
-            f"{gw_fix.result.p99_ms:.2f} ms (h2load --h1, {gw_fix.result.rps:,.0f} RPS)",
-            gw_fix.result.p99_ms < TARGET_GATEWAY_P99_MS,
-        ),
-    ]
+    """(target, what was measured, met) for each target of the issue whose phases ran."""
+    measured = []
+    if report.has_phase("real", "saturation"):
+        bare_sat, real_sat = report.phase("bare", "saturation"), report.phase("real", "saturation")
+        bare_fix, real_fix = report.phase("bare", "1000rps"), report.phase("real", "1000rps")
+        rps_ratio = real_sat.result.rps / bare_sat.result.rps
+        p99_ratio = real_fix.result.p99_ms / bare_fix.result.p99_ms
+        decision_cpu = {k: v for k, v in real_sat.cpu.servers.items() if k.startswith("decision")}
+        measured += [
+            (
+                "real saturated RPS >= 80% of bare",
+                f"{rps_ratio:.0%} ({real_sat.result.rps:,.0f} / {bare_sat.result.rps:,.0f} RPS); bare/real server "
+                f"CPU per request {bare_sat.cpu_us_per_request() / real_sat.cpu_us_per_request():.0%}",
+                rps_ratio >= TARGET_RPS_RATIO,
+            ),
+            (
+                "real p99 at 1,000 RPS <= 1.5x bare",
+                f"{p99_ratio:.2f}x ({real_fix.result.p99_ms:.2f} / {bare_fix.result.p99_ms:.2f} ms, "
+                f"at {real_fix.result.rps:,.0f} / {bare_fix.result.rps:,.0f} RPS)",
+                p99_ratio <= TARGET_P99_RATIO,
+            ),
+            (
+                "both cores used (real, saturation)",
+                f"{sum(decision_cpu.values()):.0f}% of one core over {len(decision_cpu)} decision processes",
+                sum(decision_cpu.values()) > 100.0 and min(decision_cpu.values()) > 0.0,
+            ),
+        ]
+    if report.swap:
+        swap_failed = report.swap["failed_requests"]
+        measured.append(("0 failed requests during a bundle swap", f"{swap_failed} failed", swap_failed == 0))
+    if report.has_phase("gateway", "saturation"):
+        gw_sat, gw_fix = report.phase("gateway", "saturation"), report.phase("gateway", "1000rps")
+        measured += [
+            (
+                "gateway >= 1,000 RPS (wrk, saturation)",
+                f"{gw_sat.result.rps:,.0f} RPS (p99 {gw_sat.result.p99_ms:.2f} ms)",
+                gw_sat.result.rps >= TARGET_GATEWAY_RPS,
+            ),
+            (
+                "gateway p99 < 15 ms at 1,000 RPS",
+                f"{gw_fix.result.p99_ms:.2f} ms (h2load --h1, {gw_fix.result.rps:,.0f} RPS)",
+                gw_fix.result.p99_ms < TARGET_GATEWAY_P99_MS,
+            ),
+        ]
+    return measured
 
 
 def print_report(report: Report) -> None:
@@ -667,7 +673,7 @@ def print_report(report: Report) -> None:
     )
     print(
         f"Rank requests {core['request_bytes']} bytes; responses {core['response_bytes']} bytes with "
-        f"{core['items_per_response']} items (in process), {core['node_response_bytes']} bytes from the node"
+        f"{core['items_per_response']} items (in process), {core.get('node_response_bytes', '-')} bytes from the node"
     )
     print(
         f"saturation: {SATURATION_CONNECTIONS} connections x {SATURATION_STREAMS} streams; fixed rate: "
@@ -688,12 +694,16 @@ def print_report(report: Report) -> None:
     stolen = max(p.cpu.steal for p in report.phases)
     if stolen > SHARED_MACHINE_PERCENT:
         print(f"  NOTE: the hypervisor took up to {stolen:.0f}% of a core during a phase: the host was contended.")
-    bare_sat, real_sat = report.phase("bare", "saturation"), report.phase("real", "saturation")
-    extra = real_sat.cpu_us_per_request() - bare_sat.cpu_us_per_request()
+    if report.has_phase("real", "saturation"):
+        bare_sat, real_sat = report.phase("bare", "saturation"), report.phase("real", "saturation")
+        extra = real_sat.cpu_us_per_request() - bare_sat.cpu_us_per_request()
+        print(
+            f"\nwhere the time goes: at saturation the real node spends {extra:,.0f} µs more CPU per request than "
+            "the bare server;"
+        )
     d, a, e = core["decide"], core["rank_adapter"], core["embed_query"]
     print(
-        f"\nwhere the time goes: at saturation the real node spends {extra:,.0f} µs more CPU per request than the "
-        f"bare server;\n  in process, one thread: Rank adapter p50 {a['p50_us']} µs / p99 {a['p99_us']} µs, of which "
+        f"  in process, one thread: Rank adapter p50 {a['p50_us']} µs / p99 {a['p99_us']} µs, of which "
         f"decide() p50 {d['p50_us']} µs / p99 {d['p99_us']} µs\n  query embedding (numpy, one thread): p50 "
         f"{e['p50_us'] / 1000:.1f} ms / p99 {e['p99_us'] / 1000:.1f} ms; bundle load {core['bundle_load_seconds']} s"
     )
@@ -745,22 +755,17 @@ def report_json(report: Report) -> dict[str, object]:
 # --------------------------------------------------------------------------------------------------- main
 
 
-def run(args: argparse.Namespace, work: Path, report: Report) -> None:
-    """Every step; the servers are stopped when their step ends or fails."""
-    bundle_dir, config_dir = bench_bundle(args.dir, args.rebuild)
-    report.bundle = describe_bundle(bundle_dir)
-    config = load_config({"AURA_CONFIG_DIR": str(config_dir)})
-    store_dir = work / "store"
-    store_dir.mkdir()
-    store = open_store(str(store_dir))
-    store.promote(store.push(bundle_dir))
-    new_bundle = next_bundle(bundle_dir, work / "next")
-    requests = bench_requests(bundle_dir, config)
-    files = write_request_files(requests, work)
-    print("decision core micro-benchmarks and the real Rank responses (in process, one thread) ...", flush=True)
-    report.core = run_core(bundle_dir, config_dir, files.replies)
-
-    print("\n" + HEADER, flush=True)
+def grpc_and_swap(
+    args: argparse.Namespace,
+    work: Path,
+    report: Report,
+    store_dir: Path,
+    config_dir: Path,
+    new_bundle: Path,
+    requests: list[pb.RankRequest],
+    files: RequestFiles,
+) -> None:
+    """Bare vs real under the same loads, then (unless --grpc-only) a bundle swap under load on the real node."""
     with contextlib.ExitStack() as stack:
         bare = start_bare(work, files.replies, stack)
         node = start_node(work / "real", store_dir, config_dir, gateway=False, stack=stack)
@@ -777,6 +782,27 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
         f"real node: {logged} decisions logged after a graceful stop, but {real.expected_ok} 2xx responses seen.",
     )
 
+
+def run(args: argparse.Namespace, work: Path, report: Report) -> None:
+    """Every step; the servers are stopped when their step ends or fails."""
+    bundle_dir, config_dir = bench_bundle(args.dir, args.rebuild)
+    report.bundle = describe_bundle(bundle_dir)
+    config = load_config({"AURA_CONFIG_DIR": str(config_dir)})
+    store_dir = work / "store"
+    store_dir.mkdir()
+    store = open_store(str(store_dir))
+    store.promote(store.push(bundle_dir))
+    new_bundle = next_bundle(bundle_dir, work / "next")
+    requests = bench_requests(bundle_dir, config)
+    files = write_request_files(requests, work)
+    print("decision core micro-benchmarks and the real Rank responses (in process, one thread) ...", flush=True)
+    report.core = run_core(bundle_dir, config_dir, files.replies)
+
+    print("\n" + HEADER, flush=True)
+    if not args.gateway_only:
+        grpc_and_swap(args, work, report, store_dir, config_dir, new_bundle, requests, files)
+    if args.grpc_only:
+        return
     with contextlib.ExitStack() as stack:
         node = start_node(work / "gateway", store_dir, config_dir, gateway=True, stack=stack)
         gateway = Server("gateway", f"{node.http_url}/v1/rank", node_workers(node), lambda: 0)
@@ -801,6 +827,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate-seconds", type=float, default=15.0, help="length of each fixed-rate phase (default 15)")
     parser.add_argument("--strict", action="store_true", help="also exit 1 when a target is missed")
     parser.add_argument("--grpc-only", action="store_true", help="only bare vs real (no swap, no gateway)")
+    parser.add_argument("--gateway-only", action="store_true", help="only the gateway (no bare vs real, no swap)")
     args = parser.parse_args(argv)
     for tool, package in (("h2load", "nghttp2-client"), ("wrk", "wrk")):
         if shutil.which(tool) is None:

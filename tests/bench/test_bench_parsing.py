@@ -13,7 +13,7 @@ import pytest
 from tests.bench import procs
 from tests.bench.loadgen import H2loadSummary, LoadError, LoadResult, merge_h2load, parse_h2load_summary, parse_wrk
 from tests.bench.procs import CpuUse, cpu_seconds, listening_ports
-from tests.bench.run_bench import Phase, combined
+from tests.bench.run_bench import Phase, Report, combined, targets
 
 H2LOAD_OUTPUT = """\
 finished in 10.01s, 3761.87 req/s, 3.14MB/s
@@ -132,3 +132,29 @@ def test_the_machine_meter_counts_steal_apart_from_busy_time(monkeypatch: pytest
     assert use.cores == 2
     assert use.machine * use.seconds / 100 == pytest.approx(220 / ticks)  # user + system, not steal
     assert use.steal * use.seconds / 100 == pytest.approx(200 / ticks)
+
+
+def _phase(server: str, name: str, rps: float, p99: float) -> Phase:
+    result = LoadResult(1000, 1000, 0, rps, 1.0, 2.0, p99, 1000 / rps)
+    return Phase(server, name, result, CpuUse(1.0, {f"{server}-0": 50.0}, 10.0, 60.0, 2), 1000)
+
+
+def test_targets_cover_only_the_phases_that_ran() -> None:
+    gateway_only = Report(phases=[_phase("gateway", "saturation", 1200, 30.0), _phase("gateway", "1000rps", 1000, 9)])
+    assert [(name, met) for name, _, met in targets(gateway_only)] == [
+        ("gateway >= 1,000 RPS (wrk, saturation)", True),
+        ("gateway p99 < 15 ms at 1,000 RPS", True),
+    ]
+    grpc_only = Report(
+        phases=[
+            _phase("bare", "saturation", 3000, 50.0),
+            _phase("real", "saturation", 2500, 60.0),
+            _phase("bare", "1000rps", 1000, 4.0),
+            _phase("real", "1000rps", 1000, 8.0),
+        ]
+    )
+    assert [(name, met) for name, _, met in targets(grpc_only)] == [
+        ("real saturated RPS >= 80% of bare", True),
+        ("real p99 at 1,000 RPS <= 1.5x bare", False),
+        ("both cores used (real, saturation)", False),
+    ]
