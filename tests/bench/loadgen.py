@@ -91,17 +91,28 @@ def merge_h2load(summaries: Sequence[H2loadSummary], logs: Sequence[np.ndarray])
     window_end = min(int(end.max()) for end in ends)
     in_window = sum(int(np.count_nonzero((end >= window_start) & (end <= window_end))) for end in ends)
     seconds = (window_end - window_start) / 1e6
-    p50, p95, p99 = np.percentile(np.concatenate([rows[:, 2] for rows in logs]) / 1000.0, [50, 95, 99])
+    p50, p95, p99 = latency_percentiles(np.concatenate([rows[:, 2] for rows in logs]))
     return LoadResult(
         done=sum(s.done for s in summaries),
         ok=sum(s.ok for s in summaries),
         errors=sum(s.total - s.ok for s in summaries),
         rps=in_window / seconds if seconds > 0 else 0.0,
-        p50_ms=float(p50),
-        p95_ms=float(p95),
-        p99_ms=float(p99),
+        p50_ms=p50,
+        p95_ms=p95,
+        p99_ms=p99,
         seconds=seconds,
     )
+
+
+def latency_percentiles(elapsed_us: np.ndarray) -> tuple[float, float, float]:
+    """p50, p95 and p99 in ms of request latencies in µs."""
+    p50, p95, p99 = np.percentile(elapsed_us / 1000.0, [50, 95, 99])
+    return float(p50), float(p95), float(p99)
+
+
+def read_h2load_log(path: Path) -> np.ndarray:
+    """An h2load `--log-file` as an (n, 3) array: start µs, status, elapsed µs."""
+    return np.loadtxt(path, dtype=np.int64, ndmin=2)
 
 
 def parse_wrk(text: str) -> LoadResult:
@@ -168,7 +179,7 @@ def finish_h2load(runs: list[tuple], timeout: float) -> LoadResult:
                 process.kill()
                 process.wait()
     summaries = [parse_h2load_summary(output.read_text()) for _, _, output in runs]
-    logs = [np.loadtxt(log_file, dtype=np.int64, ndmin=2) for _, log_file, _ in runs]
+    logs = [read_h2load_log(log_file) for _, log_file, _ in runs]
     return merge_h2load(summaries, logs)
 
 

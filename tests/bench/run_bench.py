@@ -8,7 +8,7 @@
 4. The node with its HTTP gateway: wrk at saturation, h2load over HTTP/1.1 at a fixed 1,000 RPS.
 
 Saturation is 64 connections x 2 streams; the fixed rate is 1,000 RPS in total over 16 connections x 8
-streams; both follow a warm-up.
+streams; both follow a warm-up, and both alternate between the bare and the real server in three rounds.
 Every server's own count of OK responses (the bare server's counters, the node's decision log) must
 equal the load generator's count of 2xx responses, so a gRPC error (HTTP 200 with a grpc-status) cannot
 pass as a success. Exit status 1 when a check fails (with --strict, also when a target is missed).
@@ -25,7 +25,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import struct
 import subprocess
 import sys
@@ -61,6 +60,8 @@ from tests.bench.loadgen import (
     LoadError,
     LoadResult,
     finish_h2load,
+    latency_percentiles,
+    read_h2load_log,
     run_h2load,
     run_wrk,
     start_h2load,
@@ -75,8 +76,9 @@ WORKERS = 2
 SATURATION_CONNECTIONS, SATURATION_STREAMS = 64, 2
 # The kernel spreads connections over the SO_REUSEPORT processes by hash: with 16 connections one process often
 # got 11 or more of them and saturated while the other idled, for the bare server as for the real one.
-SATURATION_ROUNDS = 3
-"""Saturation alternates between the servers in rounds, so a slow spell of the shared machine hits both."""
+ALTERNATING_ROUNDS = 3
+"""Saturation and the fixed rate alternate between the servers in rounds, so a slow spell of the shared machine
+hits both."""
 FIXED_RPS = 1000.0
 FIXED_CONNECTIONS, FIXED_STREAMS = 16, 8
 GATEWAY_CONNECTIONS = 16
@@ -104,6 +106,8 @@ class Phase:
     result: LoadResult
     cpu: CpuUse
     server_ok: int
+    log_dir: Path | None = None
+    """Where its h2load logs are (None for wrk and combined phases)."""
 
     def cpu_us_per_request(self) -> float:
         """Server CPU time per completed request, in µs."""
@@ -434,11 +438,19 @@ def wait_all_serving(node: EdgeNode, requests: list[pb.RankRequest], server: Ser
 # ------------------------------------------------------------------------------------------------- phases
 
 
-def record(report: Report, server: Server, name: str, result: LoadResult, cpu: CpuUse, slack: int = 0) -> Phase:
+def record(
+    report: Report,
+    server: Server,
+    name: str,
+    result: LoadResult,
+    cpu: CpuUse,
+    slack: int = 0,
+    log_dir: Path | None = None,
+) -> Phase:
     """Check a phase's errors and the server's own OK count, and add the phase to the report.
 
     `slack`: how many more OK responses the server may count than the load generator saw (wrk drops the
-    requests in flight when it stops; the server may still answer them).
+    requests in flight when it stops; the server may still answer them). `log_dir`: its h2load logs.
     """
     server.expected_ok += result.ok
     server_ok = settled_count(server.count_ok, server.expected_ok)
@@ -449,7 +461,7 @@ def record(report: Report, server: Server, name: str, result: LoadResult, cpu: C
         f"{server.expected_ok} 2xx responses: errors passed as HTTP 200, or decisions went unlogged.",
     )
     server.expected_ok = max(server.expected_ok, server_ok) if slack else server.expected_ok
-    phase = Phase(server.name, name, result, cpu, server_ok)
+    phase = Phase(server.name, name, result, cpu, server_ok, log_dir)
     report.phases.append(phase)
     print(f"  {server.name:<8} {name:<13} {_phase_line(phase)}", flush=True)
     return phase
@@ -463,42 +475,51 @@ def drive(
     log_dir.mkdir()
     meter = CpuMeter(server.workers)
     result = run_h2load(server.url, bodies, load, log_dir, headers)
-    return record(report, server, name, result, meter.stop())
+    return record(report, server, name, result, meter.stop(), log_dir=log_dir)
 
 
 def grpc_phases(report: Report, servers: list[Server], bodies: list[Path], work: Path, args: argparse.Namespace):
-    """Warm up each server (which also sizes its saturation rounds to about --seconds in all), saturate them in
-    alternating rounds, then drive each at 1,000 RPS: the phases compared with each other run back to back."""
+    """Warm up each server (which also sizes its saturation rounds to about --seconds in all), then saturate them
+    and drive them at 1,000 RPS (--rate-seconds in all), each in alternating rounds."""
     requests = {}
     for server in servers:
         warmup = drive(report, server, "warm-up", saturation(WARMUP_REQUESTS), bodies, work)
-        per_round = warmup.result.rps * args.seconds / SATURATION_ROUNDS
-        requests[server.name] = max(WARMUP_REQUESTS // SATURATION_ROUNDS, int(round(per_round, -3)))
+        per_round = warmup.result.rps * args.seconds / ALTERNATING_ROUNDS
+        requests[server.name] = max(WARMUP_REQUESTS // ALTERNATING_ROUNDS, int(round(per_round, -3)))
+    alternate(report, servers, "saturation", lambda server: saturation(requests[server.name]), bodies, work)
+    rate_round = fixed_rate(args.rate_seconds / ALTERNATING_ROUNDS)
+    alternate(report, servers, "1000rps", lambda _server: rate_round, bodies, work)
+
+
+def alternate(
+    report: Report, servers: list[Server], name: str, load: Callable[[Server], Load], bodies: list[Path], work: Path
+) -> None:
+    """Drive the servers in ALTERNATING_ROUNDS alternating rounds (`name`-1, -2, ...), then add the `name` phase
+    that combines each server's rounds."""
     rounds: dict[str, list[Phase]] = {server.name: [] for server in servers}
-    for number in range(1, SATURATION_ROUNDS + 1):
+    for number in range(1, ALTERNATING_ROUNDS + 1):
         for server in servers:
-            name = f"saturation-{number}"
-            rounds[server.name].append(drive(report, server, name, saturation(requests[server.name]), bodies, work))
+            rounds[server.name].append(drive(report, server, f"{name}-{number}", load(server), bodies, work))
     for server in servers:
-        report.phases.append(combined(server.name, "saturation", rounds[server.name]))
-    for server in servers:
-        drive(report, server, "1000rps", fixed_rate(args.rate_seconds), bodies, work)
+        report.phases.append(combined(server.name, name, rounds[server.name]))
 
 
 def combined(server: str, name: str, rounds: list[Phase]) -> Phase:
-    """One phase for several rounds: counts added up, RPS over their total time, CPU shares weighted by time,
-    percentiles the median of the rounds'."""
+    """One phase for several h2load rounds: counts added up, RPS over their total time, CPU shares weighted by
+    time, percentiles over every request of the rounds."""
     seconds = sum(p.result.seconds for p in rounds)
     done = sum(p.result.done for p in rounds)
-    p95s = [p.result.p95_ms for p in rounds]
+    p50, p95, p99 = latency_percentiles(
+        np.concatenate([read_h2load_log(log)[:, 2] for p in rounds for log in sorted(p.log_dir.glob("h2load-*.log"))])
+    )
     result = LoadResult(
         done=done,
         ok=sum(p.result.ok for p in rounds),
         errors=sum(p.result.errors for p in rounds),
         rps=done / seconds,
-        p50_ms=statistics.median(p.result.p50_ms for p in rounds),
-        p95_ms=None if None in p95s else statistics.median(p95s),
-        p99_ms=statistics.median(p.result.p99_ms for p in rounds),
+        p50_ms=p50,
+        p95_ms=p95,
+        p99_ms=p99,
         seconds=seconds,
     )
     cpu_seconds = sum(p.cpu.seconds for p in rounds)
@@ -824,7 +845,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seconds", type=float, default=10.0, help="saturation time per server, over its rounds (default 10)"
     )
-    parser.add_argument("--rate-seconds", type=float, default=15.0, help="length of each fixed-rate phase (default 15)")
+    parser.add_argument(
+        "--rate-seconds",
+        type=float,
+        default=15.0,
+        help="seconds of each fixed-rate phase; the bare and real servers' in alternating rounds (default 15)",
+    )
     parser.add_argument("--strict", action="store_true", help="also exit 1 when a target is missed")
     parser.add_argument("--grpc-only", action="store_true", help="only bare vs real (no swap, no gateway)")
     parser.add_argument("--gateway-only", action="store_true", help="only the gateway (no bare vs real, no swap)")

@@ -101,19 +101,31 @@ def test_cpu_of_a_process_that_is_gone_is_an_error() -> None:
         cpu_seconds(process.pid)
 
 
-def test_saturation_rounds_combine_into_one_phase() -> None:
-    def round_(done: int, seconds: float, p99: float, cpu: float) -> Phase:
-        result = LoadResult(done, done, 0, done / seconds, 1.0, 2.0, p99, seconds)
-        return Phase(
-            "real", "saturation-1", result, CpuUse(seconds, {"decision-0": cpu}, 20.0, 180.0, 2, steal=cpu / 10), done
-        )
+def test_rounds_combine_into_one_phase(tmp_path) -> None:
+    def round_(done: int, seconds: float, cpu: float, latencies_ms: list[float]) -> Phase:
+        log_dir = tmp_path / f"round-{len(list(tmp_path.iterdir()))}"
+        log_dir.mkdir()
+        for index, half in enumerate((latencies_ms[::2], latencies_ms[1::2])):
+            rows = "".join(f"{1_000_000 + n} 200 {int(ms * 1000)}\n" for n, ms in enumerate(half))
+            (log_dir / f"h2load-{index}.log").write_text(rows)
+        result = LoadResult(done, done, 0, done / seconds, 1.0, 2.0, 99.0, seconds)
+        use = CpuUse(seconds, {"decision-0": cpu}, 20.0, 180.0, 2, steal=cpu / 10)
+        return Phase("real", "1000rps-1", result, use, done, log_dir)
 
+    fast = [1.0] * 95
     phase = combined(
-        "real", "saturation", [round_(3000, 1.0, 9.0, 90.0), round_(3000, 2.0, 5.0, 60.0), round_(600, 0.2, 7.0, 100.0)]
+        "real",
+        "1000rps",
+        [
+            round_(3000, 1.0, 90.0, [*fast, *[40.0] * 5]),
+            round_(3000, 2.0, 60.0, [*fast, 1.0, 1.0, 1.0, 2.0, 3.0]),
+            round_(600, 0.2, 100.0, [*fast, 1.0, 1.0, 1.0, 2.0, 3.0]),
+        ],
     )
     assert (phase.result.done, phase.result.seconds) == (6600, pytest.approx(3.2))
     assert phase.result.rps == pytest.approx(6600 / 3.2)
-    assert phase.result.p99_ms == 7.0
+    # Over all 300 requests: the median of the rounds' p99s would hide the slow round (about 2 ms).
+    assert (phase.result.p50_ms, phase.result.p99_ms) == (1.0, 40.0)
     assert phase.cpu.servers["decision-0"] == pytest.approx((90.0 + 120.0 + 20.0) / 3.2)
     assert phase.cpu_us_per_request() == pytest.approx(sum((0.9, 1.2, 0.2)) / 6600 * 1e6)
     assert phase.cpu.steal == pytest.approx((9.0 + 12.0 + 2.0) / 3.2)
