@@ -97,8 +97,7 @@ def collect_garbage_in_small_passes() -> None:
     cyclic garbage per call (the closure of its method lookup). At a threshold of 50,000 each pass freed
     about 40,000 of them and stalled its process for 40-70 ms every few seconds at 500 RPS, the largest
     latency spikes of the node; at 2,000 a pass takes 1-5 ms, for the same total. CPython's default
-    thresholds cost about 15% of a Rank's CPU (in process, without gRPC: 78 against 66 µs per request),
-    from passes over the older generations.
+    thresholds cost about 15% of a Rank's CPU (in process, without gRPC: 78 against 66 µs per request).
     """
     gc.set_threshold(*GC_THRESHOLDS)
 
