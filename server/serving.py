@@ -208,14 +208,17 @@ def build_serving_index(
     if missing:
         raise BundleError(f"bundle {version} has no rankings for configured surface(s) {', '.join(missing)}.")
 
+    type_allowed = {
+        surface_id: np.array([not types or kind in types for kind in content.content_types], dtype=bool)
+        for surface_id, types in ((s_id, surface.eligible_content_types) for s_id, surface in surfaces.items())
+    }
     cells: dict[tuple[str, str], CellView] = {}
     for (surface_id, segment_id), span in bundle.cells.items():
         surface = surfaces.get(surface_id)
         if surface is None:
             continue
         items = bundle.cell_items[span.start : span.stop]
-        types = surface.eligible_content_types
-        type_ok = np.array([not types or content.content_types[i] in types for i in items], dtype=bool)
+        type_ok = type_allowed[surface_id][items]
         allowed = sum(flag_bits.get(f, 0) for f in surface.allowed_policy_flags)
         freshness = freshness_multiplier(
             age_days[items], freshness_policy.half_life_days, freshness_policy.minimum_score, surface.freshness_boost

@@ -10,6 +10,7 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from aura.bundle.format import (
@@ -276,40 +277,56 @@ def _segments(name: str, table: pa.Table) -> dict[str, SegmentInfo]:
 
 
 def _posteriors(name: str, table: pa.Table, content: ContentTable, segments: dict[str, SegmentInfo]):
-    rows = table.to_pydict()
+    """The posterior rows ordered by cell (surface, segment) and content row, and each cell's span.
+
+    Vectorized: a bundle has hundreds of thousands of rows, and a load runs beside the requests of a
+    serving process, which wait for the GIL while Python code or one long conversion holds it.
+    """
     n = table.num_rows
-    surface_col, segment_col, content_col = rows["surface_id"], rows["segment_id"], rows["content_id"]
-    unknown_segments = set(segment_col) - set(segments)
+    if table["surface_id"].null_count:
+        raise BundleError(f"bundle {name}: a posterior row has no surface_id.")
+    unknown_segments = set(pc.unique(table["segment_id"]).to_pylist()) - set(segments)
     if unknown_segments:
-        raise BundleError(f"bundle {name}: posteriors name unknown segment {sorted(unknown_segments)[0]}.")
-    try:
-        items = np.fromiter((content.index_of[c] for c in content_col), dtype=np.int32, count=n)
-    except KeyError as exc:
-        raise BundleError(f"bundle {name}: posteriors name unknown content {exc.args[0]}.") from None
-    alpha = np.asarray(rows["alpha"], dtype=np.float64)
-    beta = np.asarray(rows["beta"], dtype=np.float64)
+        raise BundleError(f"bundle {name}: posteriors name unknown segment {sorted(unknown_segments, key=str)[0]}.")
+    items = pc.index_in(table["content_id"], value_set=pa.array(content.ids, pa.string()))
+    if items.null_count:
+        unknown = table["content_id"].filter(pc.is_null(items))[0].as_py()
+        raise BundleError(f"bundle {name}: posteriors name unknown content {unknown}.")
+    alpha, beta, propensity = (
+        np.asarray(table[column].to_numpy(), dtype=np.float64) for column in ("alpha", "beta", "propensity")
+    )  # a missing propensity becomes NaN
     if n and not (np.all(np.isfinite(alpha)) and np.all(np.isfinite(beta)) and alpha.min() > 0 and beta.min() > 0):
         raise BundleError(f"bundle {name}: posterior alpha and beta must be finite and positive.")
-    propensity = np.asarray([p if p is not None else np.nan for p in rows["propensity"]], dtype=np.float64)
 
-    keys = list(zip(surface_col, segment_col, strict=True))
-    order = sorted(range(n), key=lambda i: (keys[i], items[i]))
-    order_arr = np.asarray(order, dtype=np.int64)
-    items, alpha, beta, propensity = items[order_arr], alpha[order_arr], beta[order_arr], propensity[order_arr]
-    cells: dict[tuple[str, str], CellSpan] = {}
-    start = 0
-    for pos in range(1, n + 1):
-        if pos == n or keys[order[pos]] != keys[order[start]]:
-            key = keys[order[start]]
-            if np.any(np.diff(items[start:pos]) == 0):
-                raise BundleError(f"bundle {name}: cell {key} lists a content item twice.")
-            cells[key] = CellSpan(start, pos)
-            start = pos
+    surface_ids, surface_codes = _sorted_codes(table["surface_id"])
+    segment_ids, segment_codes = _sorted_codes(table["segment_id"])
+    items = np.asarray(items.to_numpy(), dtype=np.int32)
+    order = np.lexsort((items, segment_codes, surface_codes))
+    items, alpha, beta, propensity = items[order], alpha[order], beta[order], propensity[order]
+    surface_codes, segment_codes = surface_codes[order], segment_codes[order]
+    new_cell = (np.diff(surface_codes) != 0) | (np.diff(segment_codes) != 0)
+    repeated = np.flatnonzero((np.diff(items) == 0) & ~new_cell)
+    if repeated.size:
+        key = (surface_ids[surface_codes[repeated[0]]], segment_ids[segment_codes[repeated[0]]])
+        raise BundleError(f"bundle {name}: cell {key} lists a content item twice.")
+    boundaries = np.flatnonzero(new_cell) + 1
+    starts = np.concatenate(([0], boundaries)) if n else boundaries
+    stops = np.concatenate((boundaries, [n])) if n else boundaries
+    cells = {
+        (surface_ids[surface_codes[start]], segment_ids[segment_codes[start]]): CellSpan(start, stop)
+        for start, stop in zip(starts.tolist(), stops.tolist(), strict=True)
+    }
     surfaces = tuple(sorted({s for s, _ in cells}))
     for surface in surfaces:
         if (surface, GLOBAL_SEGMENT) not in cells:
             raise BundleError(f"bundle {name}: surface {surface} has no {GLOBAL_SEGMENT} cell.")
     return surfaces, cells, items, alpha, beta, propensity
+
+
+def _sorted_codes(column: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
+    """The distinct values of a string column in sorted order, and each row's position among them."""
+    values = sorted(pc.unique(column).to_pylist())
+    return values, pc.index_in(column, value_set=pa.array(values, pa.string())).to_numpy()
 
 
 def _assignments(name: str, table: pa.Table, segments: dict[str, SegmentInfo]) -> dict[str, Assignment]:

@@ -88,6 +88,15 @@ def test_surface_may_allow_a_policy_flag(tmp_path: Path) -> None:
     assert "c000" in shown(index, run(index, no_exploration(tmp_path), query()))
 
 
+def test_a_surface_shows_only_its_eligible_content_types(tmp_path: Path) -> None:
+    types = ["article", "guide", "product", "guide", "article", "promotion"]
+    surface = Surface(id=SURFACE, max_items=10, diversity=False, eligible_content_types=("guide", "promotion"))
+    index = index_for(tmp_path, 6, surface=surface, content_type=types)
+    assert sorted(shown(index, run(index, no_exploration(tmp_path), query()))) == ["c001", "c003", "c005"]
+    every_type = index_for(tmp_path / "all", 6, content_type=types)
+    assert len(shown(every_type, run(every_type, no_exploration(tmp_path), query()))) == 6
+
+
 def test_candidates_restrict_the_ranking_and_unknown_ids_are_ignored(tmp_path: Path) -> None:
     index = index_for(tmp_path)
     decision = run(index, no_exploration(tmp_path), query(candidates=("c003", "c005", "nope")))
