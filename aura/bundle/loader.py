@@ -283,11 +283,9 @@ def _posteriors(name: str, table: pa.Table, content: ContentTable, segments: dic
     serving process, which wait for the GIL while Python code or one long conversion holds it.
     """
     n = table.num_rows
-    if table["surface_id"].null_count:
-        raise BundleError(f"bundle {name}: a posterior row has no surface_id.")
     unknown_segments = set(pc.unique(table["segment_id"]).to_pylist()) - set(segments)
     if unknown_segments:
-        raise BundleError(f"bundle {name}: posteriors name unknown segment {sorted(unknown_segments, key=str)[0]}.")
+        raise BundleError(f"bundle {name}: posteriors name unknown segment {sorted(unknown_segments)[0]}.")
     items = pc.index_in(table["content_id"], value_set=pa.array(content.ids, pa.string()))
     if items.null_count:
         unknown = table["content_id"].filter(pc.is_null(items))[0].as_py()
