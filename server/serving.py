@@ -208,10 +208,10 @@ def build_serving_index(
     if missing:
         raise BundleError(f"bundle {version} has no rankings for configured surface(s) {', '.join(missing)}.")
 
-    type_allowed = {
-        surface_id: np.array([not types or kind in types for kind in content.content_types], dtype=bool)
-        for surface_id, types in ((s_id, surface.eligible_content_types) for s_id, surface in surfaces.items())
-    }
+    type_allowed = {}
+    for surface_id, surface in surfaces.items():
+        types = surface.eligible_content_types
+        type_allowed[surface_id] = np.array([not types or kind in types for kind in content.content_types], dtype=bool)
     cells: dict[tuple[str, str], CellView] = {}
     for (surface_id, segment_id), span in bundle.cells.items():
         surface = surfaces.get(surface_id)
