@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 _HEX = "[0-9A-Fa-f]{1,4}"
 _PATTERN = re.compile(
-    r"(?P<email>[\w.+-]+@[\w-]+(?:\.[\w-]+)+)"
+    r"(?P<email>(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+)"
     rf"|(?P<ip>(?<![\w.:])(?:(?:\d{{1,3}}\.){{3}}\d{{1,3}}"
     rf"|(?:{_HEX}:){{7}}{_HEX}"
     rf"|(?:{_HEX}(?::{_HEX})*)?::(?:{_HEX}(?::{_HEX})*)?)(?![\w:]|\.\d))"

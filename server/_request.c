@@ -23,6 +23,7 @@
 #define MAX_CONTEXT_VALUE 256
 #define MAX_REFERRER 2048
 #define MAX_PAGE_TYPE 64
+#define MAX_REGION 64
 
 typedef struct {
     const char *data;
@@ -338,7 +339,14 @@ static PyObject *query_fields(Request *request, PyObject *surfaces, PyObject *re
     char upper[2] = {0, 0};
     for (Py_ssize_t i = 0; i < country.size; i++) upper[i] = (char)(country.data[i] & ~0x20);
     SET(COUNTRY, PyUnicode_FromStringAndSize(upper, country.size));
-    SET(REGION, decoded(user->region));
+    PyObject *region = decoded(user->region);
+    if (!region) goto fail;
+    if (PyUnicode_GET_LENGTH(region) > MAX_REGION) {
+        Py_DECREF(region);
+        refuse(errors->invalid, "user_ctx.geo.region must be at most %d characters.", MAX_REGION);
+        goto fail;
+    }
+    SET(REGION, region);
     PyObject *referrer = decoded(user->referrer);
     if (!referrer) goto fail;
     if (PyUnicode_GET_LENGTH(referrer) > MAX_REFERRER) {

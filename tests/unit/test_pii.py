@@ -46,6 +46,14 @@ def test_scrub_text(text: str, expected: str) -> None:
     assert scrub_text(text) == expected
 
 
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("token", ["x", "a.", "1", "1.", "+1", "a@b", "-b", "1:", "ab:", "1 ", "a@b.c "], ids=repr)
+def test_long_runs_scrub_in_linear_time(token: str) -> None:
+    # A run of 200,000 characters; the pattern once backtracked from every start position (hours at 900,000).
+    text = token * (200_000 // len(token))
+    assert len(scrub_text(text)) > 0
+
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [

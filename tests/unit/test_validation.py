@@ -119,6 +119,11 @@ def test_unknown_fields_are_skipped() -> None:
         (request(user={"geo": common_pb2.Geo(country="1A")}), InvalidRequest, "ISO 3166-1 alpha-2"),
         (request(user={"referrer": "é" * 2049}), InvalidRequest, "user_ctx.referrer must be at most 2048 characters."),
         (request(user={"page_type": "p" * 65}), InvalidRequest, "user_ctx.page_type must be at most 64 characters."),
+        (
+            request(user={"geo": common_pb2.Geo(country="US", region="r" * 65)}),
+            InvalidRequest,
+            "user_ctx.geo.region must be at most 64 characters.",
+        ),
         (request(user={"consent": ["c"] * 33}), InvalidRequest, "user_ctx.consent must list at most 32 scopes"),
         (request(user={"consent": ["c" * 65]}), InvalidRequest, "user_ctx.consent must list at most 32 scopes"),
         (request(candidates=["c"] * 1001), InvalidRequest, "candidates must list at most 1000 content ids."),
@@ -140,7 +145,8 @@ def test_each_rule_refuses_with_its_message(message: pb.RankRequest, error: type
 
 
 def test_multibyte_text_is_measured_in_characters() -> None:
-    assert parse(request(user={"referrer": "é" * 2048, "page_type": "ü" * 64})).page_type == "ü" * 64
+    query = parse(request(user={"referrer": "é" * 2048, "page_type": "ü" * 64, "geo": common_pb2.Geo(region="ö" * 64)}))
+    assert (query.page_type, query.region) == ("ü" * 64, "ö" * 64)
 
 
 @pytest.mark.parametrize(
