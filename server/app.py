@@ -9,11 +9,12 @@ from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from aura.errors import AuraError
+from aura.errors import AuraError, InvalidRequest
 from aura.server.servicer import AdminService, DecisionService, ServerDeps
 from aura.v1 import admin_service_pb2, decision_service_pb2
 
@@ -26,11 +27,22 @@ ADMIN_SERVICE = ADMIN_DESCRIPTOR.full_name
 MAX_MESSAGE_BYTES = 1 << 20
 
 
-def guarded(method: Callable[[Any, Any], Awaitable[Any]], name: str) -> Callable[[Any, Any], Awaitable[Any]]:
-    """Wrap an RPC method so AuraError becomes its gRPC status and anything unexpected INTERNAL, without a trace."""
+def guarded(
+    method: Callable[[Any, Any], Awaitable[Any]], name: str, request_type: type[Message] | None = None
+) -> Callable[[Any, Any], Awaitable[Any]]:
+    """Wrap an RPC method so AuraError becomes its gRPC status and anything unexpected INTERNAL, without a trace.
+
+    With `request_type`, the wrapper takes the request's wire bytes and parses them itself, so bytes that are
+    not such a message get INVALID_ARGUMENT (gRPC's own deserializer would answer UNKNOWN with its trace).
+    """
 
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if request_type is not None:
+                try:
+                    request = request_type.FromString(request)
+                except DecodeError:
+                    raise InvalidRequest(f"The request is not a valid {request_type.DESCRIPTOR.full_name}.") from None
             return await method(request, context)
         except AuraError as exc:
             await context.abort(exc.grpc_code, str(exc))
@@ -49,8 +61,11 @@ def service_handler(
     for method in service.methods:
         raw = method.name in raw_methods
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            guarded(getattr(servicer, method.name), method.full_name),
-            request_deserializer=None if raw else GetMessageClass(method.input_type).FromString,
+            guarded(
+                getattr(servicer, method.name),
+                method.full_name,
+                request_type=None if raw else GetMessageClass(method.input_type),
+            ),
             response_serializer=None if raw else GetMessageClass(method.output_type).SerializeToString,
         )
     return grpc.method_handlers_generic_handler(service.full_name, handlers)

@@ -125,6 +125,24 @@ def test_bytes_that_are_not_a_rank_request_are_invalid_argument(channel, data: b
     assert message in error.value.details()
 
 
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/aura.v1.DecisionService/Feedback", "aura.v1.FeedbackRequest"),
+        ("/aura.v1.DecisionService/GetSegments", "aura.v1.GetSegmentsRequest"),
+        ("/aura.v1.DecisionService/Search", "aura.v1.SearchRequest"),
+        ("/aura.v1.AdminService/ActivateBundle", "aura.v1.ActivateBundleRequest"),
+    ],
+)
+@pytest.mark.parametrize("data", [b"\x0a\xff", b"\x0a\x02\xc3\x28"], ids=["truncated", "not-utf8"])
+def test_bytes_that_are_not_the_methods_message_are_invalid_argument(channel, path: str, message: str, data) -> None:
+    call = channel.unary_unary(path)
+    with pytest.raises(grpc.RpcError) as error:
+        call(data)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details() == f"The request is not a valid {message}."
+
+
 def test_feedback_is_durable_idempotent_and_learned_from(edge_node, decisions) -> None:
     ranked = decisions.Rank(rank_request())
     item = ranked.items[0].content_id
