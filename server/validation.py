@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -71,18 +72,23 @@ def feedback_reward(request: pb.FeedbackRequest) -> tuple[str, float]:
     if reward.timestamp:
         parse_timestamp("reward.timestamp", reward.timestamp)
     context = request.context
-    if context.dwell_time < 0 or not 0.0 <= context.scroll_depth <= 1.0:
-        raise InvalidRequest("context.dwell_time must be >= 0 and context.scroll_depth in [0, 1].")
+    if not (0.0 <= context.dwell_time < math.inf and 0.0 <= context.scroll_depth <= 1.0):
+        raise InvalidRequest("context.dwell_time must be a finite number >= 0 and context.scroll_depth in [0, 1].")
     return name, reward.value
 
 
 def parse_timestamp(field: str, value: str) -> datetime:
-    """Parse an RFC 3339 timestamp (a trailing Z is accepted); naive times are taken as UTC."""
+    """Parse an RFC 3339 timestamp (a trailing Z is accepted) into UTC; naive times are taken as UTC.
+
+    The time must lie within years 1-9999 in UTC, what the logs can store.
+    """
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidRequest(f"{field} must be an RFC 3339 timestamp, got {value!r}.") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidRequest(
+            f"{field} must be an RFC 3339 timestamp within years 1-9999 in UTC, got {value!r}."
+        ) from None
 
 
 def search_limit(request: pb.SearchRequest) -> int:

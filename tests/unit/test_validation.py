@@ -1,14 +1,16 @@
 """The compiled RankRequest parser: proto3 wire semantics, every validation rule, and hostile bytes."""
 
 import contextlib
+import math
 import random
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
 
 from aura.errors import InvalidRequest, NotFound
 from aura.server.decision import RankQuery
-from aura.server.validation import check_id, rank_query
+from aura.server.validation import check_id, feedback_reward, parse_timestamp, rank_query
 from aura.v1 import common_pb2
 from aura.v1 import decision_service_pb2 as pb
 
@@ -213,3 +215,34 @@ def test_ids_checked_in_python_follow_the_same_rule(value: str) -> None:
 def test_a_referrer_that_is_not_a_url_is_no_error(referrer: str, host: str, kind: str) -> None:
     query = parse(request(user={"referrer": referrer}))
     assert (query.referrer_host, query.referrer_class) == (host, kind)
+
+
+def feedback(timestamp: str = "", dwell_time: float = 0.0) -> pb.FeedbackRequest:
+    return pb.FeedbackRequest(
+        request_id="req_1",
+        item_id="c1",
+        reward=pb.Reward(type=pb.REWARD_TYPE_CLICK, value=1.0, timestamp=timestamp),
+        context=pb.FeedbackContext(dwell_time=dwell_time),
+    )
+
+
+@pytest.mark.parametrize(
+    ("message", "text"),
+    [
+        (feedback(dwell_time=math.nan), "context.dwell_time must be a finite number >= 0"),
+        (feedback(dwell_time=math.inf), "context.dwell_time must be a finite number >= 0"),
+        (feedback(dwell_time=-1.0), "context.dwell_time must be a finite number >= 0"),
+        (feedback("9999-12-31T23:59:59-10:00"), "within years 1-9999 in UTC"),
+        (feedback("0001-01-01T00:00:00+10:00"), "within years 1-9999 in UTC"),
+        (feedback("yesterday"), "must be an RFC 3339 timestamp"),
+    ],
+)
+def test_feedback_outside_the_storable_range_is_refused(message: pb.FeedbackRequest, text: str) -> None:
+    with pytest.raises(InvalidRequest, match=text):
+        feedback_reward(message)
+
+
+def test_feedback_timestamps_are_read_into_utc() -> None:
+    assert feedback_reward(feedback("2026-11-27T23:30:00-10:00", dwell_time=4.5)) == ("click", 1.0)
+    assert parse_timestamp("ts", "2026-11-27T23:30:00-10:00") == datetime(2026, 11, 28, 9, 30, tzinfo=UTC)
+    assert parse_timestamp("ts", "2026-11-27T23:30:00") == datetime(2026, 11, 27, 23, 30, tzinfo=UTC)
