@@ -303,12 +303,11 @@ def _rule_failures(
     """Per eligibility rule in force, the cell positions it removes."""
     rules = policies.decisioning.eligibility
     failures: list[tuple[str, np.ndarray]] = []
-    if rules.check_policy_flags or rules.check_consent:
-        blocked = cell.blocked_flags & np.uint32(~unlocked & 0xFFFFFFFF)
-        if rules.check_consent:
-            failures.append(("consent", (blocked & np.uint32(index.consent_flag_bits)) != 0))
-        if rules.check_policy_flags:
-            failures.append(("policy_flag", (blocked & np.uint32(~index.consent_flag_bits & 0xFFFFFFFF)) != 0))
+    # A flag in flag_consents needs its consent scope, and every flag must be one the surface allows.
+    if rules.check_consent:
+        failures.append(("consent", (cell.consent_flags & np.uint32(~unlocked & 0xFFFFFFFF)) != 0))
+    if rules.check_policy_flags:
+        failures.append(("policy_flag", cell.disallowed_flags != 0))
     if rules.check_jurisdiction:
         wanted = np.uint64(jurisdiction_bits)
         failures.append(("jurisdiction", (cell.jurisdictions != 0) & ((cell.jurisdictions & wanted) == 0)))

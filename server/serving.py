@@ -30,8 +30,10 @@ class CellView:
     """Content rows, ascending."""
     type_ok: np.ndarray
     """The item's content type is eligible on the surface."""
-    blocked_flags: np.ndarray
+    disallowed_flags: np.ndarray
     """Bits of the item's policy flags the surface does not allow (uint32)."""
+    consent_flags: np.ndarray
+    """Bits of the item's policy flags that need a consent scope (`flag_consents`) to be shown (uint32)."""
     jurisdictions: np.ndarray
     """Bits of the item's jurisdictions (uint64); 0 means available everywhere."""
     devices: np.ndarray
@@ -95,8 +97,6 @@ class ServingIndex:
     flag_bits: dict[str, int]
     consent_unlocks: dict[str, int]
     """Consent scope -> bits of the policy flags it unlocks."""
-    consent_flag_bits: int
-    """Bits of every flag some consent unlocks: removing such an item is the consent rule's doing."""
     reason_heads: tuple[str, ...]
     """Per content row, the first part of its reason: its first persona, else its content type."""
     similar_offsets: np.ndarray
@@ -230,7 +230,8 @@ def build_serving_index(
             stop=span.stop,
             items=items,
             type_ok=type_ok,
-            blocked_flags=item_flags[items] & np.uint32(~allowed & 0xFFFFFFFF),
+            disallowed_flags=item_flags[items] & np.uint32(~allowed & 0xFFFFFFFF),
+            consent_flags=item_flags[items] & np.uint32(consent_flag_bits),
             jurisdictions=item_jurisdictions[items],
             devices=item_devices[items],
             freshness=freshness,
@@ -251,7 +252,6 @@ def build_serving_index(
         jurisdiction_bits=jurisdiction_bits,
         flag_bits=flag_bits,
         consent_unlocks=consent_unlocks,
-        consent_flag_bits=consent_flag_bits,
         reason_heads=tuple(
             personas[0] if personas else content_type
             for personas, content_type in zip(content.personas, content.content_types, strict=True)

@@ -77,9 +77,30 @@ def test_eligibility_rules_and_explanations(tmp_path: Path) -> None:
     assert removed == {"c000": "jurisdiction", "c002": "device", "c003": "consent", "c004": "policy_flag"}
 
     german = run(
-        index, pol, query(country="DE", device="desktop", consent=frozenset({"personalization", "age_verified"}))
+        index,
+        pol,
+        query(country="DE", device="desktop", consent=frozenset({"personalization", "age_verified"}), explain=True),
     )
-    assert set(shown(index, german)) == {"c000", "c002", "c003", "c005", "c006", "c007"}
+    assert set(shown(index, german)) == {"c000", "c002", "c005", "c006", "c007"}
+    # Consent does not unlock a flag the surface does not allow.
+    assert {index.bundle.content.ids[row]: rule for row, rule in german.removed} == {
+        "c001": "jurisdiction",
+        "c003": "policy_flag",
+        "c004": "policy_flag",
+    }
+
+
+def test_a_consent_flag_needs_both_the_surface_and_the_consent(tmp_path: Path) -> None:
+    surface = Surface(id=SURFACE, max_items=10, diversity=False, allowed_policy_flags=("age_restricted",))
+    index = index_for(tmp_path, 4, surface=surface, policy_flags=[["age_restricted"], [], [], []])
+    pol = no_exploration(tmp_path)
+    without = run(index, pol, query(explain=True))
+    assert "c000" not in shown(index, without)
+    assert [(index.bundle.content.ids[row], rule) for row, rule in without.removed] == [("c000", "consent")]
+    verified = run(index, pol, query(consent=frozenset({"personalization", "age_verified"})))
+    assert "c000" in shown(index, verified)
+    unchecked = no_exploration(tmp_path, eligibility={"check_consent": False})
+    assert "c000" in shown(index, run(index, unchecked, query()))
 
 
 def test_surface_may_allow_a_policy_flag(tmp_path: Path) -> None:
