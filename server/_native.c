@@ -297,6 +297,34 @@ static int too_similar(const int64_t *offsets, Py_ssize_t n_rows, const int64_t 
     return 0;
 }
 
+/* The exploration slot of a slate: a pool item may take it if it is not on the slate and, when the slot lies
+ * within the first `diverse` slots, it keeps the diversity of those slots (cluster cap, similarity). */
+typedef struct {
+    const Py_ssize_t *slate;
+    Py_ssize_t n_slate, slot, diverse, max_per_cluster;
+    const int64_t *clusters, *content_rows, *offsets;
+    Py_ssize_t n_rows;
+    const int64_t *neighbours;
+    Py_ssize_t n_neighbours;
+} Slot;
+
+#define EXPLORE_ATTEMPTS 64
+
+static int may_explore(const Slot *slot, Py_ssize_t item) {
+    for (Py_ssize_t s = 0; s < slot->n_slate; s++)
+        if (slot->slate[s] == item) return 0;
+    if (slot->diverse == 0) return 1;
+    Py_ssize_t same_cluster = 0;
+    for (Py_ssize_t s = 0; s < slot->diverse; s++)
+        same_cluster += s != slot->slot && slot->clusters[slot->slate[s]] == slot->clusters[item];
+    if (same_cluster >= slot->max_per_cluster) return 0;
+    int64_t row = slot->content_rows[item];
+    return !too_similar(slot->offsets, slot->n_rows, slot->neighbours, slot->n_neighbours, row, slot->content_rows,
+                        slot->slate, slot->slot) &&
+           !too_similar(slot->offsets, slot->n_rows, slot->neighbours, slot->n_neighbours, row, slot->content_rows,
+                        slot->slate + slot->slot + 1, slot->diverse - slot->slot - 1);
+}
+
 PyDoc_STRVAR(draw_slate_doc,
 "draw_slate(params, param_rows, freshness, propensity, clusters, content_rows, similar_offsets,\n"
 "           similar_rows, variance_scale, seed, limit, top_n, max_per_cluster, scan_per_slot,\n"
@@ -309,7 +337,8 @@ PyDoc_STRVAR(draw_slate_doc,
 "rows (CSR). Samples Beta(alpha/s, beta/s) per item (s = variance_scale), scores sample x freshness,\n"
 "keeps the best limit + scan_per_slot * top_n in order, applies diversity to the first top_n slots\n"
 "(at most max_per_cluster per cluster, no two too-similar items; skipped items move down), then with\n"
-"probability exploration_rate gives one random slot to a uniform pick among the items left out.\n\n"
+"probability exploration_rate gives one random slot to a uniform pick among the items left out; in the\n"
+"first top_n slots only items that keep them diverse qualify, and without one there is no exploration.\n\n"
 "Returns (content_rows, posterior_rows, scores, samples, alphas, betas, freshness, propensities,\n"
 "explored_slot, demoted): per slot of the slate its content row, posterior row, score, Beta sample,\n"
 "posterior alpha and beta, freshness and propensity; the explored slot or -1; and the content rows\n"
@@ -401,14 +430,27 @@ static PyObject *draw_slate(PyObject *module, PyObject *const *args, Py_ssize_t 
     Py_ssize_t explored_slot = -1;
     if (n > n_slate && n_slate > 0 && exploration_rate > 0.0 && next_double(&rng) < exploration_rate) {
         explored_slot = (Py_ssize_t)next_below(&rng, (uint64_t)n_slate);
-        for (;;) { /* rejection: the slate is a small part of the pool */
-            Py_ssize_t pick = (Py_ssize_t)next_below(&rng, (uint64_t)n), in_slate = 0;
-            for (Py_ssize_t s = 0; s < n_slate && !in_slate; s++) in_slate = g_slate[s] == pick;
-            if (!in_slate) {
-                g_slate[explored_slot] = pick;
-                break;
+        Slot slot = {g_slate, n_slate, explored_slot, explored_slot < top_n ? (top_n < n_slate ? top_n : n_slate) : 0,
+                     max_per_cluster, clusters, content_rows, offsets, n_rows, neighbours, n_neighbours};
+        Py_ssize_t pick = -1;
+        /* Rejection first: the slate is a small part of the pool, and most items fit its diversity. */
+        for (int attempt = 0; attempt < EXPLORE_ATTEMPTS && pick < 0; attempt++) {
+            Py_ssize_t candidate = (Py_ssize_t)next_below(&rng, (uint64_t)n);
+            if (may_explore(&slot, candidate)) pick = candidate;
+        }
+        if (pick < 0) { /* few items fit: choose uniformly among those that do, or do not explore */
+            Py_ssize_t fitting = 0;
+            for (Py_ssize_t i = 0; i < n; i++) fitting += may_explore(&slot, i);
+            if (fitting > 0) {
+                Py_ssize_t k = (Py_ssize_t)next_below(&rng, (uint64_t)fitting);
+                for (pick = 0;; pick++)
+                    if (may_explore(&slot, pick) && k-- == 0) break;
             }
         }
+        if (pick >= 0)
+            g_slate[explored_slot] = pick;
+        else
+            explored_slot = -1;
     }
 
     Py_ssize_t left_out = n - n_slate + 1 > 1 ? n - n_slate + 1 : 1;

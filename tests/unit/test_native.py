@@ -153,3 +153,41 @@ def test_add_at_refuses_bad_arguments_and_leaves_values_unchanged() -> None:
     with pytest.raises(ValueError, match="read-only"):
         add_at(np.frombuffer(bytes(24)), [0], np.ones(1))
     assert values.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_exploration_keeps_the_diversity_of_the_top_slots() -> None:
+    # Clusters 0, 1 and 2 each hold several items; item 9 is too similar to item 0.
+    clusters = [0, 1, 2, 0, 1, 2, 0, 1, 2, 3, 4]
+    arrays = pool([900.0, 800.0, 700.0] + [1.0] * 8, [100.0, 200.0, 300.0] + [999.0] * 8, clusters=clusters,
+                  similar={9: [0], 0: [9]})  # fmt: skip
+    explored_items = set()
+    for seed in range(300):
+        slate, _, _, explored, _ = draw(arrays, seed=seed, limit=3, top_n=3, max_per_cluster=1, rate=1.0)
+        assert explored >= 0
+        assert len({clusters[item] for item in slate}) == 3
+        assert not ({0, 9} <= set(slate))
+        explored_items.add(slate[explored])
+    # The cluster of the replaced item is free again, so it may come from any cluster; 9 only replaces item 0.
+    assert explored_items <= set(range(3, 11))
+    assert {3, 4, 5, 10} <= explored_items
+
+
+def test_no_exploration_when_no_item_keeps_the_top_slots_diverse() -> None:
+    arrays = pool([900.0, 800.0, 1.0, 1.0], [100.0, 200.0, 999.0, 999.0], clusters=[0, 1, 0, 1])
+    for seed in range(50):
+        slate, _, _, explored, _ = draw(arrays, seed=seed, limit=2, top_n=2, max_per_cluster=1, rate=1.0)
+        assert explored in (-1, 0, 1)
+        assert sorted(clusters := [[0, 1, 0, 1][item] for item in slate]) == [0, 1], clusters
+
+
+def test_exploration_below_the_top_slots_is_free_of_the_diversity_rule() -> None:
+    # The one item left out shares cluster 1 with the item in slot 1: it may replace that item or take slot 2,
+    # which lies below the top 2, but not slot 0.
+    arrays = pool([900.0, 800.0, 700.0, 1.0], [100.0, 200.0, 300.0, 999.0], clusters=[0, 1, 2, 1])
+    slots = set()
+    for seed in range(200):
+        slate, _, _, explored, _ = draw(arrays, seed=seed, limit=3, top_n=2, max_per_cluster=1, rate=1.0)
+        if explored >= 0:
+            assert slate[explored] == 3
+        slots.add(explored)
+    assert slots == {-1, 1, 2}
