@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import fcntl
 import logging
 import os
 import socket
@@ -366,13 +367,19 @@ def _owner_alive(path: Path) -> bool:
 
 
 def recover_open_segments(stream_dir: str | Path) -> int:
-    """Close into Parquet the open segments of processes that are gone; return how many were recovered."""
+    """Close into Parquet the open segments of processes that are gone; return how many were recovered.
+
+    Processes that start together recover one at a time (a lock file in `_open`), so no segment is closed twice.
+    """
     open_dir = Path(stream_dir) / "_open"
+    open_dir.mkdir(parents=True, exist_ok=True)
     recovered = 0
-    for path in sorted(open_dir.glob("*.arrow")):
-        if not _owner_alive(path):
-            _close_segment(path, Path(stream_dir))
-            recovered += 1
+    with (open_dir / ".recovery.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for path in sorted(open_dir.glob("*.arrow")):
+            if not _owner_alive(path):
+                _close_segment(path, Path(stream_dir))
+                recovered += 1
     return recovered
 
 

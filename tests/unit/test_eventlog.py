@@ -1,6 +1,8 @@
 import asyncio
+import shutil
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -66,6 +68,39 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert len(list((tmp_path / "admin" / "_open").glob("*.arrow"))) == 1
     assert recover_open_segments(tmp_path / "admin") == 1
     assert read_log(tmp_path, "admin", include_open=False)["event_id"].to_pylist() == ["acked"]
+
+
+def test_processes_that_start_together_recover_each_segment_once(tmp_path: Path) -> None:
+    killed = """
+import asyncio, os, signal, sys
+from datetime import UTC, datetime
+from aura.eventlog import EventLog
+log = EventLog(sys.argv[1], "admin", node_id="dead", flush_interval=60)
+asyncio.run(log.append_durable([log.record(event_id="acked", ts=datetime.now(UTC), action="x")]))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    subprocess.run([sys.executable, "-c", killed, str(tmp_path)], check=False)
+    segment = next((tmp_path / "admin" / "_open").glob("*.arrow"))
+    node, pid, _, sequence = segment.stem.split("-")
+    for i in range(1, 30):  # more segments of the dead process
+        shutil.copy(segment, segment.with_name(f"{node}-{pid}-{i}-{sequence}.arrow"))
+    recover = """
+import sys, time
+from aura.eventlog import recover_open_segments
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+print(recover_open_segments(sys.argv[1]))
+"""
+    start = str(time.time() + 2.0)  # all four begin at once, after their imports
+    racing = [
+        subprocess.Popen(
+            [sys.executable, "-c", recover, str(tmp_path / "admin"), start], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    outcomes = [(process.wait(timeout=60), process.stdout.read()) for process in racing]
+    assert [code for code, _ in outcomes] == [0] * 4
+    assert sum(int(printed) for _, printed in outcomes) == 30
+    assert read_log(tmp_path, "admin", include_open=False)["event_id"].to_pylist() == ["acked"] * 30
 
 
 def test_torn_tail_keeps_the_complete_batches(tmp_path: Path) -> None:
