@@ -28,12 +28,14 @@ from aura.errors import ConfigError
 from aura.eventlog import default_node_id
 from aura.server.app import create_server
 from aura.server.servicer import node_deps
-from aura.server.state import ServingHolder, prepare_serving
+from aura.server.state import ServingHolder, prepare_serving, with_current_freshness
 
 log = logging.getLogger("aura.edge")
 
 RESTART_BACKOFF_SECONDS = 1.0
 STOP_GRACE_SECONDS = 5.0
+FRESHNESS_REFRESH_SECONDS = 3600.0
+"""How old the serving index may get before it is rebuilt with current freshness (bundles may stay for days)."""
 
 
 async def serve_decisions(config: AppConfig, stop: asyncio.Event | None = None, bound: list[int] | None = None) -> None:
@@ -75,15 +77,35 @@ async def serve_decisions(config: AppConfig, stop: asyncio.Event | None = None, 
     sync.start()
     shipper = LogShipper(state_dir / "logs", store, node)
     shipper.start()
+    refresher = asyncio.create_task(keep_freshness_current(holder, config, stop, FRESHNESS_REFRESH_SECONDS))
     try:
         await stop.wait()
     finally:
+        await refresher
         log.info("decision server pid %d stopping", os.getpid())
         await server.stop(STOP_GRACE_SECONDS)
         sync.stop()
         for event_log in (deps.decisions, deps.feedback, deps.admin_log):
             event_log.close()
         await loop.run_in_executor(None, shipper.stop)
+
+
+async def keep_freshness_current(holder: ServingHolder, config: AppConfig, stop: asyncio.Event, max_age: float) -> None:
+    """Until `stop`, rebuild the loaded bundle's serving index once it is `max_age` seconds old.
+
+    Freshness decays with an item's age, which the index computes when it is built; a bundle that stays
+    loaded for days would otherwise keep the scores of the hour it was loaded.
+    """
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max_age / 4)
+        current = holder.current
+        if stop.is_set() or current is None or time.time() - current.index.built_at < max_age:
+            continue
+        try:
+            holder.replace(current, await asyncio.to_thread(with_current_freshness, current, config))
+        except Exception:
+            log.exception("rebuilding the serving index of bundle %s failed; it keeps serving", current.version)
 
 
 GC_THRESHOLDS = (2_000, 20, 100)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -64,12 +66,20 @@ def prepare_serving(bundle_dir: Path, config: AppConfig, state_dir: Path | None)
     )
 
 
+def with_current_freshness(serving: Serving, config: AppConfig) -> Serving:
+    """The same bundle and posteriors with the serving index rebuilt now, so freshness reflects the items' age."""
+    return dataclasses.replace(
+        serving, index=build_serving_index(serving.index.bundle, config.surfaces, config.policies)
+    )
+
+
 class ServingHolder:
     """Holds the current `Serving`; readers take one reference per request, a swap replaces it whole."""
 
     def __init__(self) -> None:
         self._current: Serving | None = None
         self._listeners: list = []
+        self._lock = threading.Lock()
 
     @property
     def current(self) -> Serving | None:
@@ -85,9 +95,21 @@ class ServingHolder:
 
     def swap(self, serving: Serving) -> None:
         """Make `serving` current and notify listeners (e.g. the health service)."""
-        previous = self._current
-        self._current = serving
+        with self._lock:
+            previous = self._current
+            self._install(serving)
         log.info("serving bundle %s (previous %s)", serving.version, previous.version if previous else "none")
+
+    def replace(self, expected: Serving, serving: Serving) -> bool:
+        """Make `serving` current only while `expected` still is (a rebuild must not undo a swap); True if so."""
+        with self._lock:
+            if self._current is not expected:
+                return False
+            self._install(serving)
+        return True
+
+    def _install(self, serving: Serving) -> None:
+        self._current = serving
         for listener in self._listeners:
             listener(serving)
 
