@@ -27,6 +27,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from aura.processes import process_alive
+
 log = logging.getLogger(__name__)
 
 _TIME = pa.timestamp("ms", tz="UTC")
@@ -355,15 +357,7 @@ def _owner_alive(path: Path) -> bool:
         pid = int(parts[-3])
     except (IndexError, ValueError):
         return False
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid != os.getpid() and process_alive(pid)
 
 
 def recover_open_segments(stream_dir: str | Path) -> int:

@@ -6,6 +6,8 @@ Several server processes of one node share a state directory and coordinate only
     state_dir/pin.json             {"version": ...} when an operator pinned the node to a version
     state_dir/history.json         activated versions, newest first (what node rollback walks back through)
     state_dir/.lock                an flock serializing history and cache clean-up between processes
+    state_dir/loading/<version>@<pid>  present while a process loads a version; one left by a dead process
+                                   means the version crashed it, and no process of the node loads it again
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Generic, TypeVar
 from aura.bundle.format import MANIFEST, Manifest
 from aura.bundle.store import BundleStore, atomic_path, check_version, utc_now
 from aura.errors import AuraError, BundleError, NotFound
+from aura.processes import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +104,13 @@ class BundleSync(Generic[T]):
         self._pin_path = self._state_dir / "pin.json"
         self._history_path = self._state_dir / "history.json"
         self._lock_path = self._state_dir / ".lock"
+        self._loading_dir = self._state_dir / "loading"
         self._loader = loader
         self._on_swap = on_swap
         self._keep = keep
         self._poll_seconds = poll_seconds
         self._cache_dir.mkdir(parents=True, exist_ok=True)
+        self._loading_dir.mkdir(exist_ok=True)
 
         self._lock = threading.RLock()
         self._active: str | None = None
@@ -227,7 +232,15 @@ class BundleSync(Generic[T]):
                 return False
             if desired == self._failed and not retry_failed:
                 return False
-            return self._try_swap(desired)
+            if self._try_swap(desired):
+                return True
+            # A process that serves nothing yet falls back to the last version this node served.
+            fallback = self._last_cached_active() if self._active is None else None
+            if fallback in (None, desired):
+                return False
+            error, swapped = self._last_error, self._try_swap(fallback)
+            self._last_error = error
+            return swapped
 
     def _try_swap(self, version: str) -> bool:
         try:
@@ -278,9 +291,12 @@ class BundleSync(Generic[T]):
 
     def _swap_to(self, version: str, *, rollback: bool = False) -> None:
         try:
+            self._refuse_if_it_crashed_a_process(version)
             path = self._cache_dir / version
             if not self._is_cached(version):
                 path = self._store.download(version, self._cache_dir)
+            marker = self._loading_dir / f"{version}@{os.getpid()}"
+            marker.touch()
             try:
                 self._on_swap(self._loader(path))
             except BundleError:
@@ -289,6 +305,8 @@ class BundleSync(Generic[T]):
             except Exception as exc:
                 log.exception("bundle %s failed to load", version)
                 raise BundleError(f"bundle {version} failed to load: {type(exc).__name__}: {exc}") from None
+            finally:
+                marker.unlink(missing_ok=True)
         except AuraError:
             self._failed = version
             raise
@@ -297,6 +315,15 @@ class BundleSync(Generic[T]):
         os.utime(path)
         self._record_activation(version, rollback=rollback)
         self._apply_retention()
+
+    def _refuse_if_it_crashed_a_process(self, version: str) -> None:
+        for marker in self._loading_dir.glob(f"{version}@*"):
+            pid = marker.name.rpartition("@")[2]
+            if pid.isdigit() and not process_alive(int(pid)):
+                raise BundleError(
+                    f"bundle {version} crashed server process {pid} while it loaded, so this node does not load it "
+                    f"again (delete {marker} to retry)."
+                )
 
     def _is_cached(self, version: str) -> bool:
         return (self._cache_dir / version / MANIFEST).is_file()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -140,6 +143,45 @@ def test_a_loader_failure_keeps_the_current_bundle(store: LocalBundleStore, buil
     assert node.sync.sync_once() is False
     assert node.served == ["v001"]
     assert node.sync.status().last_error == "bundle v002 failed to load: ValueError: precompute ran out of patience"
+
+
+CRASHING_PROCESS = """
+import os, signal, sys
+from pathlib import Path
+from aura.bundle.loader import load_bundle
+from aura.bundle.store import LocalBundleStore
+from aura.edge.sync import BundleSync
+
+def loader(path):
+    if path.name == "v002":
+        os.kill(os.getpid(), signal.SIGKILL)  # what a segfault in a native loader does to the process
+    return load_bundle(path)
+
+BundleSync(LocalBundleStore(Path(sys.argv[1])), Path(sys.argv[2]), loader, lambda bundle: None).sync_once()
+"""
+
+
+def test_a_version_that_crashed_a_process_is_not_loaded_again(
+    store: LocalBundleStore, built: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    publish(store, built, "v001")
+    Node(store, state).sync.sync_once()
+    publish(store, built, "v002")
+    crashed = subprocess.run([sys.executable, "-c", CRASHING_PROCESS, str(store.root), str(state)], check=False)
+    assert crashed.returncode == -signal.SIGKILL
+
+    restarted = Node(store, state)
+    assert restarted.sync.sync_once() is True
+    assert restarted.served == ["v001"]
+    error = restarted.sync.status().last_error or ""
+    assert "bundle v002 crashed server process" in error and "does not load it again" in error
+    assert restarted.sync.sync_once() is False and restarted.served == ["v001"]
+
+    for marker in (state / "loading").iterdir():
+        marker.unlink()
+    assert restarted.sync.sync_once() is True
+    assert restarted.served == ["v001", "v002"]
 
 
 def test_an_unreachable_store_keeps_the_current_bundle(store: LocalBundleStore, built: Path, tmp_path: Path) -> None:
