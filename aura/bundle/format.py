@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import NoneType, UnionType
+from typing import Any, get_args, get_origin, get_type_hints
 
 import pyarrow as pa
 
 from aura.errors import BundleError
+from aura.timeformat import parse_rfc3339
 
 FORMAT_VERSION = 2
 """The format this build writes. Format 1 lacks cold_start.parquet's `context_json` (read as null)."""
@@ -151,23 +153,61 @@ class Manifest:
 
     @classmethod
     def read(cls, bundle_dir: str | Path) -> Manifest:
-        """Read and structurally validate `manifest.json` of a bundle directory."""
+        """Read `manifest.json` of a bundle directory and validate every field's type and format."""
         path = Path(bundle_dir) / MANIFEST
+        where = f"bundle {Path(bundle_dir).name}: {MANIFEST}"
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise BundleError(f"bundle {Path(bundle_dir).name}: {MANIFEST} is missing.") from None
+            raise BundleError(f"{where} is missing.") from None
         except (OSError, ValueError) as exc:
-            raise BundleError(f"bundle {Path(bundle_dir).name}: {MANIFEST} is not valid JSON: {exc}.") from None
+            raise BundleError(f"{where} is not valid JSON: {exc}.") from None
         if not isinstance(data, dict):
-            raise BundleError(f"bundle {Path(bundle_dir).name}: {MANIFEST} must hold a JSON object.")
-        if data.get("format_version") not in READABLE_FORMATS:
+            raise BundleError(f"{where} must hold a JSON object.")
+        version = data.get("format_version")
+        if type(version) is not int or version not in READABLE_FORMATS:
             raise BundleError(
-                f"bundle {Path(bundle_dir).name}: format_version {data.get('format_version')!r} is not supported; "
+                f"{where}: format_version {version!r} is not supported; "
                 f"this build reads formats {', '.join(map(str, READABLE_FORMATS))}."
             )
+        _check_fields(cls, data, where)
         try:
-            files = {name: FileEntry(**entry) for name, entry in data.pop("files").items()}
-            return cls(files=files, **data)
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise BundleError(f"bundle {Path(bundle_dir).name}: {MANIFEST} is malformed: {exc}.") from None
+            parse_rfc3339(data["created_at"])
+        except ValueError:
+            raise BundleError(
+                f"{where}: created_at must be an RFC 3339 date-time such as 2025-10-01T12:00:00Z, "
+                f"got {data['created_at']!r}."
+            ) from None
+        files = {}
+        for file_name, entry in data["files"].items():
+            entry_where = f"{where}: files entry {file_name!r}"
+            if not isinstance(entry, dict):
+                raise BundleError(f"{entry_where} must be a JSON object, got {entry!r}.")
+            _check_fields(FileEntry, entry, entry_where)
+            if entry["rows"] < 0 or entry["bytes"] < 0:
+                raise BundleError(f"{entry_where}: rows and bytes must not be negative.")
+            files[file_name] = FileEntry(**entry)
+        return cls(**{**data, "files": files})
+
+
+_JSON_TYPE_NAMES: dict[type, str] = {str: "a string", int: "an integer", dict: "a JSON object", NoneType: "null"}
+
+
+def _check_fields(cls: type, data: dict[str, Any], where: str) -> None:
+    """Refuse JSON fields that the dataclass `cls` lacks, misses without a default or types otherwise.
+
+    A field's annotation gives the JSON types it accepts (`str | None`: a string or null); a bool is not an int.
+    """
+    hints = get_type_hints(cls)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise BundleError(f"{where} has an unknown field {unknown[0]!r}.")
+    for spec in fields(cls):
+        if spec.name not in data and spec.default is MISSING and spec.default_factory is MISSING:
+            raise BundleError(f"{where} lacks the field {spec.name!r}.")
+    for name, value in data.items():
+        hint = hints[name]
+        accepted = tuple(get_origin(arm) or arm for arm in (get_args(hint) if isinstance(hint, UnionType) else (hint,)))
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            expected = " or ".join(_JSON_TYPE_NAMES[accepted_type] for accepted_type in accepted)
+            raise BundleError(f"{where}: {name} must be {expected}, got {value!r}.")

@@ -30,8 +30,10 @@ from aura.bundle.format import (
     Manifest,
     file_schema,
 )
+from aura.bundle.hnsw_file import check_hnsw_file
 from aura.bundle.writer import sha256_file
 from aura.errors import BundleError
+from aura.timeformat import parse_rfc3339
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ class LoadedBundle:
     @property
     def created_at(self) -> datetime:
         """When the batch built the bundle."""
-        return datetime.fromisoformat(self.manifest.created_at.replace("Z", "+00:00"))
+        return parse_rfc3339(self.manifest.created_at)
 
 
 def match_cold_start(bundle: LoadedBundle, values: tuple[str, ...]) -> tuple[str, float] | None:
@@ -139,12 +141,17 @@ def match_cold_start(bundle: LoadedBundle, values: tuple[str, ...]) -> tuple[str
 
 
 def verify_bundle(bundle_dir: str | Path) -> Manifest:
-    """Check manifest, file presence, checksums and row counts; return the manifest or raise BundleError."""
+    """Check manifest, file presence, checksums and the index's structure; return the manifest or raise BundleError.
+
+    The index check guards hnswlib, which crashes the process on a malformed file instead of raising.
+    """
     bundle_dir = Path(bundle_dir)
     manifest = Manifest.read(bundle_dir)
     name = manifest.bundle_version
     if bundle_dir.name != name:
         raise BundleError(f"bundle directory {bundle_dir.name} holds manifest version {name}.")
+    if manifest.embedding_dim != EMBEDDING_DIM:
+        raise BundleError(f"bundle {name}: embedding_dim {manifest.embedding_dim} is not {EMBEDDING_DIM}.")
     for file_name in REQUIRED_FILES:
         entry = manifest.files.get(file_name)
         if entry is None:
@@ -154,6 +161,7 @@ def verify_bundle(bundle_dir: str | Path) -> Manifest:
             raise BundleError(f"bundle {name}: {file_name} is missing.")
         if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
             raise BundleError(f"bundle {name}: {file_name} does not match its checksum; the bundle is corrupt.")
+    check_hnsw_file(bundle_dir / INDEX, name, dim=EMBEDDING_DIM, count=manifest.files[INDEX_IDS].rows)
     return manifest
 
 
@@ -162,8 +170,6 @@ def load_bundle(bundle_dir: str | Path) -> LoadedBundle:
     bundle_dir = Path(bundle_dir)
     manifest = verify_bundle(bundle_dir)
     name = manifest.bundle_version
-    if manifest.embedding_dim != EMBEDDING_DIM:
-        raise BundleError(f"bundle {name}: embedding_dim {manifest.embedding_dim} is not {EMBEDDING_DIM}.")
     tables = {file_name: _read_table(bundle_dir, manifest, file_name) for file_name in SCHEMAS}
 
     content = _content_table(name, tables[CONTENT])
@@ -177,13 +183,12 @@ def load_bundle(bundle_dir: str | Path) -> LoadedBundle:
     assignments = _assignments(name, tables[USER_SEGMENTS], segments)
     cold_start, patterns, context_keys = _cold_start(name, tables[COLD_START], segments)
 
+    # verify_bundle checked the index's structure and that it holds one element per id map row, so per content row.
     index = hnswlib.Index(space="cosine", dim=EMBEDDING_DIM)
     try:
         index.load_index(str(bundle_dir / INDEX), max_elements=max(1, len(content)))
     except RuntimeError as exc:
         raise BundleError(f"bundle {name}: {INDEX} cannot be read: {exc}.") from None
-    if index.get_current_count() != len(content):
-        raise BundleError(f"bundle {name}: the index holds {index.get_current_count()} items, content {len(content)}.")
     index.set_ef(64)
 
     return LoadedBundle(
