@@ -105,6 +105,7 @@ class BundleSync(Generic[T]):
         self._history_path = self._state_dir / "history.json"
         self._lock_path = self._state_dir / ".lock"
         self._loading_dir = self._state_dir / "loading"
+        self._refresh_path = self._state_dir / "refresh-requested"
         self._loader = loader
         self._on_swap = on_swap
         self._keep = keep
@@ -121,6 +122,7 @@ class BundleSync(Generic[T]):
         self._failed: str | None = None
         self._last_error: str | None = None
         self._manifests: dict[str, Manifest] = {}
+        self._refresh_seen = self._refresh_request_time()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -134,7 +136,12 @@ class BundleSync(Generic[T]):
         return self._sync(check_store=True, retry_failed=True)
 
     def refresh(self) -> bool:
-        """Sync now (the admin refresh); True if the serving version changed."""
+        """Sync now and have the node's other processes check the store within a second (the admin refresh).
+
+        True if this process's serving version changed.
+        """
+        self._refresh_path.touch()
+        self._refresh_seen = self._refresh_request_time()
         return self.sync_once()
 
     def start(self) -> None:
@@ -206,7 +213,7 @@ class BundleSync(Generic[T]):
         next_store_check = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
-            check_store = now >= next_store_check
+            check_store = now >= next_store_check or self._refresh_requested()
             if check_store:
                 next_store_check = now + self._poll_seconds
             try:
@@ -215,6 +222,20 @@ class BundleSync(Generic[T]):
                 # The thread must outlive any surprise (e.g. a full disk); the next tick retries.
                 log.exception("bundle sync tick failed unexpectedly")
             self._stop.wait(min(PIN_CHECK_SECONDS, self._poll_seconds))
+
+    def _refresh_request_time(self) -> int | None:
+        try:
+            return self._refresh_path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def _refresh_requested(self) -> bool:
+        """Whether a process sharing the state directory asked for a refresh since this one last looked."""
+        requested = self._refresh_request_time()
+        if requested == self._refresh_seen:
+            return False
+        self._refresh_seen = requested
+        return True
 
     def _sync(self, *, check_store: bool, retry_failed: bool) -> bool:
         with self._lock:

@@ -340,6 +340,23 @@ def test_two_processes_sharing_a_state_dir_converge(store: LocalBundleStore, bui
     assert history(state) == ["v002", "v001", "v002", "v001"]
 
 
+def test_a_refresh_reaches_every_process_sharing_the_state_dir(
+    store: LocalBundleStore, built: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    first = Node(store, state, poll_seconds=600)
+    second = Node(store, state, poll_seconds=600)
+    second.sync.start()
+    try:
+        for version in ["v001", "v002"]:
+            publish(store, built, version)
+            assert first.sync.refresh() is True
+            wait_until(lambda version=version: second.serving == version, timeout=5)
+    finally:
+        second.sync.stop()
+    assert first.served == second.served == ["v001", "v002"]
+
+
 def test_simultaneous_first_syncs_share_one_cached_copy(store: LocalBundleStore, built: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
     nodes = [Node(store, state) for _ in range(2)]
