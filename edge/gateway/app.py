@@ -127,10 +127,15 @@ class Gateway:
             by_path.setdefault(path, []).append((method, handler))
         for path, handlers in by_path.items():
             resource = app.router.add_resource(path)
+            methods = []
             for method, handler in handlers:
                 resource.add_route(method, handler)
+                methods.append(method)
+                if method == "GET":  # HTTP semantics: HEAD answers as GET without the body
+                    resource.add_route("HEAD", handler)
+                    methods.append("HEAD")
             resource.add_route("OPTIONS", self.preflight)
-            self._methods[path] = ", ".join(method for method, _ in handlers)
+            self._methods[path] = ", ".join(methods)
         app.on_startup.append(self.start)
         app.on_cleanup.append(self.stop)
 
@@ -252,7 +257,8 @@ class Gateway:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("The admin API needs an 'Authorization: Bearer <token>' header.")
-        if not hmac.compare_digest(token.strip().encode(), self._admin_token):
+        # aiohttp decodes header bytes that are not UTF-8 into surrogates; such a token matches nothing.
+        if not hmac.compare_digest(token.strip().encode(errors="surrogatepass"), self._admin_token):
             raise Unauthenticated("The admin token is not valid.")
 
     async def _json(self, request: web.Request, *, optional: bool = False) -> Any:
@@ -260,7 +266,12 @@ class Gateway:
         length = request.content_length
         if length is not None and length > self.settings.max_body_bytes:
             raise web.HTTPRequestEntityTooLarge(max_size=self.settings.max_body_bytes, actual_size=length)
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except web.RequestPayloadError as exc:
+            # aiohttp keeps the parser's own error, such as "Can not decode content-encoding: gzip", as the cause.
+            reason = getattr(exc.__cause__, "message", "") or "it is truncated or badly encoded"
+            raise InvalidRequest(f"The request body cannot be read: {reason}.") from None
         if not raw:
             if optional:
                 return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import os
 import signal
 import socket
@@ -67,7 +68,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LoopThre
     background = LoopThread()
     backend = FakeBackend()
     background.run(backend.start())
-    settings = Settings(state_dir=str(tmp_path_factory.mktemp("gw")), max_body_bytes=2048)
+    settings = Settings(state_dir=str(tmp_path_factory.mktemp("gw")), max_body_bytes=2048, admin_token="s3cret")
 
     async def serve() -> tuple[web.AppRunner, int]:
         return await start_gateway(create_app(settings, grpc_target=backend.target), "127.0.0.1", 0)
@@ -106,6 +107,57 @@ def test_errors_over_a_real_socket(
     assert answered == status
     assert body["error"]["code"] == code
     assert headers["X-Request-ID"].startswith("gw_")
+
+
+def raw_http(port: int, request: bytes) -> tuple[str, dict[str, str], bytes]:
+    """Send raw request bytes on a new connection (closed by the request); return status line, headers, body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return status_line, headers, body
+
+
+def test_a_corrupt_compressed_body_is_a_bad_request(
+    servers: tuple[LoopThread, FakeBackend, web.AppRunner, int],
+) -> None:
+    request = b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+    good = gzip.compress(orjson.dumps(SEED_RANK_REQUEST))
+    for body, expected in [(good, "200 OK"), (good[:10] + b"garbage" + good[17:], "400 Bad Request")]:
+        status, _, answer = raw_http(
+            servers[3], request + b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        assert status.endswith(expected), answer
+    assert orjson.loads(answer)["error"]["message"] == (
+        "The request body cannot be read: Can not decode content-encoding: gzip."
+    )
+
+
+def test_an_admin_token_that_is_not_utf8_is_refused(
+    servers: tuple[LoopThread, FakeBackend, web.AppRunner, int],
+) -> None:
+    status, headers, answer = raw_http(
+        servers[3],
+        b"GET /v1/admin/bundles HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\xff\r\nConnection: close\r\n\r\n",
+    )
+    assert status.endswith("401 Unauthorized")
+    assert headers["www-authenticate"] == 'Bearer realm="aura-admin"'
+    assert orjson.loads(answer)["error"]["message"] == "The admin token is not valid."
+
+
+def test_head_answers_every_get_route_without_a_body(
+    servers: tuple[LoopThread, FakeBackend, web.AppRunner, int],
+) -> None:
+    for path in ["/health", "/openapi.json", "/metrics"]:
+        status, headers, answer = raw_http(
+            servers[3], b"HEAD %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path.encode()
+        )
+        assert (status, answer) == ("HTTP/1.1 200 OK", b""), path
+        assert int(headers["content-length"]) > 0
 
 
 def test_health_and_openapi_over_a_real_socket(servers: tuple[LoopThread, FakeBackend, web.AppRunner, int]) -> None:
