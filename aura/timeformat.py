@@ -6,7 +6,8 @@ import re
 from datetime import datetime
 
 _RFC3339 = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})", re.IGNORECASE
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])",
+    re.IGNORECASE,
 )
 """RFC 3339's date-time (section 5.6; T and Z in either case); `datetime.fromisoformat` alone also takes other ISO 8601
 forms, such as a bare date."""

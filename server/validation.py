@@ -78,12 +78,12 @@ def feedback_reward(request: pb.FeedbackRequest) -> tuple[str, float]:
 
 
 def parse_timestamp(field: str, value: str) -> datetime:
-    """Parse an RFC 3339 timestamp (a trailing Z is accepted) into UTC; naive times are taken as UTC.
+    """Parse an RFC 3339 timestamp (T and Z in either case) into UTC; naive times are taken as UTC.
 
     The time must lie within years 1-9999 in UTC, what the logs can store.
     """
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value.upper())
         return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     except (ValueError, OverflowError):
         raise InvalidRequest(

@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 
 from aura.errors import InvalidRequest
 from aura.pii import scrub_text, scrub_url
+from aura.timeformat import parse_rfc3339
 from aura.v1 import admin_service_pb2 as admin_pb
 from aura.v1 import common_pb2 as common_pb
 from aura.v1 import decision_service_pb2 as decision_pb
@@ -178,12 +179,9 @@ def _boolean(obj: dict[str, Any], key: str, path: str) -> bool:
 
 def _parse_rfc3339(value: str, where: str) -> datetime:
     try:
-        parsed = datetime.fromisoformat(value)
+        return parse_rfc3339(value)
     except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None:
         _invalid(where, f"must be an RFC 3339 timestamp such as 2025-10-09T14:30:00Z, got {value!r}")
-    return parsed
 
 
 def path_id(value: str, name: str) -> str:
@@ -395,7 +393,7 @@ def rank_response_to_json(response: decision_pb.RankResponse) -> dict[str, Any]:
         "policy_version": response.policy_version,
         "cache_ttl": response.cache_ttl,
         "bundle_version": response.bundle_version,
-        "seed": response.seed,
+        "seed": str(response.seed),  # a uint64: a string, as in protobuf's JSON mapping, for JavaScript's doubles
     }
     if response.HasField("explanation"):
         body["explanation"] = _explanation(response.explanation)

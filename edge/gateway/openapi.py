@@ -1,17 +1,21 @@
 """The OpenAPI 3.1 document of the gateway's HTTP API, served at /openapi.json.
 
-Request schemas mirror the boundary validation in `convert` (same fields, required fields and ranges);
-response schemas are exact (`additionalProperties: false`), so a client can validate what it receives.
+Request schemas accept what the gateway and the decision server accept: the fields, required fields and
+ranges of `convert`, null for an optional field (the gateway takes it as absent), and the decision server's
+content rules (server/_request.c, server/validation.py), whichever of the two is stricter. Response schemas
+are exact (`additionalProperties: false`), so a client can validate what it receives.
 The admin response schemas are derived from the AdminService messages, which the admin routes return
 field for field.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from aura.context import DEVICES, TIMES_OF_DAY
 from aura.v1 import admin_service_pb2 as admin_pb
 
 from .convert import EVENT_TYPES, MAX_CANDIDATES, MAX_DWELL_SECONDS, MAX_EVENTS, MAX_LIMIT, MAX_LIST_ITEMS, REWARD_TYPES
@@ -36,6 +40,21 @@ _DEFAULT = {"default": {"$ref": "#/components/responses/OtherError"}}
 _DECISION_ERRORS = (400, 413, 429, 500, 503, 504)
 _ADMIN_ERRORS = (400, 401, 404, 409, 429, 500, 503, 504)
 
+# The decision server's limits (the MAX_* of server/_request.c, server/validation.py), where it is stricter
+# than `convert`.
+_MAX_ID_LENGTH = 128
+_ID_CHARACTERS = "A-Za-z0-9._:@/+=-"
+_MAX_CONSENT = 32
+_MAX_CONSENT_LENGTH = 64
+_MAX_CONTEXT_ENTRIES = 32
+_MAX_CONTEXT_KEY = 64
+_MAX_CONTEXT_VALUE = 256
+_MAX_REFERRER = 2048
+_MAX_PAGE_TYPE = 64
+_MAX_REGION = 64
+_MAX_QUERY_LENGTH = 1000
+_VERSION_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # aura.bundle.store.check_version
+
 
 def _ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -58,12 +77,46 @@ def _exact(description: str, properties: dict[str, Schema]) -> Schema:
     return _object(description, properties, tuple(properties))
 
 
+def _nullable(schema: Schema) -> Schema:
+    """`schema` or null."""
+    if "type" not in schema:
+        return {"anyOf": [schema, {"type": "null"}]}
+    nullable = {**schema, "type": [schema["type"], "null"]}
+    if "enum" in schema:
+        nullable["enum"] = [*schema["enum"], None]
+    return nullable
+
+
+def _request(description: str, properties: dict[str, Schema], required: tuple[str, ...] = ()) -> Schema:
+    """A request object: an optional property may also be null, which the gateway takes as absent."""
+    return _object(
+        description,
+        {name: schema if name in required else _nullable(schema) for name, schema in properties.items()},
+        required,
+    )
+
+
+def _id_rules(min_length: int = 1) -> Schema:
+    """The keywords of an id as the decision server checks it: letters, digits and ._:@/+=-, at most 128."""
+    return {
+        "minLength": min_length,
+        "maxLength": _MAX_ID_LENGTH,
+        "pattern": f"^[{_ID_CHARACTERS}]{{{min_length},{_MAX_ID_LENGTH}}}$",
+    }
+
+
+def _any_case(words: Iterable[str]) -> str:
+    """An anchored pattern for the empty string or one of the lower-case ASCII `words` in any letter case."""
+    alternatives = "|".join("".join(f"[{letter.upper()}{letter}]" for letter in word) for word in words)
+    return f"^({alternatives})?$"
+
+
 def _string(description: str, **extra: Any) -> Schema:
     return {"type": "string", "description": description, **extra}
 
 
-def _strings(description: str, max_items: int = MAX_LIST_ITEMS) -> Schema:
-    return {"type": "array", "description": description, "items": {"type": "string"}, "maxItems": max_items}
+def _strings(description: str, max_items: int = MAX_LIST_ITEMS, **item: Any) -> Schema:
+    return {"type": "array", "description": description, "items": {"type": "string", **item}, "maxItems": max_items}
 
 
 def _number(description: str, **extra: Any) -> Schema:
@@ -118,40 +171,62 @@ def _schemas() -> dict[str, Schema]:
                 )
             },
         ),
-        "Geo": _object(
+        "Geo": _request(
             "The visitor's coarse location.",
             {
-                "country": _string("ISO 3166-1 alpha-2 country code, e.g. US."),
-                "region": _string("Subdivision code within the country, e.g. CA."),
+                "country": _string(
+                    "ISO 3166-1 alpha-2 country code in either case, e.g. US; empty when unknown.",
+                    pattern="^([A-Za-z]{2})?$",
+                ),
+                "region": _string("Subdivision code within the country, e.g. CA.", maxLength=_MAX_REGION),
             },
         ),
-        "UserContext": _object(
+        "UserContext": _request(
             "The visitor and the page view a decision is made for.",
             {
-                "anon_id": _string("First-party pseudonymous visitor id.", minLength=1),
-                "session_id": _string("The current session's id."),
-                "device": _string("Device class: mobile, desktop or tablet."),
-                "referrer": _string("The page's referrer URL; only its host is used."),
-                "page_type": _string("The kind of page the surface is on, e.g. index or article."),
-                "consent": _strings("Consent scopes the visitor granted, e.g. personalization."),
+                "anon_id": _string("First-party pseudonymous visitor id.", **_id_rules()),
+                "session_id": _string("The current session's id; empty when none.", **_id_rules(0)),
+                "device": _string(
+                    "Device class: mobile, desktop or tablet, in any letter case; empty when unknown.",
+                    pattern=_any_case(DEVICES),
+                ),
+                "referrer": _string("The page's referrer URL; only its host is used.", maxLength=_MAX_REFERRER),
+                "page_type": _string(
+                    "The kind of page the surface is on, e.g. index or article.", maxLength=_MAX_PAGE_TYPE
+                ),
+                "consent": _strings(
+                    "Consent scopes the visitor granted, e.g. personalization.",
+                    _MAX_CONSENT,
+                    maxLength=_MAX_CONSENT_LENGTH,
+                ),
                 "geo": _ref("Geo"),
             },
             ("anon_id",),
         ),
-        "RankRequest": _object(
+        "RankRequest": _request(
             "A request for a personalized ranking of one surface.",
             {
                 "surface_id": _string("A configured surface, e.g. homepage.hero.", minLength=1),
                 "user_ctx": _ref("UserContext"),
-                "candidates": _strings("Restrict the ranking to these content ids.", MAX_CANDIDATES),
+                "candidates": _strings("Restrict the ranking to these content ids.", MAX_CANDIDATES, **_id_rules()),
                 "limit": _integer(
-                    "Number of items wanted; the surface's max_items when absent.", minimum=1, maximum=MAX_LIMIT
+                    "Number of items wanted, at most the surface's max_items (its default).",
+                    minimum=1,
+                    maximum=MAX_LIMIT,
                 ),
                 "context": {
                     "type": "object",
                     "description": "Free-form request context such as campaign or time_of_day.",
-                    "additionalProperties": {"type": "string"},
-                    "maxProperties": MAX_LIST_ITEMS,
+                    "properties": {
+                        "time_of_day": _string(
+                            "morning, afternoon, evening or night, in any letter case; the current UTC hour's "
+                            "when empty or absent.",
+                            pattern=_any_case(TIMES_OF_DAY),
+                        )
+                    },
+                    "propertyNames": {"minLength": 1, "maxLength": _MAX_CONTEXT_KEY},
+                    "additionalProperties": {"type": "string", "maxLength": _MAX_CONTEXT_VALUE},
+                    "maxProperties": _MAX_CONTEXT_ENTRIES,
                 },
                 "explain": _boolean("Return an explanation of the decision."),
             },
@@ -230,7 +305,11 @@ def _schemas() -> dict[str, Schema]:
                 "policy_version": _string("Version of the decision policy."),
                 "cache_ttl": _integer("Seconds a client may cache the ranking.", minimum=0),
                 "bundle_version": _string("The artifact bundle the decision was made with."),
-                "seed": _integer("Random seed of the decision's draws, for replay (unsigned 64-bit).", minimum=0),
+                "seed": _string(
+                    "Random seed of the decision's draws, for replay: an unsigned 64-bit integer as a decimal "
+                    "string (protobuf's JSON mapping), since it can exceed what a JavaScript number holds exactly.",
+                    pattern="^[0-9]{1,20}$",
+                ),
                 "explanation": _ref("Explanation"),
             },
             (
@@ -245,16 +324,19 @@ def _schemas() -> dict[str, Schema]:
                 "seed",
             ),
         ),
-        "Reward": _object(
+        "Reward": _request(
             "A reward signal.",
             {
                 "type": _string("The kind of reward.", enum=list(REWARD_TYPES)),
                 "value": _number("The reward's size.", **unit),
-                "timestamp": _string("When the reward happened, RFC 3339.", format="date-time"),
+                "timestamp": _string(
+                    "When the reward happened: an RFC 3339 date-time with an offset, or empty when unknown.",
+                    anyOf=[{"format": "date-time"}, {"const": ""}],
+                ),
             },
             ("type", "value"),
         ),
-        "FeedbackContext": _object(
+        "FeedbackContext": _request(
             "How the visitor met the item.",
             {
                 "position": _integer("1-based position the item was shown at.", minimum=1, maximum=MAX_CANDIDATES),
@@ -262,11 +344,11 @@ def _schemas() -> dict[str, Schema]:
                 "scroll_depth": _number("Scrolled fraction of the page.", **unit),
             },
         ),
-        "FeedbackRequest": _object(
+        "FeedbackRequest": _request(
             "A reward for an item of an earlier ranking.",
             {
                 "request_id": _string("The request_id of the ranking.", minLength=1),
-                "item_id": _string("The content id the reward is for; it must be in the ranking.", minLength=1),
+                "item_id": _string("The content id the reward is for; it must be in the ranking.", **_id_rules()),
                 "reward": _ref("Reward"),
                 "context": _ref("FeedbackContext"),
             },
@@ -300,7 +382,7 @@ def _schemas() -> dict[str, Schema]:
                 "segments": _array("The assignments.", _ref("SegmentAssignment")),
             },
         ),
-        "SearchFilters": _object(
+        "SearchFilters": _request(
             "Keep results that share any listed value of each given filter.",
             {
                 "topics": _strings("Topics."),
@@ -308,10 +390,12 @@ def _schemas() -> dict[str, Schema]:
                 "jurisdictions": _strings("Jurisdictions, e.g. US, EU."),
             },
         ),
-        "SearchRequest": _object(
+        "SearchRequest": _request(
             "A semantic search.",
             {
-                "query": _string("The text to search for.", minLength=1),
+                "query": _string(
+                    "The text to search for; not only white space.", pattern=r"\S", maxLength=_MAX_QUERY_LENGTH
+                ),
                 "filters": _ref("SearchFilters"),
                 "limit": _integer("Number of results wanted; 10 when absent.", minimum=1, maximum=MAX_LIMIT),
             },
@@ -331,7 +415,7 @@ def _schemas() -> dict[str, Schema]:
         "SearchResponse": _exact(
             "Search hits, most similar first.", {"results": _array("The hits.", _ref("SearchResult"))}
         ),
-        "Event": _object(
+        "Event": _request(
             "One SDK event. E-mail addresses, phone numbers and IP addresses are scrubbed from free text, and "
             "query strings from url and referrer, before the event is stored.",
             {
@@ -359,7 +443,7 @@ def _schemas() -> dict[str, Schema]:
             },
             ("event_id", "type", "ts", "anon_id", "session_id"),
         ),
-        "EventsRequest": _object(
+        "EventsRequest": _request(
             "A batch of SDK events.",
             {"events": _array("The events.", _ref("Event"), minItems=1, maxItems=MAX_EVENTS)},
             ("events",),
@@ -398,7 +482,7 @@ def _schemas() -> dict[str, Schema]:
                 ),
             },
         ),
-        "RetrainRequest": _object(
+        "RetrainRequest": _request(
             "Optional body of a retraining request.", {"reason": _string("A note for the batch operators.")}
         ),
         "BundleInfo": _message_schema(admin_pb.BundleInfo.DESCRIPTOR, "One bundle version known to the node."),
@@ -458,7 +542,9 @@ def _operation(
     if parameters:
         operation["parameters"] = [{"$ref": f"#/components/parameters/{name}"} for name in parameters]
     if body is not None:
-        operation["requestBody"] = {"required": body_required, "content": {"application/json": {"schema": _ref(body)}}}
+        # The gateway takes an optional body of JSON null as absent.
+        schema = _ref(body) if body_required else _nullable(_ref(body))
+        operation["requestBody"] = {"required": body_required, "content": {"application/json": {"schema": schema}}}
     if admin:
         operation["security"] = [{"adminBearer": []}]
     return operation
@@ -570,7 +656,8 @@ def _paths() -> dict[str, Any]:
         "/v1/admin/index/refresh": {
             "post": _operation(
                 "refreshContentIndex",
-                "Check the bundle store for a newer bundle now and load it.",
+                "Check the bundle store for a newer bundle now and load it; the node's other decision processes "
+                "follow within a second.",
                 {"200": _json_reply("The outcome of the sync.", "IndexRefresh")},
                 _ADMIN_ERRORS,
                 body=empty_body,
@@ -637,7 +724,7 @@ def _paths() -> dict[str, Any]:
 def build_openapi() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the gateway."""
     schemas = _schemas()
-    schemas["EmptyObject"] = _object("No parameters; the body may be absent.", {})
+    schemas["EmptyObject"] = _request("No parameters; the body may be absent.", {})
     responses: dict[str, Any] = {}
     for name, description in _ERRORS.values():
         responses[name] = {
@@ -679,14 +766,16 @@ def build_openapi() -> dict[str, Any]:
                     "in": "path",
                     "required": True,
                     "description": "The visitor's anonymous id.",
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+                    "schema": {"type": "string", **_id_rules()},
                 },
                 "Version": {
                     "name": "version",
                     "in": "path",
                     "required": True,
-                    "description": "A bundle version.",
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+                    "description": (
+                        "A bundle version: 1-128 letters, digits, '.', '_' or '-', the first a letter or digit."
+                    ),
+                    "schema": {"type": "string", "pattern": _VERSION_PATTERN, "maxLength": _MAX_ID_LENGTH},
                 },
             },
             "headers": {

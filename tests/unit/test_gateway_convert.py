@@ -9,6 +9,7 @@ import pytest
 
 from aura.edge.gateway import convert
 from aura.errors import InvalidRequest
+from aura.server import validation
 from aura.v1 import admin_service_pb2 as admin_pb
 from aura.v1 import common_pb2 as common_pb
 from aura.v1 import decision_service_pb2 as decision_pb
@@ -252,14 +253,13 @@ RANK_BODY = {
     "policy_version": "2025-10-01",
     "cache_ttl": 300,
     "bundle_version": "20260101T000000Z-aaaaaa",
-    "seed": 2**64 - 1,
+    "seed": "18446744073709551615",
 }
 
 
 def test_rank_response_to_json_speaks_the_seed_shape() -> None:
     body = convert.rank_response_to_json(RANK_REPLY)
     assert body == RANK_BODY
-    assert orjson.loads(orjson.dumps(body))["seed"] == 18446744073709551615
 
 
 def test_rank_response_explanation_only_when_sent() -> None:
@@ -474,3 +474,42 @@ EVENT = {"event_id": "e1", "type": "click", "ts": 1760000000000, "anon_id": "a",
 def test_invalid_event_batches(body: Any, message: str) -> None:
     with pytest.raises(InvalidRequest, match=message):
         convert.events_from_json(body, received_at_ms=RECEIVED_AT, scrub=True)
+
+
+NOT_RFC_3339 = [
+    "20251009T143000Z",
+    "2025-10-09 14:30:00Z",
+    "2025-10-09T14:30:00",
+    "2025-10-09T14:30Z",
+    "2025-10-09",
+    "2025-W41-4T14:30:00Z",
+    "2025-10-09T14:30:00.Z",
+    "2025-02-29T14:30:00Z",
+    "2025-10-09T14:30:00+00:60",
+]
+
+
+@pytest.mark.parametrize("timestamp", NOT_RFC_3339)
+def test_timestamps_must_be_rfc_3339(timestamp: str) -> None:
+    with pytest.raises(InvalidRequest, match=r"^reward\.timestamp must be an RFC 3339 timestamp"):
+        convert.feedback_request_from_json(with_(SEED_FEEDBACK, "reward.timestamp", timestamp))
+    with pytest.raises(InvalidRequest, match=r"^events\[0\]\.ts must be an RFC 3339 timestamp"):
+        convert.events_from_json({"events": [{**EVENT, "ts": timestamp}]}, received_at_ms=RECEIVED_AT, scrub=False)
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "epoch_ms"),
+    [
+        ("2025-10-09T14:30:00Z", 1760020200000),
+        ("2025-10-09t14:30:00.25z", 1760020200250),
+        ("2025-10-09T16:30:00+02:00", 1760020200000),
+    ],
+)
+def test_rfc_3339_timestamps_are_accepted_in_either_case(timestamp: str, epoch_ms: int) -> None:
+    message = convert.feedback_request_from_json(with_(SEED_FEEDBACK, "reward.timestamp", timestamp))
+    assert message.reward.timestamp == timestamp
+    validation.feedback_reward(message)  # the decision server accepts it too
+    [record] = convert.events_from_json(
+        {"events": [{**EVENT, "ts": timestamp}]}, received_at_ms=RECEIVED_AT, scrub=False
+    )
+    assert record["ts"] == epoch_ms
