@@ -318,7 +318,7 @@ static PyObject *query_fields(Request *request, PyObject *surfaces, PyObject *re
     PyObject *device = decoded(user->device);
     if (!device) goto fail;
     SET(DEVICE, lowered(device));
-    if (PyUnicode_GET_LENGTH(FIELD(DEVICE)) && !one_of(FIELD(DEVICE), DEVICES, 3)) {
+    if (PyUnicode_GET_LENGTH(FIELD(DEVICE)) && (!PyUnicode_IS_ASCII(device) || !one_of(FIELD(DEVICE), DEVICES, 3))) {
         refuse(errors->invalid, "user_ctx.device must be one of mobile, desktop, tablet, got %R.", device);
         Py_DECREF(device);
         goto fail;

@@ -118,6 +118,7 @@ def test_unknown_fields_are_skipped() -> None:
             InvalidRequest,
             "user_ctx.geo.country must be an ISO 3166-1 alpha-2 code, got 'USA'.",
         ),
+        (request(user={"device": "DES\u212aTOP"}), InvalidRequest, "user_ctx.device must be one of"),  # Kelvin sign
         (request(user={"geo": common_pb2.Geo(country="1A")}), InvalidRequest, "ISO 3166-1 alpha-2"),
         (request(user={"referrer": "é" * 2049}), InvalidRequest, "user_ctx.referrer must be at most 2048 characters."),
         (request(user={"page_type": "p" * 65}), InvalidRequest, "user_ctx.page_type must be at most 64 characters."),
