@@ -16,7 +16,7 @@ const RANKED = {
   policy_version: '2025-10-01',
   cache_ttl: 300,
   bundle_version: 'v001',
-  seed: 7,
+  seed: '7',
 };
 const FALLBACK = [{ content_id: 'default-hero', metadata: { title: 'Welcome' } }];
 

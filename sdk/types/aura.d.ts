@@ -99,7 +99,8 @@ export interface RankResult {
   policy_version?: string;
   cache_ttl?: number;
   bundle_version?: string;
-  seed?: number;
+  /** The decision's random seed, an unsigned 64-bit integer as a decimal string. */
+  seed?: string;
 }
 
 /** Renders one item as an element or an HTML string (escape its fields yourself). */

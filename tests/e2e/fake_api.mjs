@@ -53,7 +53,7 @@ export async function startFakeApi() {
         policy_version: '2025-10-01',
         cache_ttl: 300,
         bundle_version: 'fake',
-        seed: 1,
+        seed: '1',
       };
       log.decisions.push({ ...decision, anon_id: body.user_ctx.anon_id });
       send(res, 200, decision);
