@@ -745,12 +745,15 @@ static struct PyModuleDef module_def = {
     .m_base = PyModuleDef_HEAD_INIT,
     .m_name = "_native",
     .m_doc = "The compiled parts of the Rank hot path: draw_slate, ranked_items, rank_response, "
-             "parse_rank_request, encode_request_id and add_at (the online impression counts).",
+             "parse_rank_request, encode_request_id and add_at (the online impression counts), and the Rank "
+             "API's limits (MAX_ID_LENGTH, MAX_CANDIDATES, ...).",
     .m_size = -1,
     .m_methods = methods,
 };
 
 PyMODINIT_FUNC PyInit__native(void) {
     ziggurat_tables();
-    return PyModule_Create(&module_def);
+    PyObject *module = PyModule_Create(&module_def);
+    if (module && add_request_limits(module) < 0) Py_CLEAR(module);
+    return module;
 }

@@ -18,4 +18,7 @@ PyObject *parse_rank_request(PyObject *module, PyObject *const *args, Py_ssize_t
 extern const char encode_request_id_doc[];
 PyObject *encode_request_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
+/* Adds the Rank API's limits (MAX_ID_LENGTH, ...) to the module as int constants; 0, or -1 with an error. */
+int add_request_limits(PyObject *module);
+
 #endif

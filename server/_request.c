@@ -25,6 +25,16 @@
 #define MAX_PAGE_TYPE 64
 #define MAX_REGION 64
 
+int add_request_limits(PyObject *module) {
+#define ADD(name) PyModule_AddIntConstant(module, #name, name) < 0
+    if (ADD(MAX_ID_LENGTH) || ADD(MAX_CANDIDATES) || ADD(MAX_CONSENT) || ADD(MAX_CONSENT_LENGTH) ||
+        ADD(MAX_CONTEXT_ENTRIES) || ADD(MAX_CONTEXT_KEY) || ADD(MAX_CONTEXT_VALUE) || ADD(MAX_REFERRER) ||
+        ADD(MAX_PAGE_TYPE) || ADD(MAX_REGION))
+        return -1;
+    return 0;
+#undef ADD
+}
+
 typedef struct {
     const char *data;
     Py_ssize_t size;

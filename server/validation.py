@@ -11,14 +11,15 @@ from datetime import UTC, datetime
 from aura.config import Surface
 from aura.context import referrer_class, referrer_host
 from aura.errors import InvalidRequest, NotFound
-from aura.server._native import parse_rank_request
+from aura.server._native import MAX_ID_LENGTH, parse_rank_request
 from aura.server.decision import RankQuery
 from aura.v1 import decision_service_pb2 as pb
 
-MAX_ID_LENGTH = 128
 MAX_QUERY_LENGTH = 1000
 MAX_SEARCH_RESULTS = 100
-_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+ID_CHARACTERS = "A-Za-z0-9._:@/+=-"
+"""The characters of an id, as a regex character class's contents."""
+_ID = re.compile(f"[{ID_CHARACTERS}]{{1,{MAX_ID_LENGTH}}}")
 
 REWARD_TYPES: dict[int, str] = {
     pb.REWARD_TYPE_CLICK: "click",

@@ -42,13 +42,14 @@ LOGS = "logs"
 HISTORY_LIMIT = 50
 """How many previously promoted versions CURRENT.json remembers."""
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""A bundle version, a bundle file name or a store key's path segment: safe as a path and as an S3 key."""
 _PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})(?:/hour=(\d{2}))?")
 
 
 def check_version(version: str) -> str:
     """Return `version` if it is a safe bundle version name, else raise InvalidRequest."""
-    if not isinstance(version, str) or not _NAME.fullmatch(version):
+    if not isinstance(version, str) or not SAFE_NAME.fullmatch(version):
         raise InvalidRequest(
             f"bundle version {version!r} is not a valid version name "
             "(1-128 letters, digits, '.', '_' or '-', starting with a letter or digit)."
@@ -71,7 +72,7 @@ def atomic_path(dest: Path) -> Iterator[Path]:
 def check_data_key(key: str) -> str:
     """Return `key` if it names an object outside the bundle area (`a/b=c/d.parquet`), else raise InvalidRequest."""
     parts = key.split("/") if isinstance(key, str) else [""]
-    valid = all(_NAME.fullmatch(part.partition("=")[2] if "=" in part else part) for part in parts)
+    valid = all(SAFE_NAME.fullmatch(part.partition("=")[2] if "=" in part else part) for part in parts)
     if not valid or parts[0] in (BUNDLES, CURRENT):
         raise InvalidRequest(
             f"store key {key!r} is not a valid data key (path segments of letters, digits, '.', '_', '-' "
@@ -330,7 +331,7 @@ def _key(version: str, name: str) -> str:
 
 
 def _file_name(version: str, name: str) -> str:
-    if not _NAME.fullmatch(name):
+    if not SAFE_NAME.fullmatch(name):
         raise BundleError(f"bundle {version}: the manifest lists an invalid file name {name!r}.")
     return name
 

@@ -15,7 +15,20 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from aura.bundle.store import SAFE_NAME
 from aura.context import DEVICES, TIMES_OF_DAY
+from aura.server._native import (
+    MAX_CONSENT,
+    MAX_CONSENT_LENGTH,
+    MAX_CONTEXT_ENTRIES,
+    MAX_CONTEXT_KEY,
+    MAX_CONTEXT_VALUE,
+    MAX_ID_LENGTH,
+    MAX_PAGE_TYPE,
+    MAX_REFERRER,
+    MAX_REGION,
+)
+from aura.server.validation import ID_CHARACTERS, MAX_QUERY_LENGTH
 from aura.v1 import admin_service_pb2 as admin_pb
 
 from .convert import EVENT_TYPES, MAX_CANDIDATES, MAX_DWELL_SECONDS, MAX_EVENTS, MAX_LIMIT, MAX_LIST_ITEMS, REWARD_TYPES
@@ -40,20 +53,7 @@ _DEFAULT = {"default": {"$ref": "#/components/responses/OtherError"}}
 _DECISION_ERRORS = (400, 413, 429, 500, 503, 504)
 _ADMIN_ERRORS = (400, 401, 404, 409, 429, 500, 503, 504)
 
-# The decision server's limits (the MAX_* of server/_request.c, server/validation.py), where it is stricter
-# than `convert`.
-_MAX_ID_LENGTH = 128
-_ID_CHARACTERS = "A-Za-z0-9._:@/+=-"
-_MAX_CONSENT = 32
-_MAX_CONSENT_LENGTH = 64
-_MAX_CONTEXT_ENTRIES = 32
-_MAX_CONTEXT_KEY = 64
-_MAX_CONTEXT_VALUE = 256
-_MAX_REFERRER = 2048
-_MAX_PAGE_TYPE = 64
-_MAX_REGION = 64
-_MAX_QUERY_LENGTH = 1000
-_VERSION_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # aura.bundle.store.check_version
+_VERSION_PATTERN = f"^{SAFE_NAME.pattern}$"
 
 
 def _ref(name: str) -> Schema:
@@ -100,8 +100,8 @@ def _id_rules(min_length: int = 1) -> Schema:
     """The keywords of an id as the decision server checks it: letters, digits and ._:@/+=-, at most 128."""
     return {
         "minLength": min_length,
-        "maxLength": _MAX_ID_LENGTH,
-        "pattern": f"^[{_ID_CHARACTERS}]{{{min_length},{_MAX_ID_LENGTH}}}$",
+        "maxLength": MAX_ID_LENGTH,
+        "pattern": f"^[{ID_CHARACTERS}]{{{min_length},{MAX_ID_LENGTH}}}$",
     }
 
 
@@ -178,7 +178,7 @@ def _schemas() -> dict[str, Schema]:
                     "ISO 3166-1 alpha-2 country code in either case, e.g. US; empty when unknown.",
                     pattern="^([A-Za-z]{2})?$",
                 ),
-                "region": _string("Subdivision code within the country, e.g. CA.", maxLength=_MAX_REGION),
+                "region": _string("Subdivision code within the country, e.g. CA.", maxLength=MAX_REGION),
             },
         ),
         "UserContext": _request(
@@ -190,14 +190,14 @@ def _schemas() -> dict[str, Schema]:
                     "Device class: mobile, desktop or tablet, in any letter case; empty when unknown.",
                     pattern=_any_case(DEVICES),
                 ),
-                "referrer": _string("The page's referrer URL; only its host is used.", maxLength=_MAX_REFERRER),
+                "referrer": _string("The page's referrer URL; only its host is used.", maxLength=MAX_REFERRER),
                 "page_type": _string(
-                    "The kind of page the surface is on, e.g. index or article.", maxLength=_MAX_PAGE_TYPE
+                    "The kind of page the surface is on, e.g. index or article.", maxLength=MAX_PAGE_TYPE
                 ),
                 "consent": _strings(
                     "Consent scopes the visitor granted, e.g. personalization.",
-                    _MAX_CONSENT,
-                    maxLength=_MAX_CONSENT_LENGTH,
+                    MAX_CONSENT,
+                    maxLength=MAX_CONSENT_LENGTH,
                 ),
                 "geo": _ref("Geo"),
             },
@@ -224,9 +224,9 @@ def _schemas() -> dict[str, Schema]:
                             pattern=_any_case(TIMES_OF_DAY),
                         )
                     },
-                    "propertyNames": {"minLength": 1, "maxLength": _MAX_CONTEXT_KEY},
-                    "additionalProperties": {"type": "string", "maxLength": _MAX_CONTEXT_VALUE},
-                    "maxProperties": _MAX_CONTEXT_ENTRIES,
+                    "propertyNames": {"minLength": 1, "maxLength": MAX_CONTEXT_KEY},
+                    "additionalProperties": {"type": "string", "maxLength": MAX_CONTEXT_VALUE},
+                    "maxProperties": MAX_CONTEXT_ENTRIES,
                 },
                 "explain": _boolean("Return an explanation of the decision."),
             },
@@ -394,7 +394,7 @@ def _schemas() -> dict[str, Schema]:
             "A semantic search.",
             {
                 "query": _string(
-                    "The text to search for; not only white space.", pattern=r"\S", maxLength=_MAX_QUERY_LENGTH
+                    "The text to search for; not only white space.", pattern=r"\S", maxLength=MAX_QUERY_LENGTH
                 ),
                 "filters": _ref("SearchFilters"),
                 "limit": _integer("Number of results wanted; 10 when absent.", minimum=1, maximum=MAX_LIMIT),
@@ -775,7 +775,7 @@ def build_openapi() -> dict[str, Any]:
                     "description": (
                         "A bundle version: 1-128 letters, digits, '.', '_' or '-', the first a letter or digit."
                     ),
-                    "schema": {"type": "string", "pattern": _VERSION_PATTERN, "maxLength": _MAX_ID_LENGTH},
+                    "schema": {"type": "string", "pattern": _VERSION_PATTERN, "maxLength": MAX_ID_LENGTH},
                 },
             },
             "headers": {
