@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 import uvloop
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from grpc_health.v1 import health_pb2
 
 from aura.config import Settings
@@ -61,6 +62,20 @@ _HEALTH_OK = orjson.dumps({"status": "ok"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
+
+
+def _client_errors_as_info(record: logging.LogRecord) -> bool:
+    """Turn aiohttp's log of malformed HTTP it refused with a 4xx into one INFO line without a traceback.
+
+    Such requests are the client's error, and on a public port mostly noise; aiohttp logs each as an ERROR.
+    """
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, HttpProcessingError) and 400 <= error.code < 500:
+        reason = error.message.splitlines()[0] if error.message else ""
+        record.msg, record.args = f"{record.getMessage()}: {error.code} {reason}", ()
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info = record.exc_text = None
+    return True
 
 
 def _cors_origins(origins: tuple[str, ...]) -> frozenset[str]:
@@ -442,6 +457,7 @@ def create_app(
     `event_log` is where /v1/events appends; by default the app opens the `events` stream under
     `<state_dir>/logs` (beside the decision logs) on startup and closes it on cleanup.
     """
+    logging.getLogger("aiohttp.server").addFilter(_client_errors_as_info)
     gateway = Gateway(settings, grpc_target or settings.grpc_address, event_log)
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[gateway.middleware])
     app[GATEWAY_KEY] = gateway

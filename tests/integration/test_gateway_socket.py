@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import logging
 import os
 import signal
 import socket
@@ -147,6 +148,18 @@ def test_an_admin_token_that_is_not_utf8_is_refused(
     assert status.endswith("401 Unauthorized")
     assert headers["www-authenticate"] == 'Bearer realm="aura-admin"'
     assert orjson.loads(answer)["error"]["message"] == "The admin token is not valid."
+
+
+def test_malformed_http_is_a_400_logged_as_one_info_line(
+    servers: tuple[LoopThread, FakeBackend, web.AppRunner, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="aiohttp.server"):
+        status, _, answer = raw_http(servers[3], b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+    assert status.endswith("400 Bad Request")
+    assert b"Invalid character in Content-Length" in answer
+    [logged] = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert (logged.levelname, logged.exc_info) == ("INFO", None)
+    assert logged.getMessage().endswith(": 400 Invalid character in Content-Length:")
 
 
 def test_head_answers_every_get_route_without_a_body(
