@@ -23,6 +23,9 @@ import yaml
 from aura.errors import ConfigError
 from aura.protected import check_features
 
+MAX_TOPIC_CLUSTER_CAP = 1000
+"""The largest `max_per_topic_cluster` (policies.yaml or DIVERSITY_CONSTRAINT)."""
+
 
 @dataclass(frozen=True)
 class ExplorationPolicy:
@@ -52,7 +55,7 @@ class DiversityPolicy:
     enforce_in_top_n: int = 5
 
     def _validate(self, where: str) -> None:
-        _check_range(where, "max_per_topic_cluster", self.max_per_topic_cluster, 1, 1000)
+        _check_range(where, "max_per_topic_cluster", self.max_per_topic_cluster, 1, MAX_TOPIC_CLUSTER_CAP)
         _check_range(where, "min_topic_distance", self.min_topic_distance, 0.0, 2.0)
         _check_range(where, "enforce_in_top_n", self.enforce_in_top_n, 0, 1000)
 
@@ -101,6 +104,11 @@ class ColdStartPolicy:
 
     def _validate(self, where: str) -> None:
         _check_range(where, "min_events", self.min_events, 0, 1_000_000)
+        if not self.use_popularity:
+            raise ConfigError(
+                f"{where}.use_popularity must be true: each surface's global (popularity) cell is the fallback of "
+                "every decision, which this release cannot switch off."
+            )
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,10 @@ class FairnessPolicy:
 
     def _validate(self, where: str) -> None:
         _check_range(where, "k_anonymity_threshold", self.k_anonymity_threshold, 1, 1_000_000_000)
+        if not self.exclude_protected_attributes:
+            raise ConfigError(
+                f"{where}.exclude_protected_attributes must be true: protected attributes are never segment dimensions."
+            )
 
 
 PROFILE_DIMENSIONS: tuple[str, ...] = ("intent", "device_class", "recency", "price_sensitivity", "topic_interest")
@@ -227,6 +239,11 @@ class Surface:
         _check_range(where, "cache_ttl", self.cache_ttl, 0, 86400)
 
 
+DEV_REQUEST_ID_SECRET = "aura-dev-secret-change-me"
+"""The default request id secret: public, so anyone can forge feedback until AURA_REQUEST_ID_SECRET is set."""
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Process settings from environment variables (names in `ENV_NAMES`)."""
@@ -242,7 +259,7 @@ class Settings:
     s3_endpoint_url: str = ""
     bundle_poll_seconds: float = 30.0
     admin_token: str = ""
-    request_id_secret: str = "aura-dev-secret-change-me"
+    request_id_secret: str = DEV_REQUEST_ID_SECRET
     rate_limit_rps: float = 200.0
     rate_limit_burst: int = 400
     max_body_bytes: int = 65536
@@ -263,20 +280,32 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
 
     def _validate(self, where: str) -> None:
-        _check_range(where, "api_port", self.api_port, 0, 65535)
-        _check_range(where, "api_workers", self.api_workers, 1, 256)
-        _check_range(where, "model_retention_versions", self.model_retention_versions, 1, 1000)
-        _check_range(where, "bundle_poll_seconds", self.bundle_poll_seconds, 0.05, 86400.0)
-        _check_range(where, "rate_limit_rps", self.rate_limit_rps, 0.001, 1e9)
-        _check_range(where, "max_body_bytes", self.max_body_bytes, 256, 64 * 1024 * 1024)
-        _check_range(where, "event_batch_size", self.event_batch_size, 1, 1_000_000)
-        _check_range(where, "event_flush_interval", self.event_flush_interval, 0.01, 3600.0)
+        for name, low, high in (
+            ("api_port", 1, 65535),
+            ("api_workers", 1, 256),
+            ("model_retention_versions", 1, 1000),
+            ("bundle_poll_seconds", 0.05, 86400.0),
+            ("rate_limit_rps", 0.001, 1e9),
+            ("rate_limit_burst", 1, 1_000_000_000),
+            ("max_body_bytes", 256, 64 * 1024 * 1024),
+            ("event_batch_size", 1, 1_000_000),
+            ("event_flush_interval", 0.01, 3600.0),
+            ("segment_refresh_interval", 1, 86400 * 366),
+            ("event_retention_days", 1, 36500),
+            ("feature_retention_days", 1, 36500),
+        ):
+            _check_range(where, ENV_NAMES[name], getattr(self, name), low, high)
         if self.diversity_constraint is not None:
             _parse_diversity_constraint(self.diversity_constraint)
         try:
             parse_host_port(self.grpc_address)
         except ValueError as exc:
-            raise ConfigError(f"{where}: grpc_address: {exc}") from None
+            raise ConfigError(f"{where}: {ENV_NAMES['grpc_address']}: {exc}.") from None
+        if _URL_SCHEME.match(self.bundle_store) and not self.bundle_store.startswith("s3://"):
+            raise ConfigError(
+                f"{where}: {ENV_NAMES['bundle_store']} must be a local directory or s3://bucket/prefix, "
+                f"got {self.bundle_store!r}."
+            )
 
 
 ENV_NAMES: dict[str, str] = {
@@ -340,6 +369,8 @@ def load_policies(path: str | Path) -> Policies:
 
 def load_surfaces(path: str | Path) -> dict[str, Surface]:
     """Read and validate `surfaces.yaml` (a top-level `surfaces:` mapping of id to settings)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"surfaces.yaml: {path} does not exist; it defines the surfaces the API ranks for.")
     data = _read_yaml(path)
     unknown = set(data) - {"surfaces"}
     if unknown:
@@ -361,6 +392,11 @@ def load_config(environ: Mapping[str, str] | None = None) -> AppConfig:
     """Load settings, policies and surfaces, and apply the seed's env overrides to the policies."""
     settings = load_settings(environ)
     config_dir = Path(settings.config_dir)
+    if not config_dir.is_dir():
+        raise ConfigError(
+            f"environment: {ENV_NAMES['config_dir']}: {config_dir} is not a directory "
+            "(it holds policies.yaml and surfaces.yaml)."
+        )
     policies = apply_env_overrides(load_policies(config_dir / "policies.yaml"), settings)
     surfaces = load_surfaces(config_dir / "surfaces.yaml")
     return AppConfig(settings=settings, policies=policies, surfaces=surfaces)
@@ -392,6 +428,11 @@ def apply_env_overrides(policies: Policies, settings: Settings) -> Policies:
         confidence = dataclasses.replace(
             segmentation.confidence, assignment_threshold=settings.segment_confidence_threshold
         )
+        if confidence.holdout_below > confidence.assignment_threshold:
+            raise ConfigError(
+                f"environment: SEGMENT_CONFIDENCE_THRESHOLD ({confidence.assignment_threshold}) must not be below "
+                f"policies.yaml's segmentation.confidence.holdout_below ({confidence.holdout_below})."
+            )
         confidence._validate("environment: SEGMENT_CONFIDENCE_THRESHOLD")
         segmentation = dataclasses.replace(segmentation, confidence=confidence)
     return dataclasses.replace(policies, decisioning=decisioning, segmentation=segmentation)
@@ -400,9 +441,12 @@ def apply_env_overrides(policies: Policies, settings: Settings) -> Policies:
 def _parse_diversity_constraint(value: str) -> int:
     parts = value.split("_")
     shape_ok = len(parts) == 4 and parts[0] == "max" and parts[2:] == ["per", "topic"] and parts[1].isdigit()
-    if shape_ok and int(parts[1]) >= 1:
+    if shape_ok and 1 <= int(parts[1]) <= MAX_TOPIC_CLUSTER_CAP:
         return int(parts[1])
-    raise ConfigError(f"environment: DIVERSITY_CONSTRAINT must look like 'max_1_per_topic', got {value!r}.")
+    raise ConfigError(
+        f"environment: DIVERSITY_CONSTRAINT must look like 'max_1_per_topic' with a cap of 1 to "
+        f"{MAX_TOPIC_CLUSTER_CAP}, got {value!r}."
+    )
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:

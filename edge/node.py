@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 
 from aura.bundle.store import open_store
-from aura.config import AppConfig, load_config
+from aura.config import DEV_REQUEST_ID_SECRET, AppConfig, load_config
 from aura.edge.logship import LogShipper
 from aura.edge.sync import BundleSync
 from aura.embedding import default_embedder
@@ -200,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aura-edge: configuration error: {exc}", file=sys.stderr)
         return 2
     _configure_logging(config.settings.api_log_level)
+    if config.settings.request_id_secret == DEV_REQUEST_ID_SECRET:
+        log.warning(
+            "AURA_REQUEST_ID_SECRET is not set: request ids are signed with the public development secret, so "
+            "anyone can forge feedback; set a random secret, the same on every edge node."
+        )
     # Concurrency comes from one process per core; a multi-threaded BLAS per process only contends
     # (a query embedding took ~230 ms with two OpenBLAS threads on 2 cores, ~13 ms with one).
     for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):

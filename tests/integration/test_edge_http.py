@@ -130,3 +130,7 @@ def test_admin_routes_need_the_token(edge_node) -> None:
     assert call(edge_node, "GET", "/v1/segments/anon_abc123")[0] == 404
     admin_rows = read_log(edge_node.state_dir / "logs", "admin").to_pylist()
     assert {"retrain", "erase_user"} <= {row["action"] for row in admin_rows}
+
+
+def test_the_node_warns_when_request_ids_use_the_development_secret(edge_node) -> None:
+    assert "AURA_REQUEST_ID_SECRET is not set" in edge_node.logs()

@@ -54,15 +54,28 @@ def test_seed_env_vars_override_the_policies() -> None:
     ("env", "message"),
     [
         ({"API_PORT": "eighty"}, "API_PORT must be a whole number"),
-        ({"API_PORT": "70000"}, r"api_port must be in \[0, 65535\]"),
+        ({"API_PORT": "70000"}, r"environment: API_PORT must be in \[1, 65535\], got 70000"),
+        ({"API_PORT": "0"}, r"API_PORT must be in \[1, 65535\]"),
         ({"EXPLORATION_RATE": "1.5"}, r"EXPLORATION_RATE must be in \[0.0, 1.0\]"),
         ({"DIVERSITY_CONSTRAINT": "one_per_topic"}, "DIVERSITY_CONSTRAINT must look like 'max_1_per_topic'"),
+        ({"DIVERSITY_CONSTRAINT": "max_5000_per_topic"}, "with a cap of 1 to 1000, got 'max_5000_per_topic'"),
         ({"BANDIT_ALGORITHM": "epsilon_greedy"}, "BANDIT_ALGORITHM must be one of 'thompson_sampling'"),
         ({"CONSENT_REQUIRED": "maybe"}, "CONSENT_REQUIRED must be true or false"),
         ({"API_LOG_LEVEL": "loud"}, "API_LOG_LEVEL must be one of"),
-        ({"SEGMENT_CONFIDENCE_THRESHOLD": "0.2"}, "holdout_below .* must not exceed"),
-        ({"AURA_GRPC_ADDRESS": "localhost"}, "grpc_address: expected host:port"),
-        ({"AURA_GRPC_ADDRESS": "127.0.0.1:0"}, "grpc_address: expected host:port with a port in 1-65535"),
+        (
+            {"SEGMENT_CONFIDENCE_THRESHOLD": "0.2"},
+            r"SEGMENT_CONFIDENCE_THRESHOLD \(0.2\) must not be below policies.yaml's "
+            r"segmentation.confidence.holdout_below \(0.5\)",
+        ),
+        ({"AURA_GRPC_ADDRESS": "localhost"}, "AURA_GRPC_ADDRESS: expected host:port"),
+        ({"AURA_GRPC_ADDRESS": "127.0.0.1:0"}, "AURA_GRPC_ADDRESS: expected host:port with a port in 1-65535"),
+        ({"AURA_RATE_LIMIT_BURST": "0"}, r"AURA_RATE_LIMIT_BURST must be in \[1, 1000000000\], got 0"),
+        ({"EVENT_RETENTION_DAYS": "-5"}, r"EVENT_RETENTION_DAYS must be in \[1, 36500\]"),
+        ({"FEATURE_RETENTION_DAYS": "0"}, r"FEATURE_RETENTION_DAYS must be in \[1, 36500\]"),
+        ({"SEGMENT_REFRESH_INTERVAL": "-1"}, "SEGMENT_REFRESH_INTERVAL must be in"),
+        ({"AURA_BUNDLE_STORE": "gs://bucket/x"}, "AURA_BUNDLE_STORE must be a local directory or s3://bucket/prefix"),
+        ({"AURA_BUNDLE_STORE": "S3://bucket/x"}, "AURA_BUNDLE_STORE must be a local directory or s3://bucket/prefix"),
+        ({"AURA_CONFIG_DIR": "/nonexistent"}, "AURA_CONFIG_DIR: /nonexistent is not a directory"),
     ],
 )
 def test_bad_environment_is_rejected_with_the_variable_named(env: dict, message: str) -> None:
@@ -82,6 +95,11 @@ def test_bad_environment_is_rejected_with_the_variable_named(env: dict, message:
         ("decisioning:\n  freshness:\n    decay_function: linear\n", "decay_function must be one of 'exponential'"),
         ("decisioning:\n  diversity:\n    max_per_topic_cluster: two\n", "max_per_topic_cluster must be a whole"),
         ("segmentation:\n  fairness:\n    exclude_protected_attributes: 3\n", "must be true or false"),
+        (
+            "segmentation:\n  fairness:\n    exclude_protected_attributes: false\n",
+            "segmentation.fairness.exclude_protected_attributes must be true",
+        ),
+        ("segmentation:\n  cold_start:\n    use_popularity: false\n", "segmentation.cold_start.use_popularity must be"),
         ("decisioning:\n  eligibility:\n    flag_consents: [a]\n", "flag_consents must be a mapping"),
         ("segmentation:\n  dimensions: [intent, colour]\n", "segmentation.dimensions: 'colour' is not a dimension"),
         (
@@ -152,6 +170,11 @@ def test_bad_surfaces_are_rejected(tmp_path: Path, yaml_text: str, message: str)
     path.write_text(yaml_text)
     with pytest.raises(ConfigError, match=message):
         load_surfaces(path)
+
+
+def test_a_missing_surfaces_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"surfaces.yaml: {tmp_path / 'surfaces.yaml'} does not exist"):
+        load_surfaces(tmp_path / "surfaces.yaml")
 
 
 def test_settings_defaults_follow_the_seed() -> None:
