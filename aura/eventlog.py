@@ -153,6 +153,7 @@ class EventLog:
         *,
         node_id: str,
         flush_interval: float = 1.0,
+        batch_size: int = 1000,
         rotate_seconds: float = 300.0,
         rotate_rows: int = 200_000,
         column_builders: Mapping[str, Callable[[Sequence[Any], pa.DataType], pa.Array]] | None = None,
@@ -166,6 +167,7 @@ class EventLog:
         self._open_dir.mkdir(parents=True, exist_ok=True)
         self._node_id = node_id
         self._flush_interval = flush_interval
+        self._batch_size = batch_size
         self._rotate_seconds = rotate_seconds
         self._rotate_rows = rotate_rows
         builders = column_builders or {}
@@ -185,9 +187,12 @@ class EventLog:
         self._thread.start()
 
     def append(self, record: tuple) -> None:
-        """Queue a record (see `record`); it is written within `flush_interval` (no durability promise)."""
+        """Queue a record (see `record`); it is written once `batch_size` records wait, or within `flush_interval`.
+
+        No durability promise: `append_durable` gives one.
+        """
         self._pending.append(record)
-        if len(self._pending) >= 4096:
+        if len(self._pending) >= self._batch_size:
             with self._cond:
                 self._cond.notify()
 

@@ -86,6 +86,13 @@ DECISION_COLUMNS = {"consent": _consent, "context_json": _context_json, "items":
 """How the writer converts the columns Rank logs in their request-time form."""
 
 
-def decision_log(root: str | Path, *, node_id: str, flush_interval: float) -> EventLog:
+def decision_log(root: str | Path, *, node_id: str, flush_interval: float, batch_size: int = 1000) -> EventLog:
     """The `decisions` event log of one server process, taking records in Rank's form (module docstring)."""
-    return EventLog(root, "decisions", node_id=node_id, flush_interval=flush_interval, column_builders=DECISION_COLUMNS)
+    return EventLog(
+        root,
+        "decisions",
+        node_id=node_id,
+        flush_interval=flush_interval,
+        batch_size=batch_size,
+        column_builders=DECISION_COLUMNS,
+    )

@@ -81,14 +81,17 @@ def node_deps(
 ) -> ServerDeps:
     """The dependencies of one server process whose node-local state (logs, dedupe, erasures) is in `state_dir`."""
     logs_root = state_dir / "logs"
-    flush = min(1.0, config.settings.event_flush_interval)
+    batching = {
+        "flush_interval": min(1.0, config.settings.event_flush_interval),
+        "batch_size": config.settings.event_batch_size,
+    }
     return ServerDeps(
         config=config,
         holder=holder,
         codec=RequestIdCodec(config.settings.request_id_secret),
-        decisions=decision_log(logs_root, node_id=node_id, flush_interval=flush),
-        feedback=EventLog(logs_root, "feedback", node_id=node_id, flush_interval=flush),
-        admin_log=EventLog(logs_root, "admin", node_id=node_id, flush_interval=flush),
+        decisions=decision_log(logs_root, node_id=node_id, **batching),
+        feedback=EventLog(logs_root, "feedback", node_id=node_id, **batching),
+        admin_log=EventLog(logs_root, "admin", node_id=node_id, **batching),
         dedupe=FeedbackDedupe(state_dir / "feedback-seen.u64"),
         erased=ErasedUsers(state_dir / "erased-users.txt"),
         embed_query=embed_query,

@@ -170,6 +170,7 @@ class Gateway:
                 "events",
                 node_id=default_node_id(),
                 flush_interval=self.settings.event_flush_interval,
+                batch_size=self.settings.event_batch_size,
             )
 
     async def stop(self, app: web.Application) -> None:

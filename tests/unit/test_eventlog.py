@@ -30,6 +30,20 @@ def test_durable_append_is_on_disk_before_it_returns(tmp_path: Path) -> None:
     log.close()
 
 
+def test_a_full_batch_is_written_before_the_flush_interval(tmp_path: Path) -> None:
+    log = EventLog(tmp_path, "admin", node_id="n1", flush_interval=3600, batch_size=3)
+    for i in range(2):
+        log.append(_admin(i))
+    time.sleep(0.3)
+    assert read_log(tmp_path, "admin").num_rows == 0
+    log.append(_admin(2))
+    deadline = time.monotonic() + 10
+    while read_log(tmp_path, "admin").num_rows < 3:
+        assert time.monotonic() < deadline, "the full batch was not written"
+        time.sleep(0.02)
+    log.close()
+
+
 def test_close_writes_hive_partitioned_parquet(tmp_path: Path) -> None:
     log = EventLog(tmp_path, "admin", node_id="n1", flush_interval=0.05)
     for i in range(5):
