@@ -19,12 +19,13 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from aura.processes import process_alive
@@ -314,13 +315,14 @@ class _Segment:
         _close_segment(self.path, self.stream_dir)
 
 
-def _partition_of(table: pa.Table) -> str:
-    if table.num_rows:
-        first = table.column("ts")[0].as_py()
-        if first is not None:
-            return f"date={first:%Y-%m-%d}/hour={first:%H}"
+def _partitions(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
+    """The table's rows by the UTC hour of their `ts` (rows without one: the current hour), as (partition, rows)."""
     now = datetime.now(UTC)
-    return f"date={now:%Y-%m-%d}/hour={now:%H}"
+    keys = pc.fill_null(
+        pc.strftime(table.column("ts"), format="date=%Y-%m-%d/hour=%H"), f"date={now:%Y-%m-%d}/hour={now:%H}"
+    )
+    for key in pc.unique(keys).to_pylist():
+        yield key, table.filter(pc.equal(keys, key))
 
 
 def _read_stream_prefix(path: Path) -> pa.Table | None:
@@ -344,15 +346,20 @@ def _read_stream_prefix(path: Path) -> pa.Table | None:
 
 
 def _close_segment(path: Path, stream_dir: Path) -> None:
+    """Rewrite an Arrow segment as one Parquet file per hour partition its rows fall in, then delete it.
+
+    The file names are the segment's, so a close that a crash interrupted is redone by recovery, not doubled.
+    """
     table = _read_stream_prefix(path)
     if table is not None and table.num_rows:
-        target_dir = stream_dir / _partition_of(table)
-        target_dir.mkdir(parents=True, exist_ok=True)
-        tmp = target_dir / f".{path.stem}.parquet.tmp"
-        pq.write_table(table, tmp, compression="zstd")
-        with tmp.open("rb") as handle:
-            os.fsync(handle.fileno())
-        tmp.rename(target_dir / f"{path.stem}.parquet")
+        for partition, rows in _partitions(table):
+            target_dir = stream_dir / partition
+            target_dir.mkdir(parents=True, exist_ok=True)
+            tmp = target_dir / f".{path.stem}.parquet.tmp"
+            pq.write_table(rows, tmp, compression="zstd")
+            with tmp.open("rb") as handle:
+                os.fsync(handle.fileno())
+            tmp.rename(target_dir / f"{path.stem}.parquet")
     path.unlink()
 
 

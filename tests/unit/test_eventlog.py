@@ -55,6 +55,18 @@ def test_close_writes_hive_partitioned_parquet(tmp_path: Path) -> None:
     assert list((tmp_path / "admin" / "_open").glob("*.arrow")) == []
 
 
+def test_a_segment_is_split_by_the_hour_of_its_rows(tmp_path: Path) -> None:
+    log = EventLog(tmp_path, "admin", node_id="n1", flush_interval=0.05)
+    for i, (hour, minute) in enumerate([(10, 59), (11, 0), (10, 58), (11, 1), (11, 2)]):
+        log.append(RECORD_TYPES["admin"](event_id=f"e{i}", ts=datetime(2026, 11, 27, hour, minute, tzinfo=UTC)))
+    log.close()
+    rows_by_hour = {
+        file.parent.name: pq.read_table(file)["event_id"].to_pylist()
+        for file in (tmp_path / "admin").glob("date=2026-11-27/hour=*/*.parquet")
+    }
+    assert rows_by_hour == {"hour=10": ["e0", "e2"], "hour=11": ["e1", "e3", "e4"]}
+
+
 def test_rotation_by_rows_closes_segments(tmp_path: Path) -> None:
     log = EventLog(tmp_path, "admin", node_id="n1", flush_interval=0.01, rotate_rows=2)
     for i in range(6):
