@@ -54,7 +54,15 @@ def main() -> int:
         return 2
     bundle_dir = Path(settings.bundle_store) / "bundles" / version
     anon, device = assigned_visitor(bundle_dir)
-    site = serve_demo_site(settings.api_host, DEMO_SITE_PORT)
+    try:
+        site = serve_demo_site(settings.api_host, DEMO_SITE_PORT)
+    except OSError as exc:
+        print(
+            f"aura demo: cannot serve the demo site on {settings.api_host}:{DEMO_SITE_PORT}: {exc.strerror}; "
+            "set AURA_DEMO_SITE_PORT to a free port.",
+            file=sys.stderr,
+        )
+        return 2
     # The worker processes read their settings from the environment: let the demo site call the API.
     os.environ.setdefault("AURA_CORS_ORIGINS", site)
     print(

@@ -14,13 +14,14 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import time
 from functools import partial
 from pathlib import Path
 
 from aura.bundle.store import open_store
-from aura.config import DEV_REQUEST_ID_SECRET, AppConfig, load_config
+from aura.config import DEV_REQUEST_ID_SECRET, AppConfig, load_config, parse_host_port
 from aura.edge.logship import LogShipper
 from aura.edge.sync import BundleSync
 from aura.embedding import default_embedder
@@ -187,6 +188,16 @@ class Supervisor:
         self._stopping = True
 
 
+def _listening(host: str, port: int) -> bool:
+    """Whether something accepts connections on host:port (a wildcard host is probed on loopback)."""
+    probe = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    try:
+        with socket.create_connection((probe, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `aura-edge`."""
     parser = argparse.ArgumentParser(prog="aura-edge", description=__doc__.splitlines()[0])
@@ -213,6 +224,18 @@ def main(argv: list[str] | None = None) -> int:
     if workers < 1 or args.gateway_workers < 0:
         print("aura-edge: --workers must be at least 1 and --gateway-workers at least 0.", file=sys.stderr)
         return 2
+    # The workers bind with SO_REUSEPORT, which would let them join another node's port and split its traffic.
+    ports = [("gRPC", *parse_host_port(config.settings.grpc_address))]
+    if not args.no_gateway:
+        ports.append(("HTTP", config.settings.api_host, config.settings.api_port))
+    for kind, host, port in ports:
+        if _listening(host, port):
+            print(
+                f"aura-edge: the {kind} port {host}:{port} is already in use, perhaps by another AURA node; "
+                "stop it or choose another port.",
+                file=sys.stderr,
+            )
+            return 2
     targets: list[tuple[str, object]] = [(f"decision-{i}", _decision_worker) for i in range(workers)]
     if not args.no_gateway:
         targets += [(f"gateway-{i}", _gateway_worker) for i in range(args.gateway_workers)]

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +139,24 @@ def test_admin_routes_need_the_token(edge_node) -> None:
 
 def test_the_node_warns_when_request_ids_use_the_development_secret(edge_node) -> None:
     assert "AURA_REQUEST_ID_SECRET is not set" in edge_node.logs()
+
+
+@pytest.mark.parametrize("held", ["grpc", "http"])
+def test_a_node_refuses_a_port_another_process_listens_on(tmp_path: Path, held: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener, socket.create_server(("127.0.0.1", 0)) as free:
+        busy_port, free_port = listener.getsockname()[1], free.getsockname()[1]
+        grpc_port, http_port = (busy_port, free_port) if held == "grpc" else (free_port, busy_port)
+        free.close()
+        env = {
+            **os.environ,
+            "AURA_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
+            "API_HOST": "127.0.0.1",
+            "API_PORT": str(http_port),
+            "AURA_STATE_DIR": str(tmp_path / "state"),
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "aura.edge.node"], env=env, capture_output=True, text=True, timeout=60
+        )
+    kind = "gRPC" if held == "grpc" else "HTTP"
+    assert result.returncode == 2
+    assert f"the {kind} port 127.0.0.1:{busy_port} is already in use" in result.stderr
