@@ -372,7 +372,7 @@ def _schemas() -> dict[str, Schema]:
                     "description": "The segment's defining dimension values.",
                     "additionalProperties": {"type": "string"},
                 },
-                "assigned_at": _string("When the assignment was computed, RFC 3339."),
+                "assigned_at": _string("The as-of time of the history the assignment was computed from, RFC 3339."),
             },
         ),
         "SegmentsResponse": _exact(
