@@ -342,6 +342,8 @@ def _reason_tail(index: ServingIndex, query: RankQuery, resolution: SegmentResol
         kind = "exploration"
     elif resolution.holdout:
         kind = "holdout:popular"
+    elif resolution.source == "popularity":
+        kind = "popular"
     elif resolution.confidence >= 0.8 and resolution.source != "no_consent":
         kind = "high-confidence"
     else:

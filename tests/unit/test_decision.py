@@ -155,6 +155,16 @@ def test_segment_resolution_order(tmp_path: Path) -> None:
     assert index.bundle.cold_start_context_keys == () and {len(key) for key in index.cold_starts} == {6}
 
 
+def test_reasons_say_whether_the_segment_is_confident_or_a_popularity_fallback(tmp_path: Path) -> None:
+    index = index_for(tmp_path)
+    pol = no_exploration(tmp_path)
+    assigned = run(index, pol, query(anon_id="anon_abc123", device="mobile"))
+    assert {item.reason.rpartition("+")[2] for item in assigned.items} == {"high-confidence"}
+    fallback = run(index, pol, query(anon_id="new", device="desktop"))
+    assert fallback.resolution.source == "popularity"
+    assert {item.reason.rpartition("+")[2] for item in fallback.items} == {"popular"}
+
+
 def test_cold_start_rules_on_custom_context_keys(tmp_path: Path) -> None:
     segment = "seg_learn_mobile_new"
     rules = [
