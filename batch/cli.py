@@ -10,7 +10,8 @@ Examples:
     aura demo-bundle --store var/bundle-store
     aura cms-sync --source https://cms.example.com/api/content --out var/site
 
-User errors (a bad path, an invalid config, a bundle or store problem) print one line and exit with 2.
+User errors (a bad path, an invalid config or environment variable, a bundle or store problem) print one line and
+exit with 2.
 """
 
 from __future__ import annotations
@@ -33,7 +34,16 @@ from aura.batch.ope import DEFAULT_MARGIN
 from aura.batch.posteriors import DEFAULT_HALF_LIFE_DAYS
 from aura.batch.retention import erase_user_command, retention_command
 from aura.bundle.store import BundleStore, LocalBundleStore, open_store
-from aura.config import Policies, Surface, load_policies, load_surfaces
+from aura.config import (
+    ENV_NAMES,
+    Policies,
+    Settings,
+    Surface,
+    apply_env_overrides,
+    load_policies,
+    load_settings,
+    load_surfaces,
+)
 from aura.errors import AuraError, BundleError, ConfigError
 
 if TYPE_CHECKING:
@@ -47,6 +57,13 @@ if TYPE_CHECKING:
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+MAX_RETENTION_DAYS = 36500
+
+BATCH_ENV_NAMES = ("CMS_API_URL", "CMS_API_KEY", "AURA_DUCKDB_MEMORY_LIMIT", "AURA_DUCKDB_THREADS")
+"""Environment variables the batch reads besides `aura.config.ENV_NAMES`."""
+
+# The settings of policies.yaml that environment variables override (`aura.config.apply_env_overrides`).
+_POLICY_OVERRIDES = ("exploration_rate", "diversity_constraint", "freshness_half_life", "segment_confidence_threshold")
 
 _STAT_LABELS: dict[str, str] = {
     "content_items": "content items",
@@ -88,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "build":
         _check_build_args(parser, args)
     try:
+        _apply_env_defaults(args)
         args.handler(args)
     except (AuraError, ConfigError, OSError) as exc:
         print(f"aura: error: {exc}", file=sys.stderr)
@@ -162,14 +180,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     learning.add_argument(
         "--duckdb-memory-limit",
-        default=os.environ.get("AURA_DUCKDB_MEMORY_LIMIT") or None,
+        type=_memory_limit,
         help="memory cap of the build's DuckDB, e.g. 2GB; past it DuckDB spills to a temporary directory "
         "(default $AURA_DUCKDB_MEMORY_LIMIT or 2GB)",
     )
     learning.add_argument(
         "--duckdb-threads",
         type=_positive,
-        default=int(os.environ["AURA_DUCKDB_THREADS"]) if os.environ.get("AURA_DUCKDB_THREADS") else None,
         help="worker threads of the build's DuckDB (default $AURA_DUCKDB_THREADS or one per core)",
     )
     learning.add_argument(
@@ -255,24 +272,13 @@ def _parser() -> argparse.ArgumentParser:
     retention = commands.add_parser(
         "retention", parents=[store], help="delete logs, features and bundles past their retention periods"
     )
-    retention.add_argument(
-        "--event-days",
-        type=_positive,
-        default=int(os.environ.get("EVENT_RETENTION_DAYS") or 395),
-        help="keep event logs this many days (default $EVENT_RETENTION_DAYS or 395)",
-    )
-    retention.add_argument(
-        "--feature-days",
-        type=_positive,
-        default=int(os.environ.get("FEATURE_RETENTION_DAYS") or 90),
-        help="keep feature tables this many days (default $FEATURE_RETENTION_DAYS or 90)",
-    )
-    retention.add_argument(
-        "--model-versions",
-        type=_positive,
-        default=int(os.environ.get("MODEL_RETENTION_VERSIONS") or 5),
-        help="keep this many bundle versions (default $MODEL_RETENTION_VERSIONS or 5)",
-    )
+    for flag, dest, what in (
+        ("--event-days", "event_days", "keep event logs this many days"),
+        ("--feature-days", "feature_days", "keep feature tables this many days"),
+        ("--model-versions", "model_versions", "keep this many bundle versions"),
+    ):
+        name, parse, fallback = _ENV_DEFAULTS[dest]
+        retention.add_argument(flag, type=parse, help=f"{what} (default ${name} or {fallback})")
     retention.set_defaults(handler=_with_store(retention_command))
 
     erase = commands.add_parser("erase-user", parents=[store], help="erase one visitor's history from the store")
@@ -320,6 +326,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _apply_env_defaults(args: argparse.Namespace) -> None:
+    """Fill the options of `_ENV_DEFAULTS` that the command has and the command line left unset.
+
+    The variables are read here, after parsing, so that only a command with the option reads its variable and a
+    bad value fails that command with one line naming the variable (argparse would name the option instead).
+    """
+    for dest, (name, parse, fallback) in _ENV_DEFAULTS.items():
+        if not hasattr(args, dest) or getattr(args, dest) is not None:
+            continue
+        text = os.environ.get(name, "").strip()
+        if not text:
+            setattr(args, dest, fallback)
+            continue
+        try:
+            setattr(args, dest, parse(text))
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            raise ConfigError(f"{name} {exc}.") from None
+
+
 def _with_store(handler: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
     """Run `handler` only when a store was given, with the same message as the other store commands."""
 
@@ -331,9 +356,19 @@ def _with_store(handler: Callable[[argparse.Namespace], None]) -> Callable[[argp
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _days(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_RETENTION_DAYS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_RETENTION_DAYS} days, got {value}")
     return value
 
 
@@ -342,6 +377,17 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
+
+
+def _memory_limit(text: str) -> str:
+    """A memory limit that DuckDB accepts, e.g. 2GB or 512MiB (checked here, not half-way through a build)."""
+    import duckdb
+
+    try:
+        duckdb.connect(config={"memory_limit": text}).close()
+    except duckdb.Error:
+        raise argparse.ArgumentTypeError(f"must be a size like 2GB or 512MiB, got {text!r}") from None
+    return text
 
 
 def _share(text: str) -> float:
@@ -364,6 +410,18 @@ def _as_of(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a date like 2025-10-01, got {text!r}") from None
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+_DEFAULTS = Settings()
+
+# Options whose default is an environment variable: dest -> (variable, parser, default when the variable is unset).
+_ENV_DEFAULTS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
+    "duckdb_memory_limit": ("AURA_DUCKDB_MEMORY_LIMIT", _memory_limit, None),
+    "duckdb_threads": ("AURA_DUCKDB_THREADS", _positive, None),
+    "event_days": (ENV_NAMES["event_retention_days"], _days, _DEFAULTS.event_retention_days),
+    "feature_days": (ENV_NAMES["feature_retention_days"], _days, _DEFAULTS.feature_retention_days),
+    "model_versions": (ENV_NAMES["model_retention_versions"], _positive, _DEFAULTS.model_retention_versions),
+}
 
 
 def _check_build_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -393,7 +451,15 @@ def _load_config(config_dir: Path) -> tuple[Policies, dict[str, Surface]]:
     surfaces_path = config_dir / "surfaces.yaml"
     if not surfaces_path.is_file():
         raise ConfigError(f"config directory {config_dir} has no surfaces.yaml.")
-    return load_policies(config_dir / "policies.yaml"), load_surfaces(surfaces_path)
+    policies = load_policies(config_dir / "policies.yaml")
+    surfaces = load_surfaces(surfaces_path)
+    # The overrides the edge applies (EXPLORATION_RATE, SEGMENT_CONFIDENCE_THRESHOLD, ...), so that the bundle is
+    # built with the policies it is served with.
+    settings = load_settings()
+    overridden = [ENV_NAMES[name] for name in _POLICY_OVERRIDES if getattr(settings, name) is not None]
+    if overridden:
+        _log(f"policies.yaml overridden by the environment: {', '.join(overridden)}")
+    return apply_env_overrides(policies, settings), surfaces
 
 
 def _timed(label: str, step: Callable[[], Any]) -> Any:
@@ -637,6 +703,8 @@ def _cms_sync(args: argparse.Namespace) -> None:
 
 
 def _pipeline(args: argparse.Namespace) -> None:
+    if not args.cms_source:
+        raise ConfigError("no CMS source given: pass --cms-source FILE|URL or set CMS_API_URL.")
     site_dir, logs_dir = args.work_dir / "site", args.work_dir / "logs"
     _cms_sync(argparse.Namespace(source=args.cms_source, out=site_dir, page_size=100, field=[]))
     export_command(

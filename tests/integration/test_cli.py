@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from aura.batch.cli import main
+from aura.batch import cli
+from aura.batch.cli import BATCH_ENV_NAMES, main
 from aura.bundle.loader import load_bundle
 from aura.bundle.store import open_store
-from aura.config import load_policies, load_surfaces
+from aura.config import ENV_NAMES, load_policies, load_surfaces
 from aura.eventlog import SCHEMAS
 
 pytest_plugins = ["tests.moto_fixture"]
@@ -27,15 +30,18 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 SMALL = ["--content", "60", "--visitors", "400"]
 
 
-def aura(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("AURA_BUNDLE_STORE", "AURA_CONFIG_DIR", "AURA_S3_ENDPOINT_URL")
-    }
-    return subprocess.run([str(AURA), *map(str, args)], capture_output=True, text=True, timeout=120, env=env)
+# Every variable the CLI reads, left out of the environment the tests inherit.
+CLI_ENV = frozenset(ENV_NAMES.values()) | frozenset(BATCH_ENV_NAMES)
 
 
-def ok(*args: str | Path) -> str:
-    result = aura(*args)
+def aura(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the console script with the test's environment minus the CLI's variables, plus `env`."""
+    environ = {k: v for k, v in os.environ.items() if k not in CLI_ENV} | (env or {})
+    return subprocess.run([str(AURA), *map(str, args)], capture_output=True, text=True, timeout=120, env=environ)
+
+
+def ok(*args: str | Path, env: dict[str, str] | None = None) -> str:
+    result = aura(*args, env=env)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -321,7 +327,9 @@ def test_nightly_pipeline_builds_from_the_cms_and_promotes(
     current = open_store(str(store)).current()
     assert current != first_bundle.name
     assert open_store(str(store)).read_manifest(current).parent_version == first_bundle.name
-    assert "no CMS source" in aura("pipeline", "--store", store, "--work-dir", tmp_path / "w2").stderr
+    missing = aura("pipeline", "--store", store, "--work-dir", tmp_path / "w2")
+    assert missing.returncode == 2 and "no CMS source given: pass --cms-source" in missing.stderr
+    assert not (tmp_path / "w2").exists(), "the pipeline stops before it syncs anything"
 
 
 def test_retention_and_erasure_commands(tmp_path: Path) -> None:
@@ -330,3 +338,116 @@ def test_retention_and_erasure_commands(tmp_path: Path) -> None:
     assert "deleted 0 log segment(s)" in ok("retention", "--store", store, "--event-days", "30")
     assert "erased visitor" in ok("erase-user", "anon_abc123", "--store", store)
     assert "no bundle store given" in aura("erase-user", "anon_abc123").stderr
+
+
+def test_build_applies_the_policy_overrides_of_the_environment(
+    first_bundle: Path, site_dir: Path, config_dir: Path, tmp_path: Path
+) -> None:
+    """SEGMENT_CONFIDENCE_THRESHOLD and FRESHNESS_HALF_LIFE override policies.yaml in the batch as on the edge."""
+    env = {"SEGMENT_CONFIDENCE_THRESHOLD": "0.95", "FRESHNESS_HALF_LIFE": "1"}
+    result = aura("build", "--site", site_dir, "--config-dir", config_dir, "--out", tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "policies.yaml overridden by the environment: FRESHNESS_HALF_LIFE, SEGMENT_CONFIDENCE_THRESHOLD" in (
+        result.stderr
+    )
+    (bundle_dir,) = tmp_path.iterdir()
+    bundle, default = load_bundle(bundle_dir).manifest, load_bundle(first_bundle).manifest
+
+    confidence = pq.read_table(bundle_dir / "user_segments.parquet")["confidence"].to_numpy()
+    assert load_policies(config_dir / "policies.yaml").segmentation.confidence.assignment_threshold == 0.7
+    assert bundle.stats["confident_assignments"] == round(float(np.mean(confidence >= np.float32(0.95))), 4)
+    assert bundle.stats["confident_assignments"] < default.stats["confident_assignments"]
+
+    content = pq.read_table(bundle_dir / "content.parquet", columns=["published_at", "freshness_score"])
+    now = datetime.fromisoformat(bundle.reports["now"])
+    age_days = np.array([max((now - t).total_seconds() / 86400, 0.0) for t in content["published_at"].to_pylist()])
+    np.testing.assert_allclose(content["freshness_score"].to_numpy(), 0.5**age_days, rtol=1e-5, atol=1e-30)
+
+
+def test_an_invalid_policy_override_fails_the_build_in_one_line(
+    site_dir: Path, config_dir: Path, tmp_path: Path
+) -> None:
+    env = {"SEGMENT_CONFIDENCE_THRESHOLD": "high"}
+    result = aura("build", "--site", site_dir, "--config-dir", config_dir, "--out", tmp_path, env=env)
+    assert result.returncode == 2 and not list(tmp_path.iterdir())
+    assert result.stderr.startswith("aura: error: ") and "SEGMENT_CONFIDENCE_THRESHOLD" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "message"),
+    [
+        (
+            {"EVENT_RETENTION_DAYS": "395d"},
+            ["retention", "--store", "{tmp}"],
+            "EVENT_RETENTION_DAYS must be a whole number of at least 1, got '395d'.",
+        ),
+        ({"EVENT_RETENTION_DAYS": "0"}, ["retention", "--store", "{tmp}"], "EVENT_RETENTION_DAYS must be at least 1"),
+        (
+            {"FEATURE_RETENTION_DAYS": "-5"},
+            ["retention", "--store", "{tmp}"],
+            "FEATURE_RETENTION_DAYS must be at least 1, got -5.",
+        ),
+        (
+            {"FEATURE_RETENTION_DAYS": "10000000"},
+            ["retention", "--store", "{tmp}"],
+            "FEATURE_RETENTION_DAYS must be at most 36500 days",
+        ),
+        (
+            {"MODEL_RETENTION_VERSIONS": "five"},
+            ["retention", "--store", "{tmp}"],
+            "MODEL_RETENTION_VERSIONS must be a whole number",
+        ),
+        (
+            {"AURA_DUCKDB_THREADS": "0"},
+            ["build", "--site", "{tmp}", "--out", "{tmp}/out"],
+            "AURA_DUCKDB_THREADS must be at least 1, got 0.",
+        ),
+        (
+            {"AURA_DUCKDB_MEMORY_LIMIT": "lots"},
+            ["demo-bundle", "--store", "{tmp}/store"],
+            "AURA_DUCKDB_MEMORY_LIMIT must be a size like 2GB or 512MiB, got 'lots'.",
+        ),
+        (
+            {"AURA_DUCKDB_THREADS": "2.5"},
+            ["pipeline", "--store", "{tmp}", "--cms-source", "{tmp}/cms.json", "--work-dir", "{tmp}/work"],
+            "AURA_DUCKDB_THREADS must be a whole number of at least 1, got '2.5'.",
+        ),
+    ],
+)
+def test_bad_environment_values_exit_2_in_one_line(
+    env: dict[str, str], args: list[str], message: str, tmp_path: Path
+) -> None:
+    result = aura(*(a.format(tmp=tmp_path) for a in args), env=env)
+    assert result.returncode == 2
+    assert result.stderr.startswith("aura: error: ") and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing ran"
+
+
+def test_a_bad_variable_fails_only_the_commands_that_read_it(tmp_path: Path) -> None:
+    env = {"EVENT_RETENTION_DAYS": "395d", "AURA_DUCKDB_THREADS": "0"}
+    assert ok("list", "--store", tmp_path, env=env) == f"no bundles in {tmp_path}\n"
+    assert "deleted 0 log segment(s)" in ok("retention", "--store", tmp_path, "--event-days", "30", env=env)
+
+
+def test_retention_periods_come_from_the_environment(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    day = (datetime.now(UTC) - timedelta(days=60)).date().isoformat()
+    segment = store / "logs" / "decisions" / f"date={day}" / "hour=00" / "seg.parquet"
+    segment.parent.mkdir(parents=True)
+    segment.write_bytes(b"x")
+    assert "deleted 0 log segment(s)" in ok("retention", "--store", store)
+    assert segment.exists()
+    assert "deleted 1 log segment(s)" in ok("retention", "--store", store, env={"EVENT_RETENTION_DAYS": "30"})
+    assert not segment.exists()
+
+
+def test_every_environment_variable_the_cli_reads_is_declared() -> None:
+    """The manifests' tests (tests/unit/test_infra.py) accept aura.config.ENV_NAMES and BATCH_ENV_NAMES."""
+    source = (Path(__file__).resolve().parents[2] / "batch" / "cli.py").read_text()
+    read = set(re.findall(r'os\.environ(?:\.get\(|\[)"(\w+)"', source)) | {
+        name for name, _, _ in cli._ENV_DEFAULTS.values()
+    }
+    assert read and read <= CLI_ENV
+    assert {"CMS_API_URL", "CMS_API_KEY", "AURA_DUCKDB_THREADS"} <= read
