@@ -21,6 +21,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from aura.batch.cli import BATCH_ENV_NAMES
+from aura.batch.cli import main as cli_main
 from aura.config import ENV_NAMES, Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,11 +41,18 @@ RUNTIME_ENV = {
     "PYTHONDONTWRITEBYTECODE",
     "PYTHONUNBUFFERED",
 }
+# Every environment variable AURA reads: the settings of aura.config and the batch's own.
+AURA_ENV = frozenset(ENV_NAMES.values()) | frozenset(BATCH_ENV_NAMES)
+# The workloads that read config/*.yaml; the retention job only deletes from the bundle store.
+CONFIG_READERS = {"aura-edge", "aura-nightly"}
+CRONJOBS = ["aura-nightly", "aura-retention"]
+MINUTES_PER_DAY = 24 * 60
 CONFIG_FILES = sorted(path.name for path in (REPO / "config").glob("*.yaml"))
 EXPECTED_OBJECTS = [
     ("ConfigMap", "aura-config"),
     ("ConfigMap", "aura-env"),
     ("CronJob", "aura-nightly"),
+    ("CronJob", "aura-retention"),
     ("Deployment", "aura-edge"),
     ("HorizontalPodAutoscaler", "aura-edge"),
     ("Namespace", NAMESPACE),
@@ -95,6 +104,51 @@ def _pod_specs(rendered: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, 
 def _edge_container(rendered: list[dict[str, Any]]) -> dict[str, Any]:
     (container,) = _one(rendered, "Deployment", "aura-edge")["spec"]["template"]["spec"]["containers"]
     return container
+
+
+def _cronjob_container(rendered: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    (container,) = _one(rendered, "CronJob", name)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _container_env(rendered: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
+    """Where each variable of a container comes from: `configmap`, `secret` (a key of the template) or `value`.
+
+    References must resolve: a ConfigMap or Secret that the kustomization or the template does not define fails.
+    """
+    secret = yaml.safe_load(SECRET_TEMPLATE.read_text())["metadata"]["name"]
+    sources: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            assert _generated_name(source["configMapRef"]["name"]) == "aura-env"
+            sources |= dict.fromkeys(_env_data(rendered), "configmap")
+        else:
+            assert source["secretRef"]["name"] == secret
+            sources |= dict.fromkeys(_secret_keys(), "secret")
+    for variable in container.get("env", []):
+        if "value" in variable:
+            sources[variable["name"]] = "value"
+            continue
+        ref = variable["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == secret and ref["key"] in _secret_keys(), variable
+        sources[variable["name"]] = "secret"
+    return sources
+
+
+def _daily_minute(schedule: str) -> int:
+    """Minute of the day of a daily cron schedule `M H * * *`."""
+    minute, hour, *rest = schedule.split()
+    assert rest == ["*", "*", "*"] and minute.isdigit() and hour.isdigit(), f"not a daily schedule: {schedule}"
+    return int(hour) * 60 + int(minute)
+
+
+def _run_window(cronjob: dict[str, Any]) -> tuple[int, int]:
+    """(first, last) minute of the day a run can be going at: a late start plus the job's whole deadline."""
+    spec = cronjob["spec"]
+    assert spec["timeZone"] == "Etc/UTC"
+    start = _daily_minute(spec["schedule"])
+    longest = spec["startingDeadlineSeconds"] + spec["jobTemplate"]["spec"]["activeDeadlineSeconds"]
+    return start, start + -(-longest // 60)
 
 
 def _edge_ports(rendered: list[dict[str, Any]]) -> dict[str, int]:
@@ -213,14 +267,17 @@ def test_config_map_holds_every_config_file(rendered: list[dict[str, Any]]) -> N
 
 def test_pods_mount_the_config_where_the_settings_point(rendered: list[dict[str, Any]]) -> None:
     config_dir = load_settings(_env_data(rendered)).config_dir
+    workloads = set()
     for workload, pod in _pod_specs(rendered):
+        workloads.add(workload)
         volumes = {
             v["name"]
             for v in pod["volumes"]
             if _generated_name(v.get("configMap", {}).get("name", "")) == "aura-config"
         }
         mounts = [m["mountPath"] for c in pod["containers"] for m in c["volumeMounts"] if m["name"] in volumes]
-        assert mounts == [config_dir], workload
+        assert mounts == ([config_dir] if workload in CONFIG_READERS else []), workload
+    assert workloads >= CONFIG_READERS
     for path in DOCKERFILES:
         assert _image_env(path)["AURA_CONFIG_DIR"] == config_dir, path.name
 
@@ -269,7 +326,7 @@ def test_every_env_name_is_a_setting(rendered: list[dict[str, Any]]) -> None:
             names |= _command_variables(container)
     for path in DOCKERFILES:
         names |= set(_image_env(path)) - RUNTIME_ENV
-    assert sorted(names - set(ENV_NAMES.values())) == []
+    assert sorted(names - AURA_ENV) == []
 
 
 def test_env_values_are_valid_settings(rendered: list[dict[str, Any]]) -> None:
@@ -280,7 +337,60 @@ def test_env_values_are_valid_settings(rendered: list[dict[str, Any]]) -> None:
 def test_secret_template_is_what_the_edge_reads(rendered: list[dict[str, Any]]) -> None:
     refs = [e["secretRef"]["name"] for e in _edge_container(rendered)["envFrom"] if "secretRef" in e]
     assert refs == [yaml.safe_load(SECRET_TEMPLATE.read_text())["metadata"]["name"]]
-    assert _secret_keys() == {"AURA_ADMIN_TOKEN", "AURA_REQUEST_ID_SECRET"}
+    assert _secret_keys() == {"AURA_ADMIN_TOKEN", "AURA_REQUEST_ID_SECRET", "CMS_API_KEY"}
+    env = _container_env(rendered, _edge_container(rendered))
+    assert env["AURA_ADMIN_TOKEN"] == env["AURA_REQUEST_ID_SECRET"] == "secret"
+
+
+def test_secrets_come_only_from_the_secret(rendered: list[dict[str, Any]]) -> None:
+    assert set(_env_data(rendered)).isdisjoint(_secret_keys()), "a secret in aura.env would land in a ConfigMap"
+    for workload, pod in _pod_specs(rendered):
+        for container in pod["containers"]:
+            plain = {name for name, source in _container_env(rendered, container).items() if source != "secret"}
+            assert plain.isdisjoint(_secret_keys()), workload
+
+
+def test_nightly_batch_has_its_cms_source_and_key(rendered: list[dict[str, Any]]) -> None:
+    container = _cronjob_container(rendered, "aura-nightly")
+    env = _container_env(rendered, container)
+    assert env["CMS_API_URL"] == "configmap" and env["CMS_API_KEY"] == "secret"
+    assert env["AURA_BUNDLE_STORE"] == "configmap"
+    assert _env_data(rendered)["CMS_API_URL"].startswith("https://")
+    command = container["command"]
+    assert command[:2] == ["aura", "pipeline"]
+    assert command[command.index("--cms-source") + 1] == "$(CMS_API_URL)"
+    assert not {"AURA_ADMIN_TOKEN", "AURA_REQUEST_ID_SECRET"} & set(env), "the batch needs no edge secret"
+
+
+def test_retention_job_command_runs_with_the_configured_env(
+    rendered: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The job's command, with aura-env's values and a local store in place of the bucket, succeeds."""
+    env = {**_env_data(rendered), "AURA_BUNDLE_STORE": str(tmp_path)}
+    for name in AURA_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    command = [
+        re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], arg)
+        for arg in _cronjob_container(rendered, "aura-retention")["command"]
+    ]
+    assert command[0] == "aura" and cli_main(command[1:]) == 0, capsys.readouterr().err
+    assert f"retention on {tmp_path}: deleted 0 log segment(s)" in capsys.readouterr().out
+
+
+def test_retention_job_applies_the_configured_periods_to_the_store(rendered: list[dict[str, Any]]) -> None:
+    nightly, retention = (_cronjob_container(rendered, name) for name in CRONJOBS)
+    assert retention["command"] == ["aura", "retention", "--store", "$(AURA_BUNDLE_STORE)"]
+    assert retention["image"] == nightly["image"]
+    env = _container_env(rendered, retention)
+    periods = ("event_retention_days", "feature_retention_days", "model_retention_versions")
+    assert {env.get(ENV_NAMES[name]) for name in periods} == {"configmap"}, "the periods are set in aura.env"
+    nightly_pod, retention_pod = (
+        _one(rendered, "CronJob", name)["spec"]["jobTemplate"]["spec"]["template"]["spec"] for name in CRONJOBS
+    )
+    for key in ("serviceAccountName", "securityContext", "automountServiceAccountToken", "restartPolicy"):
+        assert retention_pod[key] == nightly_pod[key], key
 
 
 def test_commands_reference_only_variables_the_container_has(rendered: list[dict[str, Any]]) -> None:
@@ -335,8 +445,19 @@ def test_selectors_match_the_edge_pods(rendered: list[dict[str, Any]]) -> None:
         assert selector.items() <= labels, kind
 
 
-def test_nightly_batch_never_overlaps(rendered: list[dict[str, Any]]) -> None:
-    assert _one(rendered, "CronJob", "aura-nightly")["spec"]["concurrencyPolicy"] == "Forbid"
+@pytest.mark.parametrize("name", CRONJOBS)
+def test_cronjob_never_overlaps_itself(rendered: list[dict[str, Any]], name: str) -> None:
+    spec = _one(rendered, "CronJob", name)["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    start, end = _run_window(_one(rendered, "CronJob", name))
+    assert end - start < MINUTES_PER_DAY, "a run must end before the next one is due"
+
+
+def test_retention_never_runs_while_the_nightly_batch_reads_the_logs(rendered: list[dict[str, Any]]) -> None:
+    nightly, retention = (_run_window(_one(rendered, "CronJob", name)) for name in CRONJOBS)
+    # Both run daily: compare the windows over two days, so that a window past midnight is caught too.
+    for shift in (-MINUTES_PER_DAY, 0, MINUTES_PER_DAY):
+        assert retention[1] + shift <= nightly[0] or nightly[1] <= retention[0] + shift, (nightly, retention, shift)
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
