@@ -64,7 +64,7 @@ def main() -> int:
         )
         return 2
     # The worker processes read their settings from the environment: let the demo site call the API.
-    os.environ.setdefault("AURA_CORS_ORIGINS", site)
+    os.environ.setdefault("AURA_CORS_ORIGINS", f"{site},http://localhost:{DEMO_SITE_PORT}")
     print(
         EXAMPLES.format(
             grpc=settings.grpc_address,
