@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import fcntl
 import logging
 import os
@@ -28,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from aura.errors import NotReady
 from aura.processes import process_alive
 
 log = logging.getLogger(__name__)
@@ -182,6 +184,8 @@ class EventLog:
         self._cond = threading.Condition()
         self._closing = False
         self._segment: _Segment | None = None
+        self._unclosed: list[Path] = []
+        """Segments this process stopped writing whose Parquet rewrite failed (e.g. a full disk); retried later."""
         self._sequence = 0
         recover_open_segments(self.directory)
         self._thread = threading.Thread(target=self._run, name=f"eventlog-{stream}", daemon=True)
@@ -198,7 +202,7 @@ class EventLog:
                 self._cond.notify()
 
     async def append_durable(self, records: Iterable[tuple]) -> None:
-        """Queue records and return once they are fsynced; raises OSError if their write failed."""
+        """Queue records and return once they are fsynced; raises LogUnavailable if their write failed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._cond:
@@ -231,18 +235,17 @@ class EventLog:
                 records = [pending.popleft() for _ in range(len(pending))]
                 waiters, self._waiters = self._waiters, []
                 closing = self._closing
-            error: BaseException | None = None
-            try:
-                if records:
+            error: str | None = None
+            if records:
+                try:
                     self._write(records)
-                if self._segment is not None and (
-                    closing or self._segment.due(self._rotate_seconds, self._rotate_rows)
-                ):
-                    self._segment.close_into_parquet()
-                    self._segment = None
-            except Exception as exc:  # a failed write must fail the waiting callers, not kill the thread
-                log.error("event log %s: write failed: %s", self.stream, exc)
-                error = exc
+                except Exception as exc:  # a failed write must fail the waiting callers, not kill the thread
+                    log.error("event log %s: write failed: %s", self.stream, exc)
+                    error = f"The {self.stream} log cannot store records right now; retry later."
+            segment = self._segment
+            if segment is not None and (closing or segment.due(self._rotate_seconds, self._rotate_rows)):
+                self._segment = None
+                self._retire(segment)
             for loop, waiter in waiters:
                 if loop is None:
                     waiter.set()
@@ -252,16 +255,38 @@ class EventLog:
                 return
 
     def _write(self, records: list[tuple]) -> None:
+        batches = [
+            self._batch(records[start : start + CONVERT_CHUNK_ROWS])
+            for start in range(0, len(records), CONVERT_CHUNK_ROWS)
+        ]
         if self._segment is None:
             self._sequence += 1
             name = f"{self._node_id}-{os.getpid()}-{time.time_ns()}-{self._sequence}"
             self._segment = _Segment(self._open_dir / f"{name}.arrow", self.directory, self.schema)
-        self._segment.write(
-            [
-                self._batch(records[start : start + CONVERT_CHUNK_ROWS])
-                for start in range(0, len(records), CONVERT_CHUNK_ROWS)
-            ]
-        )
+        segment = self._segment
+        try:
+            segment.write(batches)
+        except BaseException:
+            # The segment cut itself back to its last complete batch; later records go to a new segment.
+            self._segment = None
+            self._retire(segment)
+            raise
+
+    def _retire(self, segment: _Segment) -> None:
+        """Stop writing `segment` and rewrite it (and earlier ones that failed to) into Parquet.
+
+        A failure leaves the segment's acknowledged batches in `_open`, to be retried at the next rotation, at
+        close, or by recovery after this process ends.
+        """
+        self._unclosed.append(segment.path)
+        segment.finish()
+        for path in list(self._unclosed):
+            try:
+                _close_segment(path, self.directory)
+            except Exception as exc:
+                log.warning("event log %s: segment %s stays open for now: %s", self.stream, path.name, exc)
+            else:
+                self._unclosed.remove(path)
 
     def _batch(self, records: list[tuple]) -> pa.RecordBatch:
         columns = zip(*records, strict=True)
@@ -278,13 +303,17 @@ def _plain_column(column: Sequence[Any], field_type: pa.DataType) -> pa.Array:
     return pa.array(column, type=field_type)
 
 
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+def _settle(future: asyncio.Future[None], error: str | None) -> None:
     if future.done():
         return
     if error is None:
         future.set_result(None)
     else:
-        future.set_exception(OSError(f"event log write failed: {error}"))
+        future.set_exception(LogUnavailable(error))
+
+
+class LogUnavailable(NotReady):
+    """A durable append failed (e.g. a full disk): none of its records is acknowledged, and a retry may succeed."""
 
 
 class _Segment:
@@ -296,23 +325,37 @@ class _Segment:
         self.opened = time.monotonic()
         self.first_ts = datetime.now(UTC)
         self.rows = 0
-        self._file = path.open("wb")
+        self._file = path.open("wb", buffering=0)  # no buffer that could write again after a cut-back
         self._writer = pa.ipc.new_stream(self._file, schema)
+        self._broken = False
 
     def write(self, batches: list[pa.RecordBatch]) -> None:
-        for batch in batches:
-            self._writer.write_batch(batch)
-            self.rows += batch.num_rows
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        """Append and fsync `batches`; if that fails, cut the file back to its last complete batch and raise."""
+        complete = self._file.tell()
+        try:
+            for batch in batches:
+                self._writer.write_batch(batch)
+            os.fsync(self._file.fileno())
+        except BaseException:
+            self._broken = True
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._file.fileno(), complete)
+                os.fsync(self._file.fileno())
+            raise
+        self.rows += sum(batch.num_rows for batch in batches)
 
     def due(self, rotate_seconds: float, rotate_rows: int) -> bool:
         return self.rows >= rotate_rows or time.monotonic() - self.opened >= rotate_seconds
 
-    def close_into_parquet(self) -> None:
-        self._writer.close()
-        self._file.close()
-        _close_segment(self.path, self.stream_dir)
+    def finish(self) -> None:
+        """Close the file; the stream's end marker is written unless a failed write cut the stream back."""
+        try:
+            if not self._broken:
+                self._writer.close()
+        except (pa.ArrowException, OSError) as exc:  # a reader stops at the last complete batch anyway
+            log.warning("event log: segment %s closed without its end marker: %s", self.path.name, exc)
+        finally:
+            self._file.close()
 
 
 def _partitions(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
@@ -326,7 +369,7 @@ def _partitions(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
 
 
 def _read_stream_prefix(path: Path) -> pa.Table | None:
-    """Read every complete record batch of an Arrow IPC stream, tolerating a torn tail."""
+    """Read every complete, valid record batch of an Arrow IPC stream, stopping at a torn or corrupt one."""
     batches = []
     schema = None
     try:
@@ -335,9 +378,11 @@ def _read_stream_prefix(path: Path) -> pa.Table | None:
             schema = reader.schema
             while True:
                 try:
-                    batches.append(reader.read_next_batch())
+                    batch = reader.read_next_batch()
                 except StopIteration:
                     break
+                batch.validate(full=True)  # garbage that parses as a batch must not reach Parquet or a reader
+                batches.append(batch)
     except (pa.ArrowInvalid, OSError) as exc:
         if schema is None:
             log.warning("event log: segment %s has no readable header (%s); it holds no acknowledged data", path, exc)
@@ -383,9 +428,18 @@ def recover_open_segments(stream_dir: str | Path) -> int:
     with (open_dir / ".recovery.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         for path in sorted(open_dir.glob("*.arrow")):
-            if not _owner_alive(path):
+            if _owner_alive(path):
+                continue
+            try:
                 _close_segment(path, Path(stream_dir))
-                recovered += 1
+            except OSError as exc:  # e.g. a full disk: the segment is fine and is retried at the next start
+                log.warning("event log: segment %s is not recovered yet: %s", path, exc)
+                continue
+            except Exception as exc:
+                quarantined = path.with_name(f"{path.name}.unreadable")
+                path.rename(quarantined)
+                log.error("event log: segment %s cannot be recovered (%s); moved to %s", path, exc, quarantined)
+            recovered += 1
     return recovered
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from aura.eventlog import RECORD_TYPES, EventLog, read_log, recover_open_segments
+from aura.eventlog import RECORD_TYPES, EventLog, LogUnavailable, read_log, recover_open_segments
 
 
 def _admin(i: int) -> tuple:
@@ -65,6 +65,68 @@ def test_a_segment_is_split_by_the_hour_of_its_rows(tmp_path: Path) -> None:
         for file in (tmp_path / "admin").glob("date=2026-11-27/hour=*/*.parquet")
     }
     assert rows_by_hour == {"hour=10": ["e0", "e2"], "hour=11": ["e1", "e3", "e4"]}
+
+
+FULL_DISK_SCRIPT = """
+import asyncio, resource, signal, sys
+from datetime import UTC, datetime
+from aura.eventlog import EventLog, LogUnavailable, read_log
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the size limit fails with EFBIG, like a full disk
+root = sys.argv[1]
+log = EventLog(root, "admin", node_id="n1", flush_interval=60)
+acknowledged = []
+
+async def append(first, count, note=""):
+    records = [
+        log.record(event_id=f"e{i}", ts=datetime.now(UTC), action="a", note=note) for i in range(first, first + count)
+    ]
+    try:
+        await log.append_durable(records)
+    except LogUnavailable:
+        return False
+    acknowledged.extend(record.event_id for record in records)
+    return True
+
+async def main():
+    assert await append(0, 5)
+    segment = next(log.directory.glob("_open/*.arrow"))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (segment.stat().st_size + 500, resource.RLIM_INFINITY))
+    assert not await append(5, 20, note="x" * 200)  # fails part-way through its batch
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert await append(25, 10)
+
+asyncio.run(main())
+log.close()
+logged = read_log(root, "admin")["event_id"].to_pylist()
+print(sorted(acknowledged) == sorted(logged), len(acknowledged), len(logged))
+"""
+
+
+def test_records_acknowledged_after_a_failed_write_are_kept(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "15", "15"]
+    assert list((tmp_path / "admin" / "_open").glob("*.arrow")) == []
+
+
+def test_a_corrupt_open_segment_is_recovered_up_to_its_last_valid_batch(tmp_path: Path) -> None:
+    log = EventLog(tmp_path, "admin", node_id="n1", flush_interval=60)
+    asyncio.run(_append(log, [_admin(1), _admin(2)]))
+    segment = next((tmp_path / "admin" / "_open").glob("*.arrow"))
+    good = segment.read_bytes()
+    asyncio.run(_append(log, [_admin(3)]))
+    third = segment.read_bytes()[len(good) :]
+    log._thread.join(0)  # the writer keeps running; the copy below is what a crash would leave
+    dead = segment.with_name("n1-999999999-1-1.arrow")  # a pid that is not running
+    # The third batch with its buffers overwritten: its framing parses, its offsets point nowhere.
+    dead.write_bytes(good + third[:-24] + b"\xff" * 24)
+    log.close()
+    assert recover_open_segments(tmp_path / "admin") == 1
+    assert not dead.exists()
+    assert sorted(read_log(tmp_path, "admin")["event_id"].to_pylist()) == ["e1", "e1", "e2", "e2", "e3"]
 
 
 def test_rotation_by_rows_closes_segments(tmp_path: Path) -> None:
@@ -151,7 +213,7 @@ def test_unknown_stream_is_refused(tmp_path: Path) -> None:
 
 def test_a_failed_write_fails_its_caller_and_the_log_goes_on(tmp_path: Path) -> None:
     log = EventLog(tmp_path, "admin", node_id="n1", flush_interval=60)
-    with pytest.raises(OSError, match="write failed"):
+    with pytest.raises(LogUnavailable, match="cannot store records right now"):
         asyncio.run(_append(log, [log.record(event_id="bad", ts="not a time")]))
     asyncio.run(_append(log, [_admin(3)]))
     log.close()
