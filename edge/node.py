@@ -161,7 +161,7 @@ class Supervisor:
         self._processes[name] = process
 
     def run(self) -> int:
-        """Run until a signal; return the exit code."""
+        """Run until a signal; return the exit code: 0, or 1 if a worker did not stop cleanly."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         for name, target in self._targets:
@@ -178,11 +178,18 @@ class Supervisor:
             if process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS + 5
-        for process in self._processes.values():
+        clean = True
+        for name, process in self._processes.items():
             process.join(max(0.1, deadline - time.monotonic()))
             if process.is_alive():
+                log.warning("%s did not stop within %.0f s; killing it", name, STOP_GRACE_SECONDS + 5)
                 process.kill()
-        return 0
+                process.join()
+                clean = False
+            elif process.exitcode != 0:
+                log.warning("%s stopped with exit code %s", name, process.exitcode)
+                clean = False
+        return 0 if clean else 1
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._stopping = True
