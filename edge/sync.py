@@ -248,7 +248,9 @@ class BundleSync(Generic[T]):
                 swapped = fallback is not None and self._try_swap(fallback)
                 self._note_error(exc)
                 return swapped
-            if desired is None or desired == self._active:
+            if desired is None:
+                return self._without_promoted_version(retry_failed=retry_failed)
+            if desired == self._active:
                 self._last_error = None
                 return False
             if desired == self._failed and not retry_failed:
@@ -262,6 +264,35 @@ class BundleSync(Generic[T]):
             error, swapped = self._last_error, self._try_swap(fallback)
             self._last_error = error
             return swapped
+
+    def _without_promoted_version(self, *, retry_failed: bool) -> bool:
+        """The store is reachable but has no promoted version (and no pin is set): keep or fall back.
+
+        A process that serves a version keeps it; one that serves nothing yet loads the last version this
+        node served, as when the store is unreachable. Either way `last_error` says so. A new node with no
+        cached version serves nothing without an error: the store has not promoted its first bundle yet.
+        """
+        no_version = f"bundle store {self._store.url} has no promoted version"
+        if self._active is not None:
+            self._note_state(f"{no_version}; serving the cached {self._active}.")
+            return False
+        fallback = self._last_cached_active()
+        if fallback is None:
+            self._last_error = None
+            return False
+        if fallback == self._failed and not retry_failed:
+            return False
+        if self._try_swap(fallback):
+            self._note_state(f"{no_version}; serving the cached {fallback}.")
+            return True
+        self._last_error = f"{no_version}; the cached {fallback} failed: {self._last_error}"
+        return False
+
+    def _note_state(self, message: str) -> None:
+        """Set `last_error` to a condition checked every tick, logging it only when it starts."""
+        if message != self._last_error:
+            log.warning("%s", message)
+        self._last_error = message
 
     def _try_swap(self, version: str) -> bool:
         try:

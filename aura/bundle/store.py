@@ -58,9 +58,13 @@ def check_version(version: str) -> str:
 
 
 @contextmanager
-def atomic_path(dest: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `dest`; when the block succeeds it replaces `dest` atomically."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+def atomic_path(dest: Path, *, make_parents: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; when the block succeeds it replaces `dest` atomically.
+
+    `make_parents` creates the missing directories above `dest` first; without it they must exist.
+    """
+    if make_parents:
+        dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
     try:
         yield tmp
@@ -337,7 +341,13 @@ def _file_name(version: str, name: str) -> str:
 
 
 class LocalBundleStore(BundleStore):
-    """A bundle store in a local (or mounted network) directory."""
+    """A bundle store in a local (or mounted network) directory.
+
+    Only `push` creates the root directory (the first push makes a new store). Every other operation on a
+    root that does not exist fails as unreachable, the way an S3 store without a network does: a vanished
+    root is an unmounted volume or a moved directory, and recreating it would send writes (shipped logs,
+    promotions) where nobody reads them and show readers an empty store.
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -349,14 +359,19 @@ class LocalBundleStore(BundleStore):
         return super().push(bundle_dir)
 
     def _check_root(self) -> None:
+        """Raise the store's unreachable BundleError unless the root directory exists."""
         if not self.root.is_dir():
-            raise BundleError(f"bundle store {self.url} is unreachable: the directory does not exist.")
+            reason = (
+                "it is not a directory" if self.root.exists() else "the directory does not exist (an unmounted volume?)"
+            )
+            raise BundleError(f"bundle store {self.url} is unreachable: {reason}.")
 
     def _list_sizes(self, prefix: str, start_after: str | None = None) -> dict[str, int]:
         self._check_root()
         folder, _, _ = prefix.rpartition("/")
         base = self.root / folder
         if not base.is_dir():
+            self._check_root()  # the root may have vanished since the first check
             return {}
         sizes = {}
         for path in base.rglob("*"):
@@ -374,6 +389,7 @@ class LocalBundleStore(BundleStore):
         try:
             return (self.root / key).stat().st_size
         except FileNotFoundError:
+            self._check_root()
             return None
 
     def _read_bytes(self, key: str) -> bytes | None:
@@ -381,6 +397,7 @@ class LocalBundleStore(BundleStore):
         try:
             return (self.root / key).read_bytes()
         except FileNotFoundError:
+            self._check_root()
             return None
         except OSError as exc:
             raise BundleError(f"bundle store {self.url}: cannot read {key}: {exc.strerror}.") from None
@@ -390,22 +407,36 @@ class LocalBundleStore(BundleStore):
         try:
             shutil.copyfile(self.root / key, dest)
         except FileNotFoundError:
+            self._check_root()
             raise BundleError(f"bundle store {self.url}: {key} is missing; the bundle is incomplete.") from None
         except OSError as exc:
             raise BundleError(f"bundle store {self.url}: cannot read {key}: {exc.strerror}.") from None
 
     def _put_file(self, src: Path, key: str) -> None:
-        try:
-            with atomic_path(self.root / key) as tmp:
-                shutil.copyfile(src, tmp)
-        except OSError as exc:
-            raise BundleError(f"bundle store {self.url}: cannot write {key}: {exc.strerror}.") from None
+        with self._writing(key) as tmp:
+            shutil.copyfile(src, tmp)
 
     def _put_bytes(self, key: str, data: bytes) -> None:
+        with self._writing(key) as tmp:
+            tmp.write_bytes(data)
+
+    @contextmanager
+    def _writing(self, key: str) -> Iterator[Path]:
+        """Yield a temporary path that replaces the object `key` when the block succeeds.
+
+        The folders of the key are created below the root, never the root itself: a missing root is unreachable.
+        """
+        self._check_root()
+        dest = self.root / key
         try:
-            with atomic_path(self.root / key) as tmp:
-                tmp.write_bytes(data)
+            folder = self.root
+            for part in Path(key).parent.parts:
+                folder = folder / part
+                folder.mkdir(exist_ok=True)
+            with atomic_path(dest, make_parents=False) as tmp:
+                yield tmp
         except OSError as exc:
+            self._check_root()
             raise BundleError(f"bundle store {self.url}: cannot write {key}: {exc.strerror}.") from None
 
     def _delete_keys(self, keys: list[str]) -> None:

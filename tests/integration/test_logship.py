@@ -176,7 +176,7 @@ def test_local_copies_go_only_after_upload_and_the_retention_window(tmp_path: Pa
     os.utime(old_segment, (old, old))
     (tmp_path / "not-a-directory").write_text("")
     broken = LogShipper(logs_root, LocalBundleStore(tmp_path / "not-a-directory"), "n1", keep_local_seconds=3600)
-    with pytest.raises(BundleError, match="cannot write logs/"):
+    with pytest.raises(BundleError, match=r"not-a-directory is unreachable: it is not a directory"):
         broken.ship_once()
     assert old_segment.exists()
     (tmp_path / "store").mkdir()
@@ -187,3 +187,25 @@ def test_local_copies_go_only_after_upload_and_the_retention_window(tmp_path: Pa
     assert sorted(k.split("/")[1] for k in store.list_objects("logs/")) == ["admin", "feedback"]
     assert (old_segment.exists(), new_segment.exists()) == (False, True)
     assert shipper.ship_once() == 0
+
+
+def test_a_vanished_local_store_is_not_recreated_and_the_segments_wait(tmp_path: Path) -> None:
+    logs_root = tmp_path / "logs"
+    write_closed_segment(logs_root)
+    segment = next(logs_root.glob("feedback/date=*/hour=*/*.parquet"))
+    old = time.time() - 7200
+    os.utime(segment, (old, old))
+    (tmp_path / "store").mkdir()
+    store = LocalBundleStore(tmp_path / "store")
+    store.root.rename(tmp_path / "unmounted")
+    shipper = LogShipper(logs_root, store, "n1", keep_local_seconds=3600)
+
+    with pytest.raises(BundleError, match=r"store is unreachable: the directory does not exist \(an unmounted volume"):
+        shipper.ship_once()
+    assert not store.root.exists()
+    assert segment.exists()
+
+    (tmp_path / "unmounted").rename(store.root)
+    assert shipper.ship_once() == 1
+    assert [k.split("/")[1] for k in store.list_objects("logs/")] == ["feedback"]
+    assert not segment.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -192,7 +193,9 @@ def test_an_unreachable_store_keeps_the_current_bundle(store: LocalBundleStore, 
 
     assert node.sync.sync_once() is False
     assert node.served == ["v001"]
-    assert node.sync.status().last_error == f"bundle store {store.root} is unreachable: the directory does not exist."
+    assert node.sync.status().last_error == (
+        f"bundle store {store.root} is unreachable: the directory does not exist (an unmounted volume?)."
+    )
 
     (tmp_path / "unmounted").rename(store.root)
     assert node.sync.sync_once() is False
@@ -210,6 +213,108 @@ def test_a_restart_while_the_store_is_unreachable_serves_the_cached_bundle(
     assert restarted.sync.sync_once() is True
     assert restarted.served == ["v001"]
     assert "is unreachable" in (restarted.sync.status().last_error or "")
+
+
+def test_a_vanished_store_root_is_unreachable_and_never_recreated(
+    store: LocalBundleStore, built: Path, tmp_path: Path
+) -> None:
+    publish(store, built, "v001")
+    store.root.rename(tmp_path / "unmounted")
+    unreachable = re.escape(
+        f"bundle store {store.root} is unreachable: the directory does not exist (an unmounted volume?)."
+    )
+    segment = tmp_path / "segment.parquet"
+    segment.write_bytes(b"PAR1")
+
+    operations: list[Callable[[], object]] = [
+        store.current,
+        store.list_versions,
+        lambda: store.read_manifest("v001"),
+        lambda: store.download("v001", tmp_path / "downloads"),
+        lambda: store.list_objects("logs/"),
+        lambda: store.read_object("logs/s/x.parquet"),
+        lambda: store.write_object("logs/feedback/date=2026-01-01/hour=00/n1.parquet", b"PAR1"),
+        lambda: store.put_log("feedback", "date=2026-01-01/hour=00/n1.parquet", segment),
+        lambda: store.list_logs("feedback"),
+        lambda: store.delete_objects(["logs/s/x.parquet"]),
+        lambda: store.promote("v001"),
+        store.rollback,
+    ]
+    for operation in operations:
+        with pytest.raises(BundleError, match=unreachable):
+            operation()
+    assert not store.root.exists()
+
+    (tmp_path / "unmounted").rename(store.root)
+    assert store.current() == "v001"
+    assert store.list_objects("logs/") == {}
+
+
+def test_a_restart_while_the_store_has_no_promoted_version_serves_the_cached_bundle(
+    store: LocalBundleStore, built: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    publish(store, built, "v001")
+    publish(store, built, "v002")
+    first = Node(store, state)
+    assert first.sync.sync_once() is True
+    (store.root / "CURRENT.json").unlink()
+    no_version = f"bundle store {store.root} has no promoted version; serving the cached v002."
+
+    # The running process keeps its version and says why the store shows none.
+    assert first.sync.sync_once() is False
+    assert first.served == ["v002"]
+    assert first.sync.status().last_error == no_version
+
+    restarted = Node(store, state)
+    assert restarted.sync.sync_once() is True
+    assert restarted.served == ["v002"]
+    status = restarted.sync.status()
+    assert (status.active_version, status.store_version, status.last_error) == ("v002", None, no_version)
+    assert restarted.sync.sync_once() is False
+    assert restarted.sync.status().last_error == no_version
+
+    # An empty store root (e.g. recreated by hand) is the same.
+    store.root.rename(tmp_path / "old-store")
+    store.root.mkdir()
+    again = Node(store, state)
+    assert again.sync.sync_once() is True
+    assert again.served == ["v002"]
+    assert again.sync.status().last_error == no_version
+
+    # A promotion ends it.
+    publish(store, built, "v001")
+    assert again.sync.sync_once() is True
+    assert again.served == ["v002", "v001"]
+    assert again.sync.status().last_error is None
+
+
+def test_a_new_node_with_no_promoted_version_and_no_cache_serves_nothing(
+    store: LocalBundleStore, built: Path, tmp_path: Path
+) -> None:
+    store.push(built / "v001")
+    node = Node(store, tmp_path / "state")
+    assert node.sync.sync_once() is False
+    assert node.served == []
+    assert node.sync.status().last_error is None
+
+
+def test_a_failing_cached_version_under_no_promoted_version_is_reported(
+    store: LocalBundleStore, built: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    publish(store, built, "v001")
+    Node(store, state).sync.sync_once()
+    (store.root / "CURRENT.json").unlink()
+    corrupt_file(state / "bundles" / "v001" / "posteriors.parquet")
+
+    restarted = Node(store, state)
+    assert restarted.sync.sync_once() is False
+    assert restarted.served == []
+    assert restarted.sync.status().last_error == (
+        f"bundle store {store.root} has no promoted version; the cached v001 failed: "
+        "bundle v001: posteriors.parquet does not match its checksum; the bundle is corrupt."
+    )
 
 
 def test_an_unreachable_s3_store_keeps_the_current_bundle(

@@ -56,6 +56,30 @@ def test_missing_root_is_unreachable(tmp_path: Path) -> None:
         store.current()
 
 
+def test_writes_to_a_missing_root_fail_and_never_create_it(tmp_path: Path) -> None:
+    store = LocalBundleStore(tmp_path / "absent")
+    with pytest.raises(BundleError, match=r"absent is unreachable: the directory does not exist \(an unmounted volume"):
+        store.write_object("logs/feedback/date=2026-01-01/hour=00/n1.parquet", b"PAR1")
+    with pytest.raises(BundleError, match="absent is unreachable"):
+        store.delete_objects(["logs/feedback/date=2026-01-01/hour=00/n1.parquet"])
+    assert not store.root.exists()
+
+
+def test_a_root_that_is_a_file_is_unreachable(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    store = LocalBundleStore(tmp_path / "file")
+    with pytest.raises(BundleError, match=r"file is unreachable: it is not a directory"):
+        store.write_object("features/t/date=2026-01-01/x.parquet", b"PAR1")
+    with pytest.raises(BundleError, match=r"file is unreachable: it is not a directory"):
+        store.current()
+
+
+def test_writes_create_the_folders_below_an_existing_root(store: LocalBundleStore) -> None:
+    store.write_object("features/t/date=2026-01-01/x.parquet", b"PAR1")
+    assert store.read_object("features/t/date=2026-01-01/x.parquet") == b"PAR1"
+    assert [p.name for p in (store.root / "features" / "t" / "date=2026-01-01").iterdir()] == ["x.parquet"]
+
+
 def test_push_uploads_every_file_and_lists_the_version(store: LocalBundleStore, built: Path) -> None:
     assert store.push(built / "v001") == "v001"
     assert store.list_versions() == ["v001"]
