@@ -31,7 +31,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from grpc_health.v1 import health_pb2
 
 from aura.config import Settings
-from aura.errors import AuraError, ConfigError, InvalidRequest, NotReady, Unauthenticated, http_status_for
+from aura.errors import AuraError, ConfigError, InvalidRequest, Unauthenticated, http_status_for
 from aura.eventlog import EventLog, default_node_id
 from aura.v1 import admin_service_pb2 as admin_pb
 from aura.v1 import decision_service_pb2 as decision_pb
@@ -51,6 +51,18 @@ DECISION_TIMEOUT = 2.0
 DECISION_CONNECTIONS = 8
 ADMIN_TIMEOUT = 60.0  # a refresh may download and verify a whole bundle
 HEALTH_TIMEOUT = 1.0
+
+BODY_READ_TIMEOUT = 10.0
+"""Seconds a request body may take to arrive, counted from the start of its read; past them the answer is 408 and
+the connection closes (aiohttp then drains what still trickles in for at most its lingering time, 10 s)."""
+KEEPALIVE_TIMEOUT = 75.0
+"""Seconds a connection may wait for its next request. aiohttp counts them from the connection's opening and from
+each answer until a complete request head has arrived, so they also bound how long the head of a request may take:
+aiohttp has no separate timeout for receiving request headers."""
+SHUTDOWN_TIMEOUT = 3.0
+"""Seconds the runner's cleanup waits for requests in flight, twice at most (aiohttp waits, cancels the request's
+body read, waits again, then cancels the handler): 6 s, within the 10 s the edge node's Supervisor allows between
+SIGTERM and SIGKILL (STOP_GRACE_SECONDS + 5), and longer than a decision call may take (DECISION_TIMEOUT)."""
 
 CORS_ALLOW_HEADERS = "Content-Type, Authorization"
 CORS_EXPOSE_HEADERS = "X-Request-ID, Retry-After"
@@ -231,6 +243,8 @@ class Gateway:
             response = error_response(exc.status, self._http_error_message(request, exc))
             if "Allow" in exc.headers:
                 response.headers["Allow"] = exc.headers["Allow"]
+            if exc.status == 408:  # the rest of a slow body is not worth waiting for on this connection
+                response.force_close()
             return response
         except Exception:
             log.exception("unhandled error answering %s %s", request.method, request.path)
@@ -283,11 +297,23 @@ class Gateway:
         if length is not None and length > self.settings.max_body_bytes:
             raise web.HTTPRequestEntityTooLarge(max_size=self.settings.max_body_bytes, actual_size=length)
         try:
-            raw = await request.read()
+            async with asyncio.timeout(BODY_READ_TIMEOUT):
+                raw = await request.read()
+        except TimeoutError:
+            log.info("request body of %s %s too slow: 408", request.method, request.path)
+            raise web.HTTPRequestTimeout(
+                text=f"The request body did not arrive within {BODY_READ_TIMEOUT:g} s."
+            ) from None
         except web.RequestPayloadError as exc:
             # aiohttp keeps the parser's own error, such as "Can not decode content-encoding: gzip", as the cause.
             reason = getattr(exc.__cause__, "message", "") or "it is truncated or badly encoded"
             raise InvalidRequest(f"The request body cannot be read: {reason}.") from None
+        except ConnectionError:
+            # aiohttp fails the body read with ConnectionResetError("Connection lost") when the client closes the
+            # connection mid-body: the client's doing, answered (to nobody) and counted as a 400.
+            log.info("client closed the connection during the request body of %s %s", request.method, request.path)
+            expected = "Content-Length bytes" if length is not None else "its last chunk"
+            raise InvalidRequest(f"The request body was cut off before {expected} arrived.") from None
         if not raw:
             if optional:
                 return None
@@ -348,11 +374,8 @@ class Gateway:
         records = convert.events_from_json(
             await self._json(request), received_at_ms=int(time.time() * 1000), scrub=self._scrub
         )
-        try:
-            await self.event_log.append_durable([self.event_log.record(**record) for record in records])
-        except OSError as exc:
-            log.error("event log append failed: %s", exc)
-            raise NotReady("The event log cannot store events right now; retry later.") from None
+        # A failed write raises LogUnavailable: 503, and nothing of the batch is acknowledged.
+        await self.event_log.append_durable([self.event_log.record(**record) for record in records])
         return json_response({"accepted": len(records)}, status=202)
 
     async def health_live(self, request: web.Request) -> web.Response:
@@ -467,8 +490,11 @@ def create_app(
 
 
 async def start_gateway(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Serve `app` on host:port (port 0 picks a free one) with SO_REUSEPORT; return the runner and bound port."""
-    runner = web.AppRunner(app, access_log=None)
+    """Serve `app` on host:port (port 0 picks a free one) with SO_REUSEPORT; return the runner and bound port.
+
+    Idle connections close after KEEPALIVE_TIMEOUT; cleanup waits at most SHUTDOWN_TIMEOUT (twice) for requests.
+    """
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=True, backlog=1024)
     await site.start()

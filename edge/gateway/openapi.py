@@ -41,6 +41,7 @@ _ERRORS = {
     401: ("Unauthenticated", "The admin API is disabled or the bearer token is missing or wrong."),
     403: ("PermissionDenied", "The visitor has not granted the consent the request needs."),
     404: ("NotFound", "A named thing (surface, user, bundle version) does not exist."),
+    408: ("RequestTimeout", "The request body did not arrive within 10 s; the gateway closes the connection."),
     409: ("Conflict", "The request conflicts with the node's state, e.g. a bundle failed verification."),
     413: ("PayloadTooLarge", "The request body exceeds AURA_MAX_BODY_BYTES."),
     429: ("RateLimited", "The client exceeded its request rate, or the server is overloaded."),
@@ -529,6 +530,8 @@ def _operation(
     admin: bool = False,
     parameters: tuple[str, ...] = (),
 ) -> dict[str, Any]:
+    if body is not None:  # a body that arrives too slowly is answered with 408
+        errors = tuple(sorted({*errors, 408}))
     operation: dict[str, Any] = {
         "operationId": operation_id,
         "summary": summary,

@@ -13,6 +13,7 @@ ERROR_CODES: dict[int, str] = {
     403: "permission_denied",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     429: "rate_limited",

@@ -27,7 +27,7 @@ from aura.config import Settings
 from aura.edge.gateway import convert, create_app
 from aura.edge.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from aura.edge.gateway.openapi import build_openapi
-from aura.eventlog import RECORD_TYPES, read_log
+from aura.eventlog import RECORD_TYPES, LogUnavailable, read_log
 from aura.v1 import admin_service_pb2 as admin_pb
 from aura.v1 import admin_service_pb2_grpc as admin_grpc
 from aura.v1 import decision_service_pb2 as decision_pb
@@ -804,7 +804,7 @@ class BrokenLog:
     record = RECORD_TYPES["events"]
 
     async def append_durable(self, records: list[tuple]) -> None:
-        raise OSError("event log events cannot write: [Errno 28] No space left on device")
+        raise LogUnavailable("The events log cannot store records right now; retry later.")
 
 
 def test_event_log_failure_is_503(make_gateway: Callable[..., GatewayClient]) -> None:
@@ -812,4 +812,8 @@ def test_event_log_failure_is_503(make_gateway: Callable[..., GatewayClient]) ->
     event = {"event_id": "e", "type": "click", "ts": 1, "anon_id": "a", "session_id": "s"}
     reply = gw.call("POST", "/v1/events", {"events": [event]})
     assert reply.status == 503
-    assert reply.error()["message"] == "The event log cannot store events right now; retry later."
+    assert reply.error() == {
+        "code": "unavailable",
+        "message": "The events log cannot store records right now; retry later.",
+        "status": 503,
+    }

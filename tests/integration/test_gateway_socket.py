@@ -7,6 +7,8 @@ import contextlib
 import gzip
 import logging
 import os
+import re
+import select
 import signal
 import socket
 import subprocess
@@ -24,7 +26,9 @@ import pytest
 from aiohttp import web
 
 from aura.config import Settings
+from aura.edge.gateway import app as gateway_app
 from aura.edge.gateway import create_app, start_gateway
+from aura.edge.gateway.app import GATEWAY_KEY
 from aura.edge.gateway.openapi import build_openapi
 from tests.integration.test_gateway_app import FakeBackend
 from tests.unit.test_gateway_convert import RANK_BODY, SEED_RANK_REQUEST
@@ -43,7 +47,19 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
 
     def close(self) -> None:
-        """Stop the loop and join the thread."""
+        """Cancel the tasks left on the loop (as asyncio.run does on exit), stop it and join the thread.
+
+        aiohttp leaves one such task behind when a client closes while the server drains the rest of a body it
+        answered early (408, 413): the task waits out aiohttp's lingering time after the runner's cleanup.
+        """
+
+        async def cancel_the_rest() -> None:
+            rest = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        self.run(cancel_the_rest())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         self.loop.close()
@@ -160,6 +176,151 @@ def test_malformed_http_is_a_400_logged_as_one_info_line(
     [logged] = [r for r in caplog.records if r.name == "aiohttp.server"]
     assert (logged.levelname, logged.exc_info) == ("INFO", None)
     assert logged.getMessage().endswith(": 400 Invalid character in Content-Length:")
+
+
+def read_answer(sock: socket.socket) -> tuple[str, dict[str, str], bytes]:
+    """Read one response with a Content-Length from `sock` without waiting for the connection to close."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before a full response: {answer!r}"
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed in the response body"
+        body += chunk
+    return status_line, headers, body
+
+
+def seconds_until_closed(sock: socket.socket, limit: float = 5.0) -> float:
+    """Seconds until the server closes `sock` (recv returns b"" or the connection resets); fails after `limit`."""
+    start = time.monotonic()
+    sock.settimeout(limit)
+    with contextlib.suppress(ConnectionResetError):
+        while sock.recv(65536):
+            pass
+    return time.monotonic() - start
+
+
+def requests_counted(servers: tuple[LoopThread, FakeBackend, web.AppRunner, int], route: str, status: int) -> float:
+    """The gateway's count of answers on `route` with `status`, read on its own loop."""
+    background, _, runner, _ = servers
+
+    async def render() -> bytes:
+        return runner.app[GATEWAY_KEY].metrics.render()
+
+    pattern = rf'^aura_gateway_requests_total\{{route="{re.escape(route)}",status="{status}"\}} (\S+)$'
+    found = re.search(pattern, background.run(render()).decode(), re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+SLOW_BODY_HEAD = b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+
+
+def test_a_trickled_body_is_answered_408_at_the_body_timeout(
+    servers: tuple[LoopThread, FakeBackend, web.AppRunner, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway_app, "BODY_READ_TIMEOUT", 0.5)
+    before = requests_counted(servers, "/v1/rank", 408)
+    with socket.create_connection(("127.0.0.1", servers[3]), timeout=5) as sock:
+        sock.sendall(SLOW_BODY_HEAD)
+        start = time.monotonic()
+        # One byte every 0.1 s: each byte arrives well within any per-read timeout, the whole body never does.
+        while not select.select([sock], [], [], 0.1)[0]:
+            assert time.monotonic() - start < 3, "no answer to a trickled body"
+            sock.sendall(b" ")
+        status, headers, answer = read_answer(sock)
+        elapsed = time.monotonic() - start
+    assert status == "HTTP/1.1 408 Request Timeout"
+    assert 0.5 <= elapsed < 2.0
+    assert headers["connection"] == "close"
+    assert orjson.loads(answer)["error"] == {
+        "code": "request_timeout",
+        "message": "The request body did not arrive within 0.5 s.",
+        "status": 408,
+    }
+    assert requests_counted(servers, "/v1/rank", 408) == before + 1
+
+
+def test_a_body_cut_off_by_the_client_is_a_client_error_without_a_traceback(
+    servers: tuple[LoopThread, FakeBackend, web.AppRunner, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    before = requests_counted(servers, "/v1/rank", 400)
+    with caplog.at_level(logging.DEBUG):
+        with socket.create_connection(("127.0.0.1", servers[3]), timeout=5) as sock:
+            sock.sendall(SLOW_BODY_HEAD + b'{"surface_')  # 10 of the 100 bytes, then the client closes
+        deadline = time.monotonic() + 5
+        while requests_counted(servers, "/v1/rank", 400) == before:
+            assert time.monotonic() < deadline, "the cut-off request was not counted as a 400"
+            time.sleep(0.02)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info] == []
+    assert "client closed the connection during the request body of POST /v1/rank" in caplog.messages
+
+
+def test_idle_connections_and_slow_request_heads_close_after_the_keepalive_timeout(
+    servers: tuple[LoopThread, FakeBackend, web.AppRunner, int], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    background, backend, runner, port = servers
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:  # the default, on the module's gateway
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_answer(sock)[0] == "HTTP/1.1 200 OK"
+
+        async def keepalive_timeouts() -> set[float]:
+            return {connection.keepalive_timeout for connection in runner.server.connections}
+
+        assert background.run(keepalive_timeouts()) == {gateway_app.KEEPALIVE_TIMEOUT} == {75.0}
+
+    monkeypatch.setattr(gateway_app, "KEEPALIVE_TIMEOUT", 0.5)
+    settings = Settings(state_dir=str(tmp_path))
+
+    async def serve() -> tuple[web.AppRunner, int]:
+        return await start_gateway(create_app(settings, grpc_target=backend.target), "127.0.0.1", 0)
+
+    short_runner, short_port = background.run(serve())
+    try:
+        with socket.create_connection(("127.0.0.1", short_port), timeout=5) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_answer(sock)[0] == "HTTP/1.1 200 OK"
+            assert 0.3 < seconds_until_closed(sock) < 2.0  # idle after an answer
+        with socket.create_connection(("127.0.0.1", short_port), timeout=5) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # a request head that never ends
+            assert 0.3 < seconds_until_closed(sock) < 2.0
+    finally:
+        background.run(short_runner.cleanup())
+
+
+def test_cleanup_with_a_slow_body_in_flight_ends_within_the_shutdown_timeout(
+    servers: tuple[LoopThread, FakeBackend, web.AppRunner, int],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    background, backend, _, _ = servers
+    monkeypatch.setattr(gateway_app, "SHUTDOWN_TIMEOUT", 0.5)  # BODY_READ_TIMEOUT stays 10 s
+    settings = Settings(state_dir=str(tmp_path))
+
+    async def serve() -> tuple[web.AppRunner, int]:
+        return await start_gateway(create_app(settings, grpc_target=backend.target), "127.0.0.1", 0)
+
+    runner, port = background.run(serve())
+
+    async def in_flight() -> int:
+        return runner.server.requests_count
+
+    with caplog.at_level(logging.DEBUG), socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(SLOW_BODY_HEAD + b'{"surface_')
+        deadline = time.monotonic() + 5
+        while background.run(in_flight()) == 0:
+            assert time.monotonic() < deadline, "the slow request did not start"
+            time.sleep(0.02)
+        start = time.monotonic()
+        background.run(runner.cleanup())
+        assert time.monotonic() - start < 2.0  # at most twice SHUTDOWN_TIMEOUT, not BODY_READ_TIMEOUT
+        assert seconds_until_closed(sock) < 1.0
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info] == []
 
 
 def test_head_answers_every_get_route_without_a_body(

@@ -12,6 +12,7 @@ from openapi_spec_validator import validate
 
 from aura.bundle.store import check_version
 from aura.config import Settings, load_surfaces
+from aura.edge.gateway import app as gateway_app
 from aura.edge.gateway import convert, create_app
 from aura.edge.gateway.openapi import build_openapi
 from aura.edge.gateway.responses import ERROR_CODES
@@ -85,6 +86,14 @@ def test_request_schemas_accept_exactly_the_validated_fields(schema: str, fields
 
 def test_error_codes_are_documented() -> None:
     assert set(ERROR_CODES.values()) <= set(SCHEMAS["Error"]["properties"]["error"]["properties"]["code"]["enum"])
+
+
+def test_operations_with_a_body_document_the_body_timeout() -> None:
+    for path, item in DOC["paths"].items():
+        for method, operation in item.items():
+            assert ("408" in operation["responses"]) is ("requestBody" in operation), (method, path)
+    description = DOC["components"]["responses"]["RequestTimeout"]["description"]
+    assert f"within {gateway_app.BODY_READ_TIMEOUT:g} s" in description
 
 
 def test_date_times_are_checked() -> None:
