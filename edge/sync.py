@@ -8,6 +8,7 @@ Several server processes of one node share a state directory and coordinate only
     state_dir/.lock                an flock serializing history and cache clean-up between processes
     state_dir/loading/<version>@<pid>  present while a process loads a version; one left by a dead process
                                    means the version crashed it, and no process of the node loads it again
+    state_dir/processes/<pid>.json what each live process serves (ProcessState), so any process can report the node
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -55,6 +56,19 @@ class VersionInfo:
 
 
 @dataclass(frozen=True)
+class ProcessState:
+    """What one server process of the node serves, as it publishes it in `state_dir/processes/<pid>.json`."""
+
+    pid: int
+    active_version: str
+    """Empty before the first load."""
+    loaded_at: str
+    """When the serving version was swapped in, RFC 3339; empty before the first load."""
+    last_error: str
+    """Empty when none."""
+
+
+@dataclass(frozen=True)
 class SyncStatus:
     """What a process serves and what it could serve."""
 
@@ -67,6 +81,8 @@ class SyncStatus:
     available: tuple[VersionInfo, ...]
     """Versions in the local cache or the store, newest first."""
     last_error: str | None
+    processes: tuple[ProcessState, ...]
+    """The node's live server processes by pid, this one included."""
 
 
 @dataclass(frozen=True)
@@ -106,12 +122,14 @@ class BundleSync(Generic[T]):
         self._lock_path = self._state_dir / ".lock"
         self._loading_dir = self._state_dir / "loading"
         self._refresh_path = self._state_dir / "refresh-requested"
+        self._processes_dir = self._state_dir / "processes"
         self._loader = loader
         self._on_swap = on_swap
         self._keep = keep
         self._poll_seconds = poll_seconds
         self._cache_dir.mkdir(parents=True, exist_ok=True)
         self._loading_dir.mkdir(exist_ok=True)
+        self._processes_dir.mkdir(exist_ok=True)
 
         self._lock = threading.RLock()
         self._active: str | None = None
@@ -122,6 +140,7 @@ class BundleSync(Generic[T]):
         self._failed: str | None = None
         self._last_error: str | None = None
         self._manifests: dict[str, Manifest] = {}
+        self._published: ProcessState | None = None
         self._refresh_seen = self._refresh_request_time()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -153,11 +172,13 @@ class BundleSync(Generic[T]):
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the background thread, waiting for a sync in progress to finish."""
+        """Stop the background thread, waiting for a sync in progress to finish, and withdraw the published state."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self._process_path(os.getpid()).unlink(missing_ok=True)
+        self._published = None
 
     def activate(self, version: str) -> SwapResult:
         """Pin the node to `version` and serve it now; activating the store's current version clears the pin.
@@ -180,9 +201,10 @@ class BundleSync(Generic[T]):
             return self._activate(target, rollback=True)
 
     def status(self) -> SyncStatus:
-        """Report the serving version, the pin, the store's version and every version available."""
+        """Report the serving version, the pin, the store's version, every version available and the processes."""
         with self._lock:
             active, loaded_at, last_error = self._active, self._loaded_at, self._last_error
+            own_state = self._own_state()
         store_version, store_versions = self._store_version, set()
         try:
             store_version = self._store.current()
@@ -207,6 +229,7 @@ class BundleSync(Generic[T]):
             store_version=store_version,
             available=tuple(available),
             last_error=last_error,
+            processes=self._node_processes(own_state),
         )
 
     def _run(self) -> None:
@@ -238,7 +261,7 @@ class BundleSync(Generic[T]):
         return True
 
     def _sync(self, *, check_store: bool, retry_failed: bool) -> bool:
-        with self._lock:
+        with self._changing_state():
             try:
                 desired = self._desired(check_store)
             except AuraError as exc:
@@ -288,6 +311,65 @@ class BundleSync(Generic[T]):
         self._last_error = f"{no_version}; the cached {fallback} failed: {self._last_error}"
         return False
 
+    @contextmanager
+    def _changing_state(self) -> Iterator[None]:
+        """Hold the lock for a sync or activation, then publish this process's state if it changed."""
+        with self._lock:
+            try:
+                yield
+            finally:
+                self._publish_state()
+
+    def _own_state(self) -> ProcessState:
+        return ProcessState(
+            pid=os.getpid(),
+            active_version=self._active or "",
+            loaded_at=self._loaded_at.isoformat(timespec="seconds").replace("+00:00", "Z") if self._loaded_at else "",
+            last_error=self._last_error or "",
+        )
+
+    def _process_path(self, pid: int) -> Path:
+        return self._processes_dir / f"{pid}.json"
+
+    def _publish_state(self) -> None:
+        """Write this process's state to `processes/<pid>.json` unless the file already holds it."""
+        state = self._own_state()
+        if state == self._published:
+            return
+        try:
+            self._write_json(self._process_path(state.pid), {**asdict(state), "updated_at": utc_now()})
+        except OSError as exc:
+            log.warning("bundle sync could not publish the state of process %d: %s", state.pid, exc)
+            return
+        self._published = state
+
+    def _node_processes(self, own_state: ProcessState) -> tuple[ProcessState, ...]:
+        """`own_state` and the states the node's other live processes published; a dead process's file is removed."""
+        states = [own_state]
+        for path in self._processes_dir.glob("*.json"):
+            pid = int(path.stem) if path.stem.isdigit() else None
+            if pid is None or pid == own_state.pid:
+                continue
+            if not process_alive(pid):
+                path.unlink(missing_ok=True)
+                continue
+            state = self._read_process_state(path, pid)
+            if state is not None:
+                states.append(state)
+        return tuple(sorted(states, key=lambda state: state.pid))
+
+    @staticmethod
+    def _read_process_state(path: Path, pid: int) -> ProcessState | None:
+        """The state in a process's file, or None when the file is gone, unreadable or malformed."""
+        try:
+            data = json.loads(path.read_text())
+            fields = (data["active_version"], data["loaded_at"], data["last_error"])
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        if not all(isinstance(field, str) for field in fields):
+            return None
+        return ProcessState(pid, *fields)
+
     def _note_state(self, message: str) -> None:
         """Set `last_error` to a condition checked every tick, logging it only when it starts."""
         if message != self._last_error:
@@ -319,7 +401,7 @@ class BundleSync(Generic[T]):
         return self._store_version
 
     def _activate(self, version: str, *, rollback: bool) -> SwapResult:
-        with self._lock:
+        with self._changing_state():
             if not self._is_cached(version):
                 self._manifest_from_store(version)
             try:

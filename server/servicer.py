@@ -395,7 +395,7 @@ class AdminService(admin_grpc.AdminServiceServicer):
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     async def GetBundleStatus(self, request: admin_pb.GetBundleStatusRequest, context: Any):
-        """Report the serving bundle and the versions available."""
+        """Report the serving bundle, the versions available and what each decision process of the node serves."""
         serving = self._deps.holder.current
         response = admin_pb.GetBundleStatusResponse()
         if serving is not None:
@@ -417,6 +417,15 @@ class AdminService(admin_grpc.AdminServiceServicer):
             response.pinned = status.pinned is not None
             response.store_version = status.store_version or ""
             response.last_error = status.last_error or ""
+            response.processes.extend(
+                admin_pb.ProcessStatus(
+                    pid=state.pid,
+                    active_version=state.active_version,
+                    loaded_at=state.loaded_at,
+                    last_error=state.last_error,
+                )
+                for state in status.processes
+            )
             for info in status.available:
                 if info.version == response.active_version:
                     continue

@@ -90,6 +90,18 @@ def _client_errors_as_info(record: logging.LogRecord) -> bool:
     return True
 
 
+def _bundle_health(status: admin_pb.GetBundleStatusResponse) -> str:
+    """The bundle component's status: missing if the answering process serves no bundle, degraded if another
+    decision process serves none or the processes serve different versions, else ok.
+
+    A process's last_error alone (say, an unreachable store) leaves it ok: the node still serves its bundle.
+    """
+    if not status.active_version:
+        return "missing"
+    versions = {process.active_version for process in status.processes}
+    return "degraded" if len(versions) > 1 or "" in versions else "ok"
+
+
 def _cors_origins(origins: tuple[str, ...]) -> frozenset[str]:
     normalized = set()
     for origin in origins:
@@ -408,16 +420,18 @@ class Gateway:
                 "age_seconds": 0.0,
                 "loaded_at": "",
                 "last_error": bundle.details() or bundle.code().name,
+                "processes": [],
             }
         elif isinstance(bundle, BaseException):
             raise bundle
         else:
             bundle_part = {
-                "status": "ok" if bundle.active_version else "missing",
+                "status": _bundle_health(bundle),
                 "version": bundle.active_version,
                 "age_seconds": bundle.age_seconds,
                 "loaded_at": bundle.loaded_at,
                 "last_error": bundle.last_error,
+                "processes": [convert.admin_response_to_json(process) for process in bundle.processes],
             }
         serving_all = server["status"] == "ok" and bundle_part["status"] == "ok"
         body = {

@@ -140,6 +140,7 @@ _PROTO_TYPES: dict[int, Schema] = {
     FieldDescriptor.TYPE_STRING: {"type": "string"},
     FieldDescriptor.TYPE_BOOL: {"type": "boolean"},
     FieldDescriptor.TYPE_DOUBLE: {"type": "number"},
+    FieldDescriptor.TYPE_INT32: {"type": "integer", "format": "int32"},
     FieldDescriptor.TYPE_UINT32: {"type": "integer", "minimum": 0},
 }
 
@@ -470,13 +471,24 @@ def _schemas() -> dict[str, Schema]:
                             },
                         ),
                         "bundle": _exact(
-                            "The serving artifact bundle.",
+                            "The serving artifact bundle: version, age_seconds, loaded_at and last_error are those of "
+                            "the decision process that answered, processes those of every process.",
                             {
-                                "status": _string("ok once a bundle serves.", enum=["ok", "missing", "unknown"]),
+                                "status": _string(
+                                    "ok when every decision process serves the same version (a process's "
+                                    "last_error is reported but does not change it); missing when the answering "
+                                    "process serves none; degraded when another serves none or they serve "
+                                    "different versions; unknown when the status could not be read.",
+                                    enum=["ok", "degraded", "missing", "unknown"],
+                                ),
                                 "version": _string("Serving bundle version; empty before the first load."),
                                 "age_seconds": _number("Age of the serving bundle since it was built."),
                                 "loaded_at": _string("When the serving bundle was swapped in, RFC 3339."),
                                 "last_error": _string("The last sync or load error; empty when none."),
+                                "processes": _array(
+                                    "The node's live decision processes by pid; empty when unknown.",
+                                    _ref("ProcessStatus"),
+                                ),
                             },
                         ),
                     },
@@ -487,8 +499,12 @@ def _schemas() -> dict[str, Schema]:
             "Optional body of a retraining request.", {"reason": _string("A note for the batch operators.")}
         ),
         "BundleInfo": _message_schema(admin_pb.BundleInfo.DESCRIPTOR, "One bundle version known to the node."),
+        "ProcessStatus": _message_schema(
+            admin_pb.ProcessStatus.DESCRIPTOR, "The bundle state of one decision process of the node."
+        ),
         "BundleStatus": _message_schema(
-            admin_pb.GetBundleStatusResponse.DESCRIPTOR, "The serving bundle and the versions available."
+            admin_pb.GetBundleStatusResponse.DESCRIPTOR,
+            "The serving bundle, the versions available and what each decision process of the node serves.",
         ),
         "BundleSwitch": _message_schema(
             admin_pb.ActivateBundleResponse.DESCRIPTOR,

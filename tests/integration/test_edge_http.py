@@ -76,6 +76,8 @@ def test_segments_search_and_health(edge_node) -> None:
     status, detailed, _ = call(edge_node, "GET", "/v1/health/detailed")
     assert status == 200
     assert "20260101T000000Z-aaaaaa" in json.dumps(detailed)
+    processes = detailed["components"]["bundle"]["processes"]
+    assert [(p["active_version"], p["last_error"]) for p in processes] == [("20260101T000000Z-aaaaaa", "")]
     with urllib.request.urlopen(f"{edge_node.http_url}/metrics", timeout=10) as response:
         assert b"# TYPE" in response.read()
     status, spec, _ = call(edge_node, "GET", "/openapi.json")

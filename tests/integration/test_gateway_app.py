@@ -43,6 +43,10 @@ BUNDLE_STATUS = admin_pb.GetBundleStatusResponse(
     age_seconds=300.0,
     store_version="20260101T000000Z-aaaaaa",
     bundles=[admin_pb.BundleInfo(version="20260101T000000Z-aaaaaa", created_at="2026-01-01T00:00:00Z", active=True)],
+    processes=[
+        admin_pb.ProcessStatus(pid=pid, active_version="20260101T000000Z-aaaaaa", loaded_at="2026-01-01T00:05:00Z")
+        for pid in (101, 102)
+    ],
 )
 EXPLANATION = decision_pb.Explanation(
     removed=[decision_pb.RemovedCandidate(content_id="c5", rule="consent")],
@@ -702,6 +706,7 @@ def test_health_endpoints(
                 "age_seconds": 300.0,
                 "loaded_at": "2026-01-01T00:05:00Z",
                 "last_error": "",
+                "processes": [convert.admin_response_to_json(process) for process in BUNDLE_STATUS.processes],
             },
         },
     }
@@ -721,6 +726,49 @@ def test_health_endpoints(
     }
     assert degraded.body["components"]["bundle"]["status"] == "missing"
     assert degraded.body["components"]["bundle"]["last_error"] == "store unreachable"
+
+
+@pytest.mark.parametrize(
+    "sibling",
+    [
+        admin_pb.ProcessStatus(pid=102),
+        admin_pb.ProcessStatus(pid=102, active_version="20260102T000000Z-bbbbbb", loaded_at="2026-01-02T00:05:00Z"),
+    ],
+    ids=["serves-none", "other-version"],
+)
+def test_a_process_out_of_step_degrades_the_bundle_health(
+    make_gateway: Callable[..., GatewayClient], backend: FakeBackend, sibling: admin_pb.ProcessStatus
+) -> None:
+    gw = make_gateway()
+    backend.bundle_status = admin_pb.GetBundleStatusResponse()
+    backend.bundle_status.CopyFrom(BUNDLE_STATUS)
+    backend.bundle_status.processes[1].CopyFrom(sibling)
+    try:
+        detailed = gw.call("GET", "/v1/health/detailed")
+    finally:
+        backend.bundle_status = BUNDLE_STATUS
+    assert detailed.status == 503
+    assert detailed.body["status"] == "degraded"
+    assert detailed.body["components"]["decision_server"]["status"] == "ok"
+    bundle = detailed.body["components"]["bundle"]
+    assert (bundle["status"], bundle["version"], bundle["last_error"]) == ("degraded", "20260101T000000Z-aaaaaa", "")
+    assert bundle["processes"][1] == convert.admin_response_to_json(sibling)
+
+
+def test_a_process_with_an_error_but_the_same_bundle_keeps_the_health_ok(
+    make_gateway: Callable[..., GatewayClient], backend: FakeBackend
+) -> None:
+    gw = make_gateway()
+    backend.bundle_status = admin_pb.GetBundleStatusResponse()
+    backend.bundle_status.CopyFrom(BUNDLE_STATUS)
+    backend.bundle_status.processes[1].last_error = "bundle store var/bundle-store is unreachable"
+    try:
+        detailed = gw.call("GET", "/v1/health/detailed")
+    finally:
+        backend.bundle_status = BUNDLE_STATUS
+    assert (detailed.status, detailed.body["status"]) == (200, "ok")
+    processes = detailed.body["components"]["bundle"]["processes"]
+    assert processes[1]["last_error"] == "bundle store var/bundle-store is unreachable"
 
 
 def test_metrics_count_requests_latency_and_upstream_errors(make_gateway: Callable[..., GatewayClient]) -> None:

@@ -354,6 +354,15 @@ def test_swap_under_load_drops_nothing_and_a_corrupt_bundle_never_serves(tmp_pat
             rolled = admin.RollbackBundle(admin_pb.RollbackBundleRequest(), metadata=ADMIN)
             assert (rolled.active_version, rolled.previous_version) == (V1, v2)
             assert admin.GetBundleStatus(admin_pb.GetBundleStatusRequest()).pinned
+
+            # Whichever process answers reports both; the other follows the pin within about a second.
+            deadline = time.monotonic() + 20
+            processes = admin.GetBundleStatus(admin_pb.GetBundleStatusRequest()).processes
+            while {(p.active_version, p.last_error) for p in processes} != {(V1, "")} and time.monotonic() < deadline:
+                time.sleep(0.2)
+                processes = admin.GetBundleStatus(admin_pb.GetBundleStatusRequest()).processes
+            assert len({p.pid for p in processes}) == 2
+            assert [(p.active_version, p.last_error) for p in processes] == [(V1, "")] * 2
     finally:
         assert stop_edge_node(node) == 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -64,6 +65,16 @@ def cached(state_dir: Path) -> list[str]:
 
 def history(state_dir: Path) -> list[str]:
     return [entry["version"] for entry in json.loads((state_dir / "history.json").read_text())]
+
+
+def published_state(state_dir: Path, pid: int) -> dict[str, object] | None:
+    """The state process `pid` published in `state_dir/processes` but its (checked) updated_at; None without a file."""
+    path = state_dir / "processes" / f"{pid}.json"
+    if not path.exists():
+        return None
+    state = json.loads(path.read_text())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", state.pop("updated_at"))
+    return state
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -481,3 +492,123 @@ def test_simultaneous_first_syncs_share_one_cached_copy(store: LocalBundleStore,
     assert results == [True, True]
     assert [node.served for node in nodes] == [["v001"], ["v001"]]
     assert [p.name for p in (state / "bundles").iterdir()] == ["v001"]
+
+
+SIBLING_PROCESS = """
+import sys
+from pathlib import Path
+from aura.bundle.loader import load_bundle
+from aura.bundle.store import LocalBundleStore
+from aura.edge.sync import BundleSync
+
+sync = BundleSync(LocalBundleStore(Path(sys.argv[1])), Path(sys.argv[2]), load_bundle, lambda bundle: None)
+sync.sync_once()
+print(sync.active_version, flush=True)
+sys.stdin.readline()
+sync.stop()
+"""
+
+
+def start_sibling(store: LocalBundleStore, state_dir: Path) -> subprocess.Popen[str]:
+    """Another server process of the node: it syncs once, then stops when a line arrives on its stdin."""
+    return subprocess.Popen(
+        [sys.executable, "-c", SIBLING_PROCESS, str(store.root), str(state_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_process_writes_its_state_file_only_when_its_state_changes(
+    store: LocalBundleStore, built: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    pid = os.getpid()
+    node = Node(store, state)
+    node.sync.sync_once()
+    assert published_state(state, pid) == {"pid": pid, "active_version": "", "loaded_at": "", "last_error": ""}
+
+    publish(store, built, "v001")
+    node.sync.sync_once()
+    loaded_at = node.sync.status().loaded_at
+    assert loaded_at is not None
+    serving = {
+        "pid": pid,
+        "active_version": "v001",
+        "loaded_at": loaded_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "last_error": "",
+    }
+    assert published_state(state, pid) == serving
+
+    # An unchanged state is not written again: a removed file stays away.
+    (state / "processes" / f"{pid}.json").unlink()
+    node.sync.sync_once()
+    assert published_state(state, pid) is None
+
+    store.root.rename(tmp_path / "unmounted")
+    node.sync.sync_once()
+    unreachable = f"bundle store {store.root} is unreachable: the directory does not exist (an unmounted volume?)."
+    assert published_state(state, pid) == {**serving, "last_error": unreachable}
+    (tmp_path / "unmounted").rename(store.root)
+    node.sync.sync_once()
+    assert published_state(state, pid) == serving
+
+    node.sync.stop()
+    assert published_state(state, pid) is None
+
+
+def test_status_reports_every_live_process_of_the_node(store: LocalBundleStore, built: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    publish(store, built, "v001")
+    sibling = start_sibling(store, state)
+    try:
+        assert sibling.stdout is not None and sibling.stdin is not None
+        assert sibling.stdout.readline() == "v001\n"
+        node = Node(store, state)
+        publish(store, built, "v002")
+        node.sync.sync_once()
+
+        processes = node.sync.status().processes
+        assert [(p.pid, p.active_version, p.last_error) for p in processes] == sorted(
+            [(os.getpid(), "v002", ""), (sibling.pid, "v001", "")]
+        )
+        assert all(p.loaded_at for p in processes)
+
+        sibling.stdin.write("stop\n")
+        sibling.stdin.flush()
+        assert sibling.wait(timeout=30) == 0
+        assert published_state(state, sibling.pid) is None
+        assert [p.pid for p in node.sync.status().processes] == [os.getpid()]
+    finally:
+        sibling.kill()
+        sibling.wait()
+
+
+def test_a_dead_process_file_is_removed_and_an_unreadable_one_skipped(
+    store: LocalBundleStore, built: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    publish(store, built, "v001")
+    sibling = start_sibling(store, state)
+    try:
+        assert sibling.stdout is not None and sibling.stdout.readline() == "v001\n"
+        node = Node(store, state)
+        node.sync.sync_once()
+        sibling_file = state / "processes" / f"{sibling.pid}.json"
+        content = sibling_file.read_text()
+
+        # A half-written file of a live process is skipped and left to its owner.
+        sibling_file.write_text(content[: len(content) // 2])
+        assert [p.pid for p in node.sync.status().processes] == [os.getpid()]
+        assert sibling_file.exists()
+
+        # A process killed without stopping leaves its file behind: ignored, then removed.
+        sibling_file.write_text(content)
+        assert len(node.sync.status().processes) == 2
+        sibling.kill()
+        sibling.wait()
+        assert [p.pid for p in node.sync.status().processes] == [os.getpid()]
+        assert not sibling_file.exists()
+    finally:
+        sibling.kill()
+        sibling.wait()

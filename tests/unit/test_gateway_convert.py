@@ -361,6 +361,7 @@ def test_admin_responses_map_field_for_field() -> None:
         pinned=True,
         store_version="v2",
         bundles=[admin_pb.BundleInfo(version="v2", created_at="2026-01-01T00:00:00Z", active=True)],
+        processes=[admin_pb.ProcessStatus(pid=4242, active_version="v2", loaded_at="2026-01-01T00:00:00Z")],
     )
     assert convert.admin_response_to_json(status) == {
         "active_version": "v2",
@@ -378,6 +379,7 @@ def test_admin_responses_map_field_for_field() -> None:
             }
         ],
         "last_error": "",
+        "processes": [{"pid": 4242, "active_version": "v2", "loaded_at": "2026-01-01T00:00:00Z", "last_error": ""}],
     }
 
 
