@@ -109,6 +109,10 @@ def test_bad_environment_is_rejected_with_the_variable_named(env: dict, message:
         ("segmentation:\n  dimensions: [intent, intent]\n", "segmentation.dimensions must be distinct"),
         ("segmentation:\n  dimensions: []\n", "segmentation.dimensions must be distinct and at least one"),
         ("[1, 2]\n", "top level must be a mapping"),
+        (
+            "decisioning:\n  freshness:\n    half_life_days: 7\n    half_life_days: 14\n",
+            "not valid YAML: the key 'half_life_days' appears twice in one mapping",
+        ),
         ("a: [\n", "not valid YAML"),
     ],
 )
