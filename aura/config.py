@@ -25,6 +25,8 @@ from aura.protected import check_features
 
 MAX_TOPIC_CLUSTER_CAP = 1000
 """The largest `max_per_topic_cluster` (policies.yaml or DIVERSITY_CONSTRAINT)."""
+MAX_DAYS = 36500
+"""The longest retention or freshness half-life, in days: a hundred years."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class FreshnessPolicy:
     minimum_score: float = 0.3
 
     def _validate(self, where: str) -> None:
-        _check_range(where, "half_life_days", self.half_life_days, 0.01, 36500.0)
+        _check_range(where, "half_life_days", self.half_life_days, 0.01, float(MAX_DAYS))
         _check_range(where, "minimum_score", self.minimum_score, 0.0, 1.0)
 
 
@@ -291,8 +293,8 @@ class Settings:
             ("event_batch_size", 1, 1_000_000),
             ("event_flush_interval", 0.01, 3600.0),
             ("segment_refresh_interval", 1, 86400 * 366),
-            ("event_retention_days", 1, 36500),
-            ("feature_retention_days", 1, 36500),
+            ("event_retention_days", 1, MAX_DAYS),
+            ("feature_retention_days", 1, MAX_DAYS),
         ):
             _check_range(where, ENV_NAMES[name], getattr(self, name), low, high)
         if self.diversity_constraint is not None:
@@ -419,7 +421,7 @@ def apply_env_overrides(policies: Policies, settings: Settings) -> Policies:
             diversity=dataclasses.replace(decisioning.diversity, max_per_topic_cluster=per_topic),
         )
     if settings.freshness_half_life is not None:
-        _check_range("environment", "FRESHNESS_HALF_LIFE", settings.freshness_half_life, 0.01, 36500.0)
+        _check_range("environment", "FRESHNESS_HALF_LIFE", settings.freshness_half_life, 0.01, float(MAX_DAYS))
         decisioning = dataclasses.replace(
             decisioning,
             freshness=dataclasses.replace(decisioning.freshness, half_life_days=settings.freshness_half_life),

@@ -36,6 +36,7 @@ from aura.batch.retention import erase_user_command, retention_command
 from aura.bundle.store import BundleStore, LocalBundleStore, open_store
 from aura.config import (
     ENV_NAMES,
+    MAX_DAYS,
     Policies,
     Settings,
     Surface,
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-MAX_RETENTION_DAYS = 36500
 
 BATCH_ENV_NAMES = ("CMS_API_URL", "CMS_API_KEY", "AURA_DUCKDB_MEMORY_LIMIT", "AURA_DUCKDB_THREADS")
 """Environment variables the batch reads besides `aura.config.ENV_NAMES`."""
@@ -367,8 +367,8 @@ def _positive(text: str) -> int:
 
 def _days(text: str) -> int:
     value = _positive(text)
-    if value > MAX_RETENTION_DAYS:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_RETENTION_DAYS} days, got {value}")
+    if value > MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_DAYS} days, got {value}")
     return value
 
 
