@@ -177,12 +177,13 @@ class Supervisor:
         for process in self._processes.values():
             if process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS + 5
+        window = STOP_GRACE_SECONDS + 5
+        deadline = time.monotonic() + window
         clean = True
         for name, process in self._processes.items():
             process.join(max(0.1, deadline - time.monotonic()))
             if process.is_alive():
-                log.warning("%s did not stop within %.0f s; killing it", name, STOP_GRACE_SECONDS + 5)
+                log.warning("%s did not stop within %.0f s; killing it", name, window)
                 process.kill()
                 process.join()
                 clean = False
