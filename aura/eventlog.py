@@ -20,10 +20,10 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -141,12 +141,68 @@ CONVERT_CHUNK_ROWS = 256
 call per flush would stall a server's requests for as long as a second's worth of records takes to convert."""
 
 
+class RecordBuffer(Protocol):
+    """Where an EventLog queues records until its writer thread takes them."""
+
+    def __len__(self) -> int: ...
+
+    def take(self) -> Any:
+        """Everything queued so far, leaving the buffer empty (called under the log's lock)."""
+
+    def batches(self, taken: Any) -> list[pa.RecordBatch]:
+        """What `take` returned, as record batches of the log's schema (called on the writer thread, unlocked)."""
+
+
+class TupleBuffer:
+    """Records as tuples of the schema's fields (RECORD_TYPES), converted by `pa.array` in chunks.
+
+    Appends need no lock; `wake` is called when `batch_size` records wait.
+    """
+
+    def __init__(self, schema: pa.Schema, batch_size: int, wake: Callable[[], None]) -> None:
+        self._schema = schema
+        self._batch_size = batch_size
+        self._wake = wake
+        self._records: collections.deque[tuple] = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def append(self, record: tuple) -> None:
+        """Queue one record."""
+        self._records.append(record)
+        if len(self._records) >= self._batch_size:
+            self._wake()
+
+    def extend(self, records: Iterable[tuple]) -> None:
+        """Queue records without waking the writer."""
+        self._records.extend(records)
+
+    def take(self) -> list[tuple]:
+        """Every queued record, oldest first."""
+        records = self._records
+        return [records.popleft() for _ in range(len(records))]
+
+    def batches(self, taken: list[tuple]) -> list[pa.RecordBatch]:
+        """The records in batches of CONVERT_CHUNK_ROWS."""
+        return [
+            self._batch(taken[start : start + CONVERT_CHUNK_ROWS]) for start in range(0, len(taken), CONVERT_CHUNK_ROWS)
+        ]
+
+    def _batch(self, records: list[tuple]) -> pa.RecordBatch:
+        columns = zip(*records, strict=True)
+        return pa.RecordBatch.from_arrays(
+            [pa.array(column, type=field.type) for column, field in zip(columns, self._schema, strict=True)],
+            schema=self._schema,
+        )
+
+
 class EventLog:
     """Append-only log of one stream for one process; see the module docstring for the layout.
 
-    `column_builders` maps a field to the function that converts a batch of its values to an Arrow array,
-    for records that keep a field in a cheaper form than the schema's (aura.server.decision_log); the other
-    fields are converted by `pa.array`.
+    Records wait in a buffer made by `buffer(schema, batch_size, wake)`: by default a TupleBuffer, which
+    `append` and `append_durable` fill; a log made with another buffer (aura.server.decision_log) is filled
+    through `queue`.
     """
 
     def __init__(
@@ -159,7 +215,7 @@ class EventLog:
         batch_size: int = 1000,
         rotate_seconds: float = 300.0,
         rotate_rows: int = 200_000,
-        column_builders: Mapping[str, Callable[[Sequence[Any], pa.DataType], pa.Array]] | None = None,
+        buffer: Callable[[pa.Schema, int, Callable[[], None]], RecordBuffer] = TupleBuffer,
     ) -> None:
         if stream not in SCHEMAS:
             raise ValueError(f"unknown event stream {stream!r}; known: {', '.join(SCHEMAS)}.")
@@ -170,16 +226,12 @@ class EventLog:
         self._open_dir.mkdir(parents=True, exist_ok=True)
         self._node_id = node_id
         self._flush_interval = flush_interval
-        self._batch_size = batch_size
         self._rotate_seconds = rotate_seconds
         self._rotate_rows = rotate_rows
-        builders = column_builders or {}
-        if unknown := set(builders) - set(self.schema.names):
-            raise ValueError(f"column builders for unknown {stream} fields: {', '.join(sorted(unknown))}.")
-        self._builders = [builders.get(field.name, _plain_column) for field in self.schema]
         self.record = RECORD_TYPES[stream]
         """Build a record of this stream from its fields by name (TypeError on an unknown field)."""
-        self._pending: collections.deque[tuple] = collections.deque()  # appends need no lock
+        self.queue = buffer(self.schema, batch_size, self._wake)
+        """The buffer records wait in until the writer takes them."""
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._cond = threading.Condition()
         self._closing = False
@@ -196,17 +248,18 @@ class EventLog:
 
         No durability promise: `append_durable` gives one.
         """
-        self._pending.append(record)
-        if len(self._pending) >= self._batch_size:
-            with self._cond:
-                self._cond.notify()
+        self.queue.append(record)
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
 
     async def append_durable(self, records: Iterable[tuple]) -> None:
         """Queue records and return once they are fsynced; raises LogUnavailable if their write failed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._cond:
-            self._pending.extend(records)
+            self.queue.extend(records)
             self._waiters.append((loop, future))
             self._cond.notify()
         await future
@@ -231,14 +284,13 @@ class EventLog:
             with self._cond:
                 if not (self._waiters or self._closing):
                     self._cond.wait(timeout=self._flush_interval)
-                pending = self._pending
-                records = [pending.popleft() for _ in range(len(pending))]
+                taken = self.queue.take() if len(self.queue) else None
                 waiters, self._waiters = self._waiters, []
                 closing = self._closing
             error: str | None = None
-            if records:
+            if taken is not None:
                 try:
-                    self._write(records)
+                    self._write(self.queue.batches(taken))
                 except Exception as exc:  # a failed write must fail the waiting callers, not kill the thread
                     log.error("event log %s: write failed: %s", self.stream, exc)
                     error = f"The {self.stream} log cannot store records right now; retry later."
@@ -254,11 +306,7 @@ class EventLog:
             if closing:
                 return
 
-    def _write(self, records: list[tuple]) -> None:
-        batches = [
-            self._batch(records[start : start + CONVERT_CHUNK_ROWS])
-            for start in range(0, len(records), CONVERT_CHUNK_ROWS)
-        ]
+    def _write(self, batches: list[pa.RecordBatch]) -> None:
         if self._segment is None:
             self._sequence += 1
             name = f"{self._node_id}-{os.getpid()}-{time.time_ns()}-{self._sequence}"
@@ -287,20 +335,6 @@ class EventLog:
                 log.warning("event log %s: segment %s stays open for now: %s", self.stream, path.name, exc)
             else:
                 self._unclosed.remove(path)
-
-    def _batch(self, records: list[tuple]) -> pa.RecordBatch:
-        columns = zip(*records, strict=True)
-        return pa.RecordBatch.from_arrays(
-            [
-                build(column, field.type)
-                for build, column, field in zip(self._builders, columns, self.schema, strict=True)
-            ],
-            schema=self.schema,
-        )
-
-
-def _plain_column(column: Sequence[Any], field_type: pa.DataType) -> pa.Array:
-    return pa.array(column, type=field_type)
 
 
 def _settle(future: asyncio.Future[None], error: str | None) -> None:

@@ -6,7 +6,7 @@
  * logged seed, so a decision replays exactly from (seed, posterior state).
  * ranked_items and rank_response: the RankResponse in protobuf wire format, from the bytes prepared per
  * bundle by aura.server.wire (field numbers of proto/aura/v1/decision_service.proto and common.proto).
- * parse_rank_request and encode_request_id are in _request.c.
+ * parse_rank_request and encode_request_id are in _request.c, the DecisionColumns type in _decision_log.c.
  * Scratch memory is module-level and reused: callers hold the GIL for the whole call.
  */
 #define PY_SSIZE_T_CLEAN
@@ -745,8 +745,8 @@ static struct PyModuleDef module_def = {
     .m_base = PyModuleDef_HEAD_INIT,
     .m_name = "_native",
     .m_doc = "The compiled parts of the Rank hot path: draw_slate, ranked_items, rank_response, "
-             "parse_rank_request, encode_request_id and add_at (the online impression counts), and the Rank "
-             "API's limits (MAX_ID_LENGTH, MAX_CANDIDATES, ...).",
+             "parse_rank_request, encode_request_id, add_at (the online impression counts), the decision log's "
+             "DecisionColumns, and the Rank API's limits (MAX_ID_LENGTH, MAX_CANDIDATES, ...).",
     .m_size = -1,
     .m_methods = methods,
 };
@@ -754,6 +754,6 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC PyInit__native(void) {
     ziggurat_tables();
     PyObject *module = PyModule_Create(&module_def);
-    if (module && add_request_limits(module) < 0) Py_CLEAR(module);
+    if (module && (add_request_limits(module) < 0 || add_decision_columns(module) < 0)) Py_CLEAR(module);
     return module;
 }

@@ -1,5 +1,5 @@
-/* Shared by the sources of aura.server._native: the argument check, and the functions defined in _request.c
- * (request parsing and request ids). */
+/* Shared by the sources of aura.server._native: the argument check, and what _request.c (request parsing and
+ * request ids) and _decision_log.c (the decision log's column buffers) define. */
 #ifndef AURA_NATIVE_H
 #define AURA_NATIVE_H
 
@@ -17,6 +17,9 @@ PyObject *parse_rank_request(PyObject *module, PyObject *const *args, Py_ssize_t
 
 extern const char encode_request_id_doc[];
 PyObject *encode_request_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
+/* Adds the DecisionColumns type (_decision_log.c) to the module; 0, or -1 with an error. */
+int add_decision_columns(PyObject *module);
 
 /* Adds the Rank API's limits (MAX_ID_LENGTH, ...) to the module as int constants; 0, or -1 with an error. */
 int add_request_limits(PyObject *module);

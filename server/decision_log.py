@@ -1,98 +1,74 @@
-"""The decision log's records: what Rank keeps per request, and how the log's writer turns it into columns.
+"""The decision log: Rank appends each decision into compiled column buffers, the writer wraps them as Arrow.
 
-A request costs one tuple: the fields of the `decisions` schema (aura.eventlog.SCHEMAS), with three of them
-kept in the form Rank already holds and converted for a whole batch on the log's writer thread:
-`consent` (a set, sorted there), `context_json` (the context map, serialized there) and `items` (the slate
-as a `LoggedSlate`, built there with vectorized array operations).
+Rank calls `decisions.queue.append(...)` (aura.server._native.DecisionColumns.append) with the fields of the
+`decisions` schema (aura.eventlog.SCHEMAS) in its order, three of them in the form Rank already holds:
+consent as a set, the context as a mapping and the slate as content rows with their scores and propensities.
+The writer thread takes the buffers of every decision since its last write at once and wraps them as Arrow
+arrays without a Python object per record.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
-import orjson
 import pyarrow as pa
 
-from aura.eventlog import DECISION_ITEM, EventLog
+from aura.eventlog import EventLog
+from aura.server._native import DecisionColumns
+
+_NUMBER_TYPES = {pa.int32(): np.int32, pa.uint64(): np.uint64, pa.float64(): np.float64}
 
 
-class LoggedSlate(NamedTuple):
-    """A slate as Rank holds it: content rows into `content_ids` (the bundle's), best first."""
-
-    content_ids: Sequence[str]
-    rows: list[int]
-    scores: list[float]
-    propensities: list[float]
-    explored_slot: int
-    """The slot the exploration budget filled, or -1."""
-
-
-def _consent(column: Sequence[frozenset[str]], field_type: pa.DataType) -> pa.Array:
-    return pa.array([sorted(scopes) for scopes in column], type=field_type)
-
-
-def _context_json(column: Sequence[Mapping[str, str]], field_type: pa.DataType) -> pa.Array:
-    return pa.array([orjson.dumps(dict(context)).decode() if context else "" for context in column], type=field_type)
-
-
-_ID_ARRAYS: dict[int, tuple[Sequence[str], pa.Array]] = {}
-"""The content ids of recent bundles as Arrow arrays, by the identity of the bundle's id table."""
-
-
-def _id_array(content_ids: Sequence[str]) -> pa.Array:
-    cached = _ID_ARRAYS.get(id(content_ids))
-    if cached is None or cached[0] is not content_ids:
-        if len(_ID_ARRAYS) >= 4:
-            _ID_ARRAYS.clear()
-        cached = _ID_ARRAYS[id(content_ids)] = (content_ids, pa.array(content_ids, type=pa.string()))
-    return cached[1]
+def _column(buffers: Mapping[str, bytes], name: str, field_type: pa.DataType, length: int) -> pa.Array:
+    """The Arrow array of buffer `name`, a column of `length` entries of `field_type`."""
+    if pa.types.is_string(field_type):
+        return pa.Array.from_buffers(
+            field_type, length, [None, pa.py_buffer(buffers[name]), pa.py_buffer(buffers[name + ".data"])]
+        )
+    if pa.types.is_boolean(field_type):
+        return pa.array(np.frombuffer(buffers[name], dtype=np.bool_), type=field_type)
+    if pa.types.is_timestamp(field_type):
+        return pa.Array.from_buffers(field_type, length, [None, pa.py_buffer(buffers[name])])
+    if pa.types.is_list(field_type):
+        offsets = np.frombuffer(buffers[name], dtype=np.int32)
+        child_type = field_type.value_type
+        child_length = int(offsets[-1])
+        if pa.types.is_struct(child_type):
+            children = [_column(buffers, f"{name}.{field.name}", field.type, child_length) for field in child_type]
+            child = pa.StructArray.from_arrays(children, fields=list(child_type))
+        else:
+            child = _column(buffers, f"{name}.scope", child_type, child_length)
+        return pa.ListArray.from_arrays(pa.array(offsets), child, type=field_type)
+    return pa.array(np.frombuffer(buffers[name], dtype=_NUMBER_TYPES[field_type]), type=field_type)
 
 
-def _items(column: Sequence[LoggedSlate], field_type: pa.DataType) -> pa.Array:
-    content_ids, rows, scores, propensities, explored_slots = zip(*column, strict=True)
-    lengths = np.fromiter(map(len, rows), dtype=np.int32, count=len(rows))
-    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    total = int(offsets[-1])
-    flat_rows = np.fromiter(itertools.chain.from_iterable(rows), np.int64, total)
-    # Rows index their own bundle's ids: with several bundles in a batch (a swap), into their concatenation.
-    tables = {id(table): table for table in content_ids}
-    if len(tables) == 1:
-        ids = _id_array(content_ids[0])
-    else:
-        bases = dict(zip(tables, itertools.accumulate(map(len, tables.values()), initial=0), strict=False))
-        flat_rows += np.repeat(np.fromiter((bases[id(table)] for table in content_ids), np.int64), lengths)
-        ids = pa.concat_arrays([_id_array(table) for table in tables.values()])
-    positions = np.arange(1, total + 1, dtype=np.int32) - np.repeat(offsets[:-1], lengths)
-    explored = positions == np.repeat(np.array(explored_slots, dtype=np.int32) + 1, lengths)
-    items = pa.StructArray.from_arrays(
-        [
-            ids.take(pa.array(flat_rows)),
-            pa.array(positions),
-            pa.array(np.fromiter(itertools.chain.from_iterable(scores), np.float64, total)),
-            pa.array(np.fromiter(itertools.chain.from_iterable(propensities), np.float64, total)),
-            pa.array(explored),
-        ],
-        fields=list(DECISION_ITEM),
-    )
-    return pa.ListArray.from_arrays(pa.array(offsets), items, type=field_type)
+class DecisionBuffer:
+    """The decisions log's buffer (aura.eventlog.RecordBuffer): compiled columns, appended to by Rank."""
 
+    def __init__(self, schema: pa.Schema, batch_size: int, wake: Callable[[], None]) -> None:
+        self._schema = schema
+        self._columns = DecisionColumns(batch_size, wake)
+        self.append = self._columns.append
+        """Append one decision (aura.server._native.DecisionColumns.append)."""
 
-DECISION_COLUMNS = {"consent": _consent, "context_json": _context_json, "items": _items}
-"""How the writer converts the columns Rank logs in their request-time form."""
+    def __len__(self) -> int:
+        return len(self._columns)
+
+    def take(self) -> tuple[int, dict[str, bytes]]:
+        """The rows and the column buffers of every decision so far."""
+        return self._columns.take()
+
+    def batches(self, taken: tuple[int, dict[str, bytes]]) -> list[pa.RecordBatch]:
+        """The decisions as one record batch of the decisions schema."""
+        rows, buffers = taken
+        columns = [_column(buffers, field.name, field.type, rows) for field in self._schema]
+        return [pa.RecordBatch.from_arrays(columns, schema=self._schema)]
 
 
 def decision_log(root: str | Path, *, node_id: str, flush_interval: float, batch_size: int = 1000) -> EventLog:
-    """The `decisions` event log of one server process, taking records in Rank's form (module docstring)."""
+    """The `decisions` event log of one server process, filled by Rank through `queue.append` (module docstring)."""
     return EventLog(
-        root,
-        "decisions",
-        node_id=node_id,
-        flush_interval=flush_interval,
-        batch_size=batch_size,
-        column_builders=DECISION_COLUMNS,
+        root, "decisions", node_id=node_id, flush_interval=flush_interval, batch_size=batch_size, buffer=DecisionBuffer
     )

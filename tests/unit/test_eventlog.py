@@ -218,8 +218,3 @@ def test_a_failed_write_fails_its_caller_and_the_log_goes_on(tmp_path: Path) -> 
     asyncio.run(_append(log, [_admin(3)]))
     log.close()
     assert read_log(tmp_path, "admin")["event_id"].to_pylist() == ["e3"]
-
-
-def test_column_builders_must_name_fields_of_the_stream(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown admin fields: nope"):
-        EventLog(tmp_path, "admin", node_id="n1", column_builders={"nope": lambda column, field_type: None})
