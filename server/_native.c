@@ -328,7 +328,7 @@ static int may_explore(const Slot *slot, Py_ssize_t item) {
 PyDoc_STRVAR(draw_slate_doc,
 "draw_slate(params, param_rows, freshness, propensity, clusters, content_rows, similar_offsets,\n"
 "           similar_rows, variance_scale, seed, limit, top_n, max_per_cluster, scan_per_slot,\n"
-"           exploration_rate)\n"
+"           exploration_rate, detail)\n"
 "--\n\n"
 "Draw one slate from an eligible pool of n items.\n\n"
 "params: float64 posterior alphas then betas; param_rows: int64, the pool's alpha rows then beta rows\n"
@@ -342,13 +342,14 @@ PyDoc_STRVAR(draw_slate_doc,
 "Returns (content_rows, posterior_rows, scores, samples, alphas, betas, freshness, propensities,\n"
 "explored_slot, demoted): per slot of the slate its content row, posterior row, score, Beta sample,\n"
 "posterior alpha and beta, freshness and propensity; the explored slot or -1; and the content rows\n"
-"that diversity pushed off the slate. A slot's propensity is its marginal probability of being shown:\n"
+"that diversity pushed off the slate. Samples, alphas, betas, freshness and demoted are None unless\n"
+"detail is true (they explain a decision; the request path leaves them out). A slot's propensity is its marginal probability of being shown:\n"
 "the sampling estimate p (slate/n where unknown) mixed with the exploration budget r, which gives one\n"
 "of the k slots to one of the n - k + 1 items sampling left out: p (1 - r/k) + r (1 - p) / (n - k + 1).");
 
 static PyObject *draw_slate(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (check_arg_count("draw_slate", nargs, 15) < 0) return NULL;
+    if (check_arg_count("draw_slate", nargs, 16) < 0) return NULL;
     enum { N_BUFFERS = 8 };
     Buffer buffers[N_BUFFERS] = {0};
     static const char kinds[N_BUFFERS] = {'d', 'q', 'd', 'd', 'q', 'q', 'q', 'q'};
@@ -363,6 +364,7 @@ static PyObject *draw_slate(PyObject *module, PyObject *const *args, Py_ssize_t 
     Py_ssize_t limit = PyLong_AsSsize_t(args[10]), top_n = PyLong_AsSsize_t(args[11]);
     Py_ssize_t max_per_cluster = PyLong_AsSsize_t(args[12]), scan_per_slot = PyLong_AsSsize_t(args[13]);
     double exploration_rate = PyFloat_AsDouble(args[14]);
+    int detail = PyObject_IsTrue(args[15]);
     if (PyErr_Occurred()) goto done;
 
     const double *params = buffers[0].view.buf, *freshness = buffers[2].view.buf;
@@ -466,18 +468,22 @@ static PyObject *draw_slate(PyObject *module, PyObject *const *args, Py_ssize_t 
         gathered_ints(content_rows, g_slate, n_slate),
         gathered_ints(param_rows, g_slate, n_slate),
         gathered_list(g_scores, NULL, g_slate, n_slate),
-        gathered_list(g_samples, NULL, g_slate, n_slate),
-        gathered_list(params, param_rows, g_slate, n_slate),
-        gathered_list(params, param_rows + n, g_slate, n_slate),
-        gathered_list(freshness, NULL, g_slate, n_slate),
         gathered_list(g_propensities, NULL, NULL, n_slate),
-        gathered_ints(content_rows, g_deferred + from_deferred, n_deferred - from_deferred),
     };
+    if (detail) {
+        lists[4] = gathered_list(g_samples, NULL, g_slate, n_slate);
+        lists[5] = gathered_list(params, param_rows, g_slate, n_slate);
+        lists[6] = gathered_list(params, param_rows + n, g_slate, n_slate);
+        lists[7] = gathered_list(freshness, NULL, g_slate, n_slate);
+        lists[8] = gathered_ints(content_rows, g_deferred + from_deferred, n_deferred - from_deferred);
+    } else {
+        for (int i = 4; i < N_LISTS; i++) lists[i] = Py_NewRef(Py_None);
+    }
     int built = 1;
     for (int i = 0; i < N_LISTS; i++) built = built && lists[i];
     if (built)
-        result = Py_BuildValue("(NNNNNNNNnN)", lists[0], lists[1], lists[2], lists[3], lists[4], lists[5], lists[6],
-                               lists[7], explored_slot, lists[8]);
+        result = Py_BuildValue("(NNNNNNNNnN)", lists[0], lists[1], lists[2], lists[4], lists[5], lists[6], lists[7],
+                               lists[3], explored_slot, lists[8]);
     else
         for (int i = 0; i < N_LISTS; i++) Py_XDECREF(lists[i]);
 done:
@@ -558,54 +564,71 @@ static inline size_t ranked_item_size(Py_ssize_t reason_size, Py_ssize_t slot, i
 }
 
 PyDoc_STRVAR(ranked_items_doc,
-"ranked_items(scores, reasons, propensities, explored_slot, tails, rows)\n"
+"ranked_items(scores, propensities, explored_slot, rows, tails, reason_heads, reason_tail, explored_tail)\n"
 "--\n\n"
 "The RankResponse.items fields of a slate in protobuf wire format: per slot a RankedItem with its\n"
 "score, reason, position (slot + 1), propensity and explored flag, followed by the prepared tail of its\n"
 "content row (content_id and metadata, tails[row]: aura.server.wire.ResponseParts.item_tails). scores\n"
-"and propensities are lists of floats, reasons a list of str and rows a list of content rows, all of one\n"
-"length.");
+"and propensities are lists of floats and rows a list of content rows, all of one length. A slot's reason\n"
+"is reason_heads[row] (a tuple of str per content row) followed by reason_tail, or by explored_tail in the\n"
+"explored slot (-1 for none).");
 
-/* The prepared tail of content row `rows[slot]`, or NULL with an exception set. */
-static PyObject *item_tail(PyObject *tails, PyObject *rows, Py_ssize_t slot) {
-    Py_ssize_t row = PyLong_AsSsize_t(PyList_GET_ITEM(rows, slot));
-    if (row == -1 && PyErr_Occurred()) return NULL;
-    if (row < 0 || row >= PyTuple_GET_SIZE(tails)) {
-        PyErr_SetString(PyExc_IndexError, "a row of the slate has no prepared tail");
+/* The entry `row` of tuple `values` of `kind` (bytes or str), or NULL with an exception set. */
+static PyObject *row_entry(PyObject *values, Py_ssize_t row, const char *name, int want_bytes) {
+    if (row < 0 || row >= PyTuple_GET_SIZE(values)) {
+        PyErr_Format(PyExc_IndexError, "a row of the slate has no prepared %s", name);
         return NULL;
     }
-    PyObject *tail = PyTuple_GET_ITEM(tails, row);
-    if (!PyBytes_Check(tail)) {
-        PyErr_SetString(PyExc_TypeError, "tails must be bytes");
+    PyObject *value = PyTuple_GET_ITEM(values, row);
+    if (want_bytes ? !PyBytes_Check(value) : !PyUnicode_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "%s must be %s", name, want_bytes ? "bytes" : "str");
         return NULL;
     }
-    return tail;
+    return value;
+}
+
+typedef struct {
+    const char *head, *tail, *item_tail;
+    Py_ssize_t head_size, tail_size, item_tail_size;
+} SlotParts;
+
+/* The parts of slot `slot`, or -1 with an exception set. */
+static int slot_parts(PyObject *const *args, Py_ssize_t slot, Py_ssize_t explored_slot, SlotParts *parts) {
+    Py_ssize_t row = PyLong_AsSsize_t(PyList_GET_ITEM(args[3], slot));
+    if (row == -1 && PyErr_Occurred()) return -1;
+    PyObject *item_tail = row_entry(args[4], row, "tail", 1);
+    PyObject *head = item_tail ? row_entry(args[5], row, "reason head", 0) : NULL;
+    if (!head) return -1;
+    parts->item_tail = PyBytes_AS_STRING(item_tail);
+    parts->item_tail_size = PyBytes_GET_SIZE(item_tail);
+    parts->head = PyUnicode_AsUTF8AndSize(head, &parts->head_size);
+    parts->tail = PyUnicode_AsUTF8AndSize(args[slot == explored_slot ? 7 : 6], &parts->tail_size);
+    return parts->head && parts->tail ? 0 : -1;
 }
 
 static PyObject *ranked_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (check_arg_count("ranked_items", nargs, 6) < 0) return NULL;
-    PyObject *scores = args[0], *reasons = args[1], *propensities = args[2], *tails = args[4], *rows = args[5];
-    Py_ssize_t explored_slot = PyLong_AsSsize_t(args[3]);
+    if (check_arg_count("ranked_items", nargs, 8) < 0) return NULL;
+    PyObject *scores = args[0], *propensities = args[1], *rows = args[3];
+    Py_ssize_t explored_slot = PyLong_AsSsize_t(args[2]);
     if (explored_slot == -1 && PyErr_Occurred()) return NULL;
-    if (!PyList_Check(scores) || !PyList_Check(reasons) || !PyList_Check(propensities) || !PyTuple_Check(tails) ||
-        !PyList_Check(rows)) {
-        PyErr_SetString(PyExc_TypeError, "scores, reasons, propensities and rows must be lists, tails a tuple");
+    if (!PyList_Check(scores) || !PyList_Check(propensities) || !PyList_Check(rows) || !PyTuple_Check(args[4]) ||
+        !PyTuple_Check(args[5]) || !PyUnicode_Check(args[6]) || !PyUnicode_Check(args[7])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "scores, propensities and rows must be lists, tails and reason_heads tuples, the tails str");
         return NULL;
     }
     Py_ssize_t count = PyList_GET_SIZE(scores);
-    if (PyList_GET_SIZE(reasons) != count || PyList_GET_SIZE(propensities) != count ||
-        PyList_GET_SIZE(rows) != count) {
-        PyErr_SetString(PyExc_ValueError, "scores, reasons, propensities and rows must have one length");
+    if (PyList_GET_SIZE(propensities) != count || PyList_GET_SIZE(rows) != count) {
+        PyErr_SetString(PyExc_ValueError, "scores, propensities and rows must have one length");
         return NULL;
     }
     size_t total = 0;
+    SlotParts parts;
     for (Py_ssize_t i = 0; i < count; i++) {
-        Py_ssize_t reason_size;
-        if (!PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(reasons, i), &reason_size)) return NULL;
-        PyObject *tail = item_tail(tails, rows, i);
-        if (!tail) return NULL;
-        size_t body = ranked_item_size(reason_size, i, i == explored_slot, (size_t)PyBytes_GET_SIZE(tail));
+        if (slot_parts(args, i, explored_slot, &parts) < 0) return NULL;
+        size_t body = ranked_item_size(parts.head_size + parts.tail_size, i, i == explored_slot,
+                                       (size_t)parts.item_tail_size);
         total += 1 + varint_size(body) + body;
     }
     PyObject *result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
@@ -618,17 +641,16 @@ static PyObject *ranked_items(PyObject *module, PyObject *const *args, Py_ssize_
             Py_DECREF(result);
             return NULL;
         }
-        Py_ssize_t reason_size;
-        const char *reason = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(reasons, i), &reason_size);
-        PyObject *tail = item_tail(tails, rows, i);
-        size_t tail_size = (size_t)PyBytes_GET_SIZE(tail);
-        size_t body = ranked_item_size(reason_size, i, i == explored_slot, tail_size);
+        slot_parts(args, i, explored_slot, &parts); /* succeeded in the sizing pass */
+        Py_ssize_t reason_size = parts.head_size + parts.tail_size;
+        size_t body = ranked_item_size(reason_size, i, i == explored_slot, (size_t)parts.item_tail_size);
         *out++ = 0x1a; /* RankResponse.items */
         out = put_varint(out, body);
         out = put_double(out, 0x11, score); /* RankedItem.score */
         *out++ = 0x1a;                      /* RankedItem.reason */
         out = put_varint(out, (uint64_t)reason_size);
-        memcpy(out, reason, (size_t)reason_size);
+        memcpy(out, parts.head, (size_t)parts.head_size);
+        memcpy(out + parts.head_size, parts.tail, (size_t)parts.tail_size);
         out += reason_size;
         *out++ = 0x28; /* RankedItem.position */
         out = put_varint(out, (uint64_t)i + 1);
@@ -637,8 +659,8 @@ static PyObject *ranked_items(PyObject *module, PyObject *const *args, Py_ssize_
             *out++ = 0x38; /* RankedItem.explored */
             *out++ = 0x01;
         }
-        memcpy(out, PyBytes_AS_STRING(tail), tail_size);
-        out += tail_size;
+        memcpy(out, parts.item_tail, (size_t)parts.item_tail_size);
+        out += parts.item_tail_size;
     }
     return result;
 }

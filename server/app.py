@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -34,7 +35,9 @@ def guarded(
 
     With `request_type`, the wrapper takes the request's wire bytes and parses them itself, so bytes that are
     not such a message get INVALID_ARGUMENT (gRPC's own deserializer would answer UNKNOWN with its trace).
+    A method that is not a coroutine function is called without a coroutine of its own (Rank: it never waits).
     """
+    asynchronous = inspect.iscoroutinefunction(method)
 
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -43,7 +46,7 @@ def guarded(
                     request = request_type.FromString(request)
                 except DecodeError:
                     raise InvalidRequest(f"The request is not a valid {request_type.DESCRIPTOR.full_name}.") from None
-            return await method(request, context)
+            return await method(request, context) if asynchronous else method(request, context)
         except AuraError as exc:
             await context.abort(exc.grpc_code, str(exc))
         except Exception:

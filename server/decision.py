@@ -7,7 +7,8 @@ order, diversity, exploration, propensities) is the compiled `aura.server._nativ
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
@@ -80,10 +81,11 @@ class ChosenItem:
     propensity: float
     explored: bool
     reason: str
-    alpha: float
-    beta: float
-    sample: float
-    freshness: float
+    alpha: float | None
+    """The draw's details (alpha, beta, sample, freshness) are None unless the query asked to explain."""
+    beta: float | None
+    sample: float | None
+    freshness: float | None
 
 
 class Decision(NamedTuple):
@@ -96,38 +98,46 @@ class Decision(NamedTuple):
     posterior_rows: list[int]
     scores: list[float]
     propensities: list[float]
-    reasons: list[str]
+    reason_heads: Sequence[str]
+    """Per content row, the first part of its reason (the serving index's `reason_heads`)."""
+    reason_tail: str
+    """The rest of every slot's reason but the explored one's, e.g. "+mobile+intent:learn+high-confidence"."""
+    explored_reason_tail: str
+    """The rest of the explored slot's reason ("" when no slot was explored)."""
     explored_slot: int
     """The slot the exploration budget filled, or -1."""
-    samples: list[float]
-    """The Beta draws behind the scores (score = sample x freshness)."""
-    alphas: list[float]
+    samples: list[float] | None
+    """The Beta draws behind the scores (score = sample x freshness); this and the next three are None unless
+    the query asks to explain."""
+    alphas: list[float] | None
     """The posterior parameters the draws used."""
-    betas: list[float]
-    freshness: list[float]
+    betas: list[float] | None
+    freshness: list[float] | None
     exploration_rate: float
     eligible_count: int
     removed: tuple[tuple[int, str], ...]
     """(content row, rule) for each candidate a rule removed; filled only when the query asks to explain."""
 
     @property
+    def reasons(self) -> list[str]:
+        """Each slot's human-readable reason (the response builds them in compiled code from the parts)."""
+        return [
+            self.reason_heads[row] + (self.explored_reason_tail if slot == self.explored_slot else self.reason_tail)
+            for slot, row in enumerate(self.content_rows)
+        ]
+
+    @property
     def items(self) -> tuple[ChosenItem, ...]:
         """The slate as one object per item (for explanations and tests, not the hot path)."""
+        details = (
+            zip(self.alphas, self.betas, self.samples, self.freshness, strict=True)
+            if self.samples is not None
+            else itertools.repeat((None, None, None, None))
+        )
         return tuple(
-            ChosenItem(row, posterior_row, slot + 1, score, propensity, slot == self.explored_slot, reason, *draws)
-            for slot, (row, posterior_row, score, propensity, reason, *draws) in enumerate(
-                zip(
-                    self.content_rows,
-                    self.posterior_rows,
-                    self.scores,
-                    self.propensities,
-                    self.reasons,
-                    self.alphas,
-                    self.betas,
-                    self.samples,
-                    self.freshness,
-                    strict=True,
-                )
+            ChosenItem(row, posterior_row, slot + 1, score, propensity, slot == self.explored_slot, reason, *detail)
+            for slot, (row, posterior_row, score, propensity, reason, detail) in enumerate(
+                zip(self.content_rows, self.posterior_rows, self.scores, self.propensities, self.reasons, details)  # noqa: B905
             )
         )
 
@@ -208,8 +218,8 @@ def decide(
     n = pool.size
     if n == 0:
         return Decision(
-            query.surface_id, resolution, cell.segment_id, [], [], [], [], [], -1, [], [], [], [],
-            exploration_rate, 0, removed,
+            query.surface_id, resolution, cell.segment_id, [], [], [], [], index.reason_heads, "", "", -1, [], [], [],
+            [], exploration_rate, 0, removed,
         )  # fmt: skip
 
     limit = min(query.limit, n)
@@ -233,20 +243,16 @@ def decide(
         diversity.max_per_topic_cluster,
         DIVERSITY_SCAN_PER_SLOT,
         exploration_rate,
+        query.explain,
     )  # fmt: skip
     if query.explain:
         removed += tuple((row, "diversity") for row in demoted)
 
-    heads = index.reason_heads
-    tail = _reason_tail(index, query, resolution)
-    reasons = [heads[row] + tail for row in content_rows]
-    if explored_slot >= 0:
-        reasons[explored_slot] = heads[content_rows[explored_slot]] + _reason_tail(
-            index, query, resolution, explored=True
-        )
+    explored_tail = _reason_tail(index, query, resolution, explored=True) if explored_slot >= 0 else ""
     return Decision(
-        query.surface_id, resolution, cell.segment_id, content_rows, posterior_rows, scores, propensities, reasons,
-        explored_slot, samples, alphas, betas, freshness, exploration_rate, n, removed,
+        query.surface_id, resolution, cell.segment_id, content_rows, posterior_rows, scores, propensities,
+        index.reason_heads, _reason_tail(index, query, resolution), explored_tail, explored_slot, samples, alphas,
+        betas, freshness, exploration_rate, n, removed,
     )  # fmt: skip
 
 

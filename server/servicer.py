@@ -111,10 +111,11 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         self._random = random.Random()
         self._variant = deps.config.settings.bandit_algorithm
 
-    async def Rank(self, request: bytes, context: Any) -> bytes:
+    def Rank(self, request: bytes, context: Any) -> bytes:
         """Rank content for one surface and visitor, log the decision, and return the serialized RankResponse.
 
-        Rank takes and returns wire bytes: the compiled parser validates the request in one call.
+        Rank takes and returns wire bytes: the compiled parser validates the request in one call. It never
+        waits, so it is a plain function (aura.server.app.guarded calls it without a coroutine).
         """
         serving = self._deps.holder.require()
         query = rank_query(request, self._config.surfaces)
@@ -151,11 +152,13 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
     def _response(self, request_id: str, serving: Serving, decision: Decision, seed: int, explain: bool) -> bytes:
         items = ranked_items(
             decision.scores,
-            decision.reasons,
             decision.propensities,
             decision.explored_slot,
-            serving.response_parts.item_tails,
             decision.content_rows,
+            serving.response_parts.item_tails,
+            decision.reason_heads,
+            decision.reason_tail,
+            decision.explored_reason_tail,
         )
         resolution = decision.resolution
         segment = resolution.segment

@@ -65,18 +65,6 @@ def time_calls(call: Callable[[int], object], calls: int, warmup: int = 200) -> 
     return percentiles_us(samples)
 
 
-async def time_async_calls(call: Callable[[int], object], calls: int, warmup: int = 200) -> dict[str, float]:
-    """Like `time_calls` for a coroutine function that does not wait on I/O."""
-    for i in range(warmup):
-        await call(i)
-    samples = []
-    for i in range(calls):
-        start = time.thread_time_ns()
-        await call(i)
-        samples.append(time.thread_time_ns() - start)
-    return percentiles_us(samples)
-
-
 async def run(bundle_dir: Path, config_dir: Path, requests_dir: Path, calls: int) -> dict[str, object]:
     """Write the real responses and return the micro-benchmark figures."""
     config = load_config({"AURA_CONFIG_DIR": str(config_dir), "API_LOG_LEVEL": "warning"})
@@ -94,7 +82,7 @@ async def run(bundle_dir: Path, config_dir: Path, requests_dir: Path, calls: int
         service = DecisionService(deps)
         sizes, items = [], []
         for path, request in zip(request_paths, requests, strict=True):
-            data = await service.Rank(request, None)
+            data = service.Rank(request, None)
             path.with_name(path.name.replace("request-", "response-")).write_bytes(data)
             sizes.append(len(data))
             items.append(len(pb.RankResponse.FromString(data).items))
@@ -106,8 +94,8 @@ async def run(bundle_dir: Path, config_dir: Path, requests_dir: Path, calls: int
         def one_decision(i: int) -> object:
             return decide(serving.index, params, queries[i % len(queries)], policies, traffic, i)
 
-        async def one_rank(i: int) -> object:
-            return await service.Rank(requests[i % len(requests)], None)
+        def one_rank(i: int) -> object:
+            return service.Rank(requests[i % len(requests)], None)
 
         texts = random.Random(0).choices(QUERIES, k=max(50, calls // 20))
         figures = {
@@ -116,7 +104,7 @@ async def run(bundle_dir: Path, config_dir: Path, requests_dir: Path, calls: int
             "request_bytes": [len(request) for request in requests],
             "items_per_response": items,
             "decide": time_calls(one_decision, calls),
-            "rank_adapter": await time_async_calls(one_rank, calls),
+            "rank_adapter": time_calls(one_rank, calls),
             "embed_query": time_calls(lambda i: embedder.embed_query(texts[i % len(texts)]), len(texts), warmup=5),
         }
         for event_log in (deps.decisions, deps.feedback, deps.admin_log):

@@ -253,7 +253,7 @@ def test_freshness_decides_between_equal_posteriors(tmp_path: Path) -> None:
     state.alpha[:] = 5000.0
     state.beta[:] = 5000.0
     # Tiny-bundle items are published a day apart, so c001 is the fresher one.
-    decision = run(index, no_exploration(tmp_path), query(limit=2), state=state)
+    decision = run(index, no_exploration(tmp_path), query(limit=2, explain=True), state=state)
     assert shown(index, decision) == ["c001", "c000"]
     assert decision.items[0].freshness > decision.items[1].freshness
 

@@ -25,7 +25,7 @@ def pool(alphas, betas, *, clusters=None, similar: dict[int, list[int]] | None =
 def draw(arrays, *, seed=1, limit=3, top_n=0, max_per_cluster=1, rate=0.0, scale=1.0, propensities=False):
     """(slate, scores, samples, explored slot, demoted) of one draw; with `propensities`, the slate's propensities."""
     slate, posterior_rows, scores, samples, alphas, betas, _, slot_propensities, explored, demoted = draw_slate(
-        *arrays, scale, seed, limit, top_n, max_per_cluster, 8, rate
+        *arrays, scale, seed, limit, top_n, max_per_cluster, 8, rate, True
     )
     assert posterior_rows == slate
     assert (alphas, betas) == ([arrays[0][r] for r in slate], [arrays[0][len(arrays[2]) + r] for r in slate])
@@ -99,6 +99,16 @@ def test_diversity_matches_the_documented_pass_on_random_pools() -> None:
         max_per_cluster = int(rng.integers(1, 3))
         slate, _, _, _, demoted = draw(arrays, seed=trial, limit=limit, top_n=top_n, max_per_cluster=max_per_cluster)
         assert (slate, demoted) == diverse_slate(order, clusters, similar, limit, top_n, max_per_cluster)
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_without_detail_the_slate_is_the_same_and_the_explaining_values_are_left_out(rate: float) -> None:
+    arrays = pool([900.0, 800.0, 700.0, 1.0, 1.0], [100.0, 200.0, 300.0, 999.0, 999.0], clusters=[0, 0, 1, 2, 3])
+    detailed = draw_slate(*arrays, 1.0, 7, 2, 2, 1, 8, rate, True)
+    plain = draw_slate(*arrays, 1.0, 7, 2, 2, 1, 8, rate, False)
+    assert len(detailed[3]) == 2 and detailed[9] == [1] and (detailed[8] >= 0) == (rate == 1.0)
+    assert plain[:3] + plain[7:9] == detailed[:3] + detailed[7:9]
+    assert plain[3:7] + plain[9:] == (None,) * 5
 
 
 def test_exploration_gives_one_slot_to_an_item_outside_the_sampled_slate() -> None:

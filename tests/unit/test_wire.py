@@ -25,19 +25,24 @@ def test_rank_response_equals_the_generated_message() -> None:
     ]
     surfaces = {"homepage.hero": Surface(id="homepage.hero", max_items=200, cache_ttl=300)}
     parts = response_parts(["c1", "c2", "c3"], metadata, surfaces, "2025-10-01", "v20251001")
-    # (content row, score, reason, propensity); slot 1 explored; 150 slots, so positions take two bytes.
-    items = [(0, 0.42, "beginner+mobile", 0.3), (1, 1e-9, "x" * 200, 1.0)] + [(2, 0.0, "", 0.0)] * 148
+    # (content row, score, propensity); slot 1 explored; 150 slots, so positions take two bytes. A reason is its
+    # row's head and the slate's tail, or the explored slot's own tail.
+    items = [(0, 0.42, 0.3), (1, 1e-9, 1.0)] + [(2, 0.0, 0.0)] * 148
+    heads = ("beginner", "x" * 200, "")
+    reasons = ["beginner+mobile", "x" * 200 + "+exploration"] + ["+mobile"] * 148
     explanation = pb.Explanation(segment_source="cold_start", exploration_rate=0.08)
     data = rank_response(
         "req_abc",
         parts.surface_fields["homepage.hero"],
         ranked_items(
-            [score for _, score, _, _ in items],
-            [reason for _, _, reason, _ in items],
-            [p for _, _, _, p in items],
+            [score for _, score, _ in items],
+            [p for _, _, p in items],
             1,
+            [row for row, _, _ in items],
             parts.item_tails,
-            [row for row, _, _, _ in items],
+            heads,
+            "+mobile",
+            "+exploration",
         ),
         "seg_learn_mobile_new",
         0.851249,
@@ -60,7 +65,7 @@ def test_rank_response_equals_the_generated_message() -> None:
                 propensity=p,
                 explored=slot == 1,
             )
-            for slot, (row, score, reason, p) in enumerate(items)
+            for slot, ((row, score, p), reason) in enumerate(zip(items, reasons, strict=True))
         ],
         segment=common_pb2.Segment(id="seg_learn_mobile_new", confidence=0.8512, intent="learn"),
         experiment=common_pb2.Experiment(variant="thompson", holdout=False),
@@ -86,8 +91,12 @@ def test_the_compiled_encoders_refuse_bad_arguments() -> None:
     with pytest.raises(OverflowError):
         rank_response("r", b"", b"", "s", 1.0, "", "v", False, -1, b"")
     with pytest.raises(ValueError, match="one length"):
-        ranked_items([0.5], ["r"], [0.1, 0.2], -1, (b"",), [0])
-    with pytest.raises(TypeError, match="bytes"):
-        ranked_items([0.5], ["r"], [0.1], -1, ("not bytes",), [0])
+        ranked_items([0.5], [0.1, 0.2], -1, [0], (b"",), ("h",), "", "")
+    with pytest.raises(TypeError, match="tail must be bytes"):
+        ranked_items([0.5], [0.1], -1, [0], ("not bytes",), ("h",), "", "")
+    with pytest.raises(TypeError, match="reason head must be str"):
+        ranked_items([0.5], [0.1], -1, [0], (b"",), (b"h",), "", "")
     with pytest.raises(IndexError, match="no prepared tail"):
-        ranked_items([0.5], ["r"], [0.1], -1, (b"",), [1])
+        ranked_items([0.5], [0.1], -1, [1], (b"",), ("h",), "", "")
+    with pytest.raises(IndexError, match="no prepared reason head"):
+        ranked_items([0.5], [0.1], -1, [0], (b"",), (), "", "")
