@@ -137,8 +137,8 @@ def default_node_id() -> str:
 
 
 CONVERT_CHUNK_ROWS = 256
-"""Records converted to Arrow per call (about 1 ms for decision records): a conversion holds the GIL, so one
-call per flush would stall a server's requests for as long as a second's worth of records takes to convert."""
+"""Tuple records converted to Arrow per call: a conversion holds the GIL, so one call per flush would stall a
+server's requests for as long as a second's worth of records takes to convert."""
 
 
 class RecordBuffer(Protocol):
