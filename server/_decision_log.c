@@ -206,6 +206,10 @@ static int put_items(DecisionColumns *self, PyObject *content_ids, PyObject *row
     for (Py_ssize_t slot = 0; slot < count; slot++) {
         Py_ssize_t row = PyLong_AsSsize_t(PyList_GET_ITEM(rows, slot));
         if (row == -1 && PyErr_Occurred()) return -1;
+        if (row < 0) {
+            PyErr_SetString(PyExc_IndexError, "a content row of the slate is negative");
+            return -1;
+        }
         PyObject *content_id = PySequence_GetItem(content_ids, row);
         if (!content_id) return -1;
         int status = put_str(self, ITEM_CONTENT_ID, content_id);

@@ -120,6 +120,7 @@ def test_the_context_is_json_as_orjson_writes_it(context) -> None:
     ("change", "error"),
     [
         ({"rows": [0, 7]}, IndexError),
+        ({"rows": [0, -1]}, IndexError),
         ({"consent": frozenset({"ok", 3})}, TypeError),
         ({"context": {"k": 1}}, TypeError),
         ({"scores": [0.1]}, ValueError),
