@@ -137,7 +137,16 @@ class Decision(NamedTuple):
         return tuple(
             ChosenItem(row, posterior_row, slot + 1, score, propensity, slot == self.explored_slot, reason, *detail)
             for slot, (row, posterior_row, score, propensity, reason, detail) in enumerate(
-                zip(self.content_rows, self.posterior_rows, self.scores, self.propensities, self.reasons, details)  # noqa: B905
+                # Not strict: without details, `details` repeats for ever; the other lists have one length.
+                zip(
+                    self.content_rows,
+                    self.posterior_rows,
+                    self.scores,
+                    self.propensities,
+                    self.reasons,
+                    details,
+                    strict=False,
+                )
             )
         )
 
