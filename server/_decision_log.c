@@ -168,6 +168,10 @@ static int put_json_string(Buffer *out, PyObject *value) {
 
 /* The context map as compact JSON in insertion order, or "" when it is empty. */
 static int put_context(DecisionColumns *self, PyObject *context) {
+    if (!PyDict_Check(context) && !PyObject_HasAttrString(context, "keys")) {
+        PyErr_SetString(PyExc_TypeError, "context must be a mapping");
+        return -1;
+    }
     PyObject *map = PyDict_Check(context) ? Py_NewRef(context) : PyDict_New();
     if (!map) return -1;
     if (map != context && PyDict_Merge(map, context, 1) < 0) {

@@ -154,7 +154,9 @@ def test_open_segments_stay_and_failed_uploads_are_retried(tmp_path: Path, moto_
         with pytest.raises(BundleError, match="specified bucket does not exist"):
             shipper.ship_once()
         shipper.start()
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10  # two failed rounds, 0.1 s of back-off apart, on a busy machine too
+        while shipper.failures < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         shipper.stop(final_round=False)
         assert shipper.failures >= 2
         assert len(list(logs_root.glob("feedback/date=*/hour=*/*.parquet"))) == 1

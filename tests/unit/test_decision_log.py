@@ -123,6 +123,7 @@ def test_the_context_is_json_as_orjson_writes_it(context) -> None:
         ({"rows": [0, -1]}, IndexError),
         ({"consent": frozenset({"ok", 3})}, TypeError),
         ({"context": {"k": 1}}, TypeError),
+        ({"context": ("k", "v")}, TypeError),
         ({"scores": [0.1]}, ValueError),
         ({"seed": -1}, OverflowError),
         ({"region": None}, TypeError),
