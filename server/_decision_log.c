@@ -361,6 +361,14 @@ static PyTypeObject DecisionColumnsType = {
     .tp_as_sequence = &DecisionColumns_sequence,
 };
 
+PyObject *decision_columns_append(PyObject *columns, PyObject *const *args, Py_ssize_t nargs) {
+    if (!PyObject_TypeCheck(columns, &DecisionColumnsType)) {
+        PyErr_SetString(PyExc_TypeError, "columns must be a DecisionColumns");
+        return NULL;
+    }
+    return DecisionColumns_append((DecisionColumns *)columns, args, nargs);
+}
+
 int add_decision_columns(PyObject *module) {
     if (PyType_Ready(&DecisionColumnsType) < 0) return -1;
     return PyModule_AddObjectRef(module, "DecisionColumns", (PyObject *)&DecisionColumnsType);

@@ -6,6 +6,8 @@
  * logged seed, so a decision replays exactly from (seed, posterior state).
  * ranked_items and rank_response: the RankResponse in protobuf wire format, from the bytes prepared per
  * bundle by aura.server.wire (field numbers of proto/aura/v1/decision_service.proto and common.proto).
+ * serve_slate: Rank from a memoized plan to the response bytes, composed of the functions here, so the
+ * interpreter runs none of the steps between them.
  * parse_rank_request and encode_request_id are in _request.c, the DecisionColumns type in _decision_log.c.
  * Scratch memory is module-level and reused: callers hold the GIL for the whole call.
  */
@@ -753,6 +755,143 @@ static PyObject *rank_response(PyObject *module, PyObject *const *args, Py_ssize
     return result;
 }
 
+/* ------------------------------------------------------------------------------------ serve_slate */
+
+/* The fields serve_slate reads, by position: aura.server.decision.SlatePlan, aura.server.servicer.SlateTables and
+ * aura.server.decision.RankQuery (the first fields of each, in their order). */
+enum {
+    PLAN_PARAM_ROWS, PLAN_FRESHNESS, PLAN_PROPENSITY, PLAN_CLUSTERS, PLAN_CONTENT_ROWS, PLAN_TOP_N, PLAN_SURFACE_ID,
+    PLAN_CELL_SEGMENT_ID, PLAN_SURFACE_INDEX, PLAN_SEGMENT_INDEX, PLAN_SEGMENT_ID, PLAN_INTENT, PLAN_HOLDOUT,
+    PLAN_SEGMENT_SOURCE, PLAN_PERSONALIZED, PLAN_REASON_TAIL, PLAN_EXPLORED_REASON_TAIL, PLAN_FIELDS
+};
+enum {
+    TABLE_PARAMS, TABLE_BETA, TABLE_WEIGHTS, TABLE_SIMILAR_OFFSETS, TABLE_SIMILAR_ROWS, TABLE_VARIANCE_SCALE,
+    TABLE_MAX_PER_CLUSTER, TABLE_SCAN_PER_SLOT, TABLE_MAC, TABLE_BUNDLE_TAG, TABLE_FINGERPRINTS, TABLE_ITEM_TAILS,
+    TABLE_REASON_HEADS, TABLE_CONTENT_IDS, TABLE_SURFACE_FIELDS, TABLE_NODE_ID, TABLE_BUNDLE_VERSION,
+    TABLE_POLICY_VERSION, TABLE_VARIANT, TABLE_HOLDOUT_VARIANT, TABLE_COLUMNS, TABLE_FIELDS
+};
+enum {
+    QUERY_SURFACE_ID, QUERY_LIMIT, QUERY_ANON_ID, QUERY_DEVICE, QUERY_REFERRER_CLASS, QUERY_PAGE_TYPE, QUERY_COUNTRY,
+    QUERY_TIME_OF_DAY, QUERY_CAMPAIGN, QUERY_CONTEXT, QUERY_CONSENT, QUERY_CANDIDATES, QUERY_EXPLAIN, QUERY_SESSION_ID,
+    QUERY_REFERRER_HOST, QUERY_REGION, QUERY_FIELDS
+};
+
+#define TABLE(field) PyTuple_GET_ITEM(tables, TABLE_##field)
+#define PLAN(field) PyTuple_GET_ITEM(plan, PLAN_##field)
+#define QUERY(field) PyTuple_GET_ITEM(query, QUERY_##field)
+
+/* The slate of draw_slate(...) `drawn`: its impressions counted, its request id made, its record appended to the
+ * decision log; returns the response bytes. */
+static PyObject *served(PyObject *module, PyObject *tables, PyObject *plan, PyObject *query, PyObject *const *args,
+                        PyObject *drawn, Py_ssize_t eligible) {
+    PyObject *confidence = args[3], *seed = args[4], *nonce = args[5], *decided_at_ms = args[6], *rate = args[7];
+    PyObject *rows = PyTuple_GET_ITEM(drawn, 0), *posterior_rows = PyTuple_GET_ITEM(drawn, 1);
+    PyObject *scores = PyTuple_GET_ITEM(drawn, 2), *propensities = PyTuple_GET_ITEM(drawn, 7);
+    PyObject *explored = PyTuple_GET_ITEM(drawn, 8);
+    PyObject *request_id = NULL, *eligible_count = NULL, *empty = NULL, *items = NULL, *response = NULL;
+    int personalized = PyObject_IsTrue(PLAN(PERSONALIZED)), holdout = PyObject_IsTrue(PLAN(HOLDOUT));
+    if (personalized < 0 || holdout < 0) return NULL;
+    if (!PyDict_Check(TABLE(SURFACE_FIELDS))) {
+        PyErr_SetString(PyExc_TypeError, "surface_fields must be a dict");
+        return NULL;
+    }
+
+    PyObject *impressions[3] = {TABLE(BETA), posterior_rows, TABLE(WEIGHTS)};
+    PyObject *counted = add_at(module, impressions, 3);
+    if (!counted) return NULL;
+    Py_DECREF(counted);
+
+    PyObject *id_fields[8] = {TABLE(MAC),         decided_at_ms,         nonce, TABLE(BUNDLE_TAG), PLAN(SURFACE_INDEX),
+                              PLAN(SEGMENT_INDEX), TABLE(FINGERPRINTS), rows};
+    request_id = encode_request_id(module, id_fields, 8);
+    eligible_count = PyLong_FromSsize_t(eligible);
+    empty = PyUnicode_FromStringAndSize(NULL, 0);
+    if (!request_id || !eligible_count || !empty) goto done;
+    PyObject *record[27] = {
+        request_id, decided_at_ms, TABLE(NODE_ID), TABLE(BUNDLE_VERSION), TABLE(POLICY_VERSION), PLAN(SURFACE_ID),
+        PLAN(CELL_SEGMENT_ID), PLAN(SEGMENT_SOURCE), confidence, PLAN(HOLDOUT),
+        personalized ? QUERY(ANON_ID) : empty, personalized ? QUERY(SESSION_ID) : empty, QUERY(DEVICE),
+        QUERY(REFERRER_HOST), QUERY(PAGE_TYPE), QUERY(COUNTRY), QUERY(REGION), QUERY(CONSENT), QUERY(CONTEXT), seed,
+        rate, eligible_count, TABLE(CONTENT_IDS), rows, scores, propensities, explored,
+    };
+    PyObject *logged = decision_columns_append(TABLE(COLUMNS), record, 27);
+    if (!logged) goto done;
+    Py_DECREF(logged);
+
+    PyObject *item_fields[8] = {scores, propensities, explored, rows, TABLE(ITEM_TAILS), TABLE(REASON_HEADS),
+                                PLAN(REASON_TAIL), PLAN(EXPLORED_REASON_TAIL)};
+    items = ranked_items(module, item_fields, 8);
+    if (!items) goto done;
+    PyObject *surface_fields = PyDict_GetItemWithError(TABLE(SURFACE_FIELDS), PLAN(SURFACE_ID));
+    if (!surface_fields) {
+        if (!PyErr_Occurred()) PyErr_Format(PyExc_KeyError, "surface %R has no prepared response fields", PLAN(SURFACE_ID));
+        goto done;
+    }
+    PyObject *no_explanation = PyBytes_FromStringAndSize(NULL, 0);
+    if (!no_explanation) goto done;
+    PyObject *response_fields[10] = {request_id, surface_fields, items, PLAN(SEGMENT_ID), confidence, PLAN(INTENT),
+                                     holdout ? TABLE(HOLDOUT_VARIANT) : TABLE(VARIANT), PLAN(HOLDOUT), seed,
+                                     no_explanation};
+    response = rank_response(module, response_fields, 10);
+    Py_DECREF(no_explanation);
+done:
+    Py_XDECREF(request_id);
+    Py_XDECREF(eligible_count);
+    Py_XDECREF(empty);
+    Py_XDECREF(items);
+    return response;
+}
+
+PyDoc_STRVAR(serve_slate_doc,
+"serve_slate(tables, plan, query, confidence, seed, nonce, decided_at_ms, exploration_rate, detail)\n"
+"--\n\n"
+"One Rank decision from its plan to its response, in one call: draw the slate from the plan's pool with the\n"
+"query's limit (draw_slate), count its impressions on the posteriors (add_at), make its request id\n"
+"(encode_request_id with the 48-bit nonce), append its record to the decision log (DecisionColumns.append)\n"
+"and build the RankResponse bytes without an explanation (ranked_items, rank_response).\n"
+"tables is an aura.server.servicer.SlateTables, plan an aura.server.decision.SlatePlan and query a RankQuery,\n"
+"read by field position; confidence is the visitor's segment confidence. Returns (response bytes, explored\n"
+"slot or -1, draw_slate's result when detail is true, else None).");
+
+static PyObject *serve_slate(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (check_arg_count("serve_slate", nargs, 9) < 0) return NULL;
+    PyObject *tables = args[0], *plan = args[1], *query = args[2];
+    if (!PyTuple_Check(tables) || PyTuple_GET_SIZE(tables) < TABLE_FIELDS || !PyTuple_Check(plan) ||
+        PyTuple_GET_SIZE(plan) < PLAN_FIELDS || !PyTuple_Check(query) || PyTuple_GET_SIZE(query) < QUERY_FIELDS) {
+        PyErr_SetString(PyExc_TypeError, "tables, plan and query must be a SlateTables, a SlatePlan and a RankQuery");
+        return NULL;
+    }
+    int detail = PyObject_IsTrue(args[8]);
+    Py_ssize_t eligible = PyObject_Length(PLAN(FRESHNESS));
+    Py_ssize_t limit = PyLong_AsSsize_t(QUERY(LIMIT)), top_n = PyLong_AsSsize_t(PLAN(TOP_N));
+    if (detail < 0 || eligible < 0 || PyErr_Occurred()) return NULL;
+    if (limit > eligible) limit = eligible;
+    if (top_n > limit) top_n = limit;
+    PyObject *limit_value = PyLong_FromSsize_t(limit), *top_n_value = PyLong_FromSsize_t(top_n);
+    PyObject *drawn = NULL, *response = NULL, *result = NULL;
+    if (!limit_value || !top_n_value) goto done;
+    PyObject *draw_args[16] = {
+        TABLE(PARAMS), PLAN(PARAM_ROWS), PLAN(FRESHNESS), PLAN(PROPENSITY), PLAN(CLUSTERS), PLAN(CONTENT_ROWS),
+        TABLE(SIMILAR_OFFSETS), TABLE(SIMILAR_ROWS), TABLE(VARIANCE_SCALE), args[4], limit_value, top_n_value,
+        TABLE(MAX_PER_CLUSTER), TABLE(SCAN_PER_SLOT), args[7], args[8],
+    };
+    drawn = draw_slate(module, draw_args, 16);
+    if (!drawn) goto done;
+    response = served(module, tables, plan, query, args, drawn, eligible);
+    if (response)
+        result = PyTuple_Pack(3, response, PyTuple_GET_ITEM(drawn, 8), detail ? drawn : Py_None);
+done:
+    Py_XDECREF(limit_value);
+    Py_XDECREF(top_n_value);
+    Py_XDECREF(drawn);
+    Py_XDECREF(response);
+    return result;
+}
+
+#undef TABLE
+#undef PLAN
+#undef QUERY
+
 static PyMethodDef methods[] = {
     {"draw_slate", (PyCFunction)(void (*)(void))draw_slate, METH_FASTCALL, draw_slate_doc},
     {"ranked_items", (PyCFunction)(void (*)(void))ranked_items, METH_FASTCALL, ranked_items_doc},
@@ -760,14 +899,16 @@ static PyMethodDef methods[] = {
     {"parse_rank_request", (PyCFunction)(void (*)(void))parse_rank_request, METH_FASTCALL, parse_rank_request_doc},
     {"encode_request_id", (PyCFunction)(void (*)(void))encode_request_id, METH_FASTCALL, encode_request_id_doc},
     {"add_at", (PyCFunction)(void (*)(void))add_at, METH_FASTCALL, add_at_doc},
+    {"serve_slate", (PyCFunction)(void (*)(void))serve_slate, METH_FASTCALL, serve_slate_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_def = {
     .m_base = PyModuleDef_HEAD_INIT,
     .m_name = "_native",
-    .m_doc = "The compiled parts of the Rank hot path: draw_slate, ranked_items, rank_response, "
-             "parse_rank_request, encode_request_id, add_at (the online impression counts), the decision log's "
+    .m_doc = "The compiled parts of the Rank hot path: serve_slate (one decision from its plan to its response, "
+             "composed of draw_slate, add_at (the online impression counts), encode_request_id, the decision log's "
+             "append, ranked_items and rank_response), parse_rank_request, the decision log's "
              "DecisionColumns, and the Rank API's limits (MAX_ID_LENGTH, MAX_CANDIDATES, ...).",
     .m_size = -1,
     .m_methods = methods,

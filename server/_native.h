@@ -18,6 +18,9 @@ PyObject *parse_rank_request(PyObject *module, PyObject *const *args, Py_ssize_t
 extern const char encode_request_id_doc[];
 PyObject *encode_request_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
+/* DecisionColumns.append of `columns` (a DecisionColumns, else TypeError) with the method's 27 arguments. */
+PyObject *decision_columns_append(PyObject *columns, PyObject *const *args, Py_ssize_t nargs);
+
 /* Adds the DecisionColumns type (_decision_log.c) to the module; 0, or -1 with an error. */
 int add_decision_columns(PyObject *module);
 

@@ -203,6 +203,92 @@ def _remember(cache: dict, key: object, value: object, capacity: int):
     return value
 
 
+class SlatePlan(NamedTuple):
+    """What a slate needs that is the same for every request of one kind: the eligible pool of a cell, the
+    identifiers the request id and the log record carry, the segment the response names and the reasons' tails.
+
+    The compiled `aura.server._native.serve_slate` reads the fields by position, in this order.
+    """
+
+    param_rows: np.ndarray
+    freshness: np.ndarray
+    propensity: np.ndarray
+    clusters: np.ndarray
+    content_rows: np.ndarray
+    top_n: int
+    """The diversity policy's top N on this surface (0 without diversity), before the query's limit caps it."""
+    surface_id: str
+    cell_segment_id: str
+    """The segment of the cell drawn from (the global one when the visitor's segment has no cell here)."""
+    surface_index: int
+    segment_index: int
+    """The cell's surface and segment as indexes into the serving index's sorted ids (for request ids)."""
+    segment_id: str
+    """The visitor's segment, as the response names it."""
+    intent: str
+    holdout: bool
+    segment_source: str
+    personalized: bool
+    """False when the visitor gave no personalization consent: the log then keeps no anon or session id."""
+    reason_tail: str
+    explored_reason_tail: str
+    removed: tuple[tuple[int, str], ...]
+    """(content row, rule) for each candidate a rule removed; filled only when the query asks to explain."""
+
+    @property
+    def eligible_count(self) -> int:
+        """How many items the pool holds."""
+        return self.freshness.size
+
+
+PLAN_CACHE_SIZE = 4096
+
+
+def slate_plan(index: ServingIndex, query: RankQuery, resolution: SegmentResolution, policies: Policies) -> SlatePlan:
+    """The plan of a slate for `query` with its segment resolved; memoized per kind of request unless the query
+    asks to explain or names candidates."""
+    segment = resolution.segment
+    memoized = not (query.explain or query.candidates)
+    if memoized:
+        key = (
+            query.surface_id, segment.id, resolution.source, resolution.holdout, resolution.confidence >= 0.8,
+            query.device, query.country, query.consent,
+        )  # fmt: skip
+        plan = index.plans.get(key)
+        if plan is not None:
+            return plan
+    cell = index.cell(query.surface_id, segment.id)
+    pool, removed = _eligible_pool(index, cell, query, policies)
+    surface = index.surfaces[query.surface_id]
+    plan = SlatePlan(
+        pool.param_rows, pool.freshness, pool.propensity, pool.clusters, pool.content_rows,
+        policies.decisioning.diversity.enforce_in_top_n if surface.diversity else 0,
+        query.surface_id, cell.segment_id, index.surface_index[query.surface_id], index.segment_index[cell.segment_id],
+        segment.id, segment.intent, resolution.holdout, resolution.source, resolution.source != "no_consent",
+        _reason_tail(index, query, resolution), _reason_tail(index, query, resolution, explored=True), removed,
+    )  # fmt: skip
+    return _remember(index.plans, key, plan, PLAN_CACHE_SIZE) if memoized else plan
+
+
+def slate_decision(
+    plan: SlatePlan,
+    resolution: SegmentResolution,
+    reason_heads: Sequence[str],
+    drawn: tuple,
+    exploration_rate: float,
+) -> Decision:
+    """The Decision of a slate that `draw_slate` drew from `plan`'s pool (`drawn`, its result)."""
+    (
+        content_rows, posterior_rows, scores, samples, alphas, betas, freshness, propensities, explored_slot, demoted
+    ) = drawn  # fmt: skip
+    removed = plan.removed + tuple((row, "diversity") for row in demoted) if demoted else plan.removed
+    return Decision(
+        plan.surface_id, resolution, plan.cell_segment_id, content_rows, posterior_rows, scores, propensities,
+        reason_heads, plan.reason_tail, plan.explored_reason_tail if explored_slot >= 0 else "", explored_slot,
+        samples, alphas, betas, freshness, exploration_rate, plan.eligible_count, removed,
+    )  # fmt: skip
+
+
 def decide(
     index: ServingIndex,
     params: np.ndarray,
@@ -217,52 +303,21 @@ def decide(
 
     `params` holds the posterior alphas of `index.bundle`'s rows followed by their betas (online state
     included); `seed` (a 64-bit unsigned integer the caller logs) determines every random draw, so the
-    same seed and posterior state give the same decision.
+    same seed and posterior state give the same decision. Rank serves the same decision, with its
+    bookkeeping, through the compiled `serve_slate`.
     """
     resolution = resolve_segment(index, query, policies, consent_required)
-    cell = index.cell(query.surface_id, resolution.segment.id)
-    surface = index.surfaces[query.surface_id]
-    pool, removed = _eligible_pool(index, cell, query, policies)
-    exploration_rate = _exploration_rate(policies, traffic)
-    n = pool.size
-    if n == 0:
-        return Decision(
-            query.surface_id, resolution, cell.segment_id, [], [], [], [], index.reason_heads, "", "", -1, [], [], [],
-            [], exploration_rate, 0, removed,
-        )  # fmt: skip
-
-    limit = min(query.limit, n)
-    diversity = policies.decisioning.diversity
-    top_n = min(diversity.enforce_in_top_n, limit) if surface.diversity else 0
-    (
-        content_rows, posterior_rows, scores, samples, alphas, betas, freshness, propensities, explored_slot, demoted
-    ) = draw_slate(
-        params,
-        pool.param_rows,
-        pool.freshness,
-        pool.propensity,
-        pool.clusters,
-        pool.content_rows,
-        index.similar_offsets,
-        index.similar_rows,
-        policies.decisioning.exploration.posterior_variance_scale,
-        seed,
-        limit,
-        top_n,
-        diversity.max_per_topic_cluster,
-        DIVERSITY_SCAN_PER_SLOT,
-        exploration_rate,
+    plan = slate_plan(index, query, resolution, policies)
+    rate = exploration_budget(policies, traffic)
+    limit = min(query.limit, plan.eligible_count)
+    exploration = policies.decisioning.exploration
+    drawn = draw_slate(
+        params, plan.param_rows, plan.freshness, plan.propensity, plan.clusters, plan.content_rows,
+        index.similar_offsets, index.similar_rows, exploration.posterior_variance_scale, seed, limit,
+        min(plan.top_n, limit), policies.decisioning.diversity.max_per_topic_cluster, DIVERSITY_SCAN_PER_SLOT, rate,
         query.explain,
     )  # fmt: skip
-    if query.explain:
-        removed += tuple((row, "diversity") for row in demoted)
-
-    explored_tail = _reason_tail(index, query, resolution, explored=True) if explored_slot >= 0 else ""
-    return Decision(
-        query.surface_id, resolution, cell.segment_id, content_rows, posterior_rows, scores, propensities,
-        index.reason_heads, _reason_tail(index, query, resolution), explored_tail, explored_slot, samples, alphas,
-        betas, freshness, exploration_rate, n, removed,
-    )  # fmt: skip
+    return slate_decision(plan, resolution, index.reason_heads, drawn, rate)
 
 
 POOL_CACHE_SIZE = 1024
@@ -337,7 +392,9 @@ DIVERSITY_SCAN_PER_SLOT = 8
 a cell that cannot be diversified costs no more than one that can."""
 
 
-def _exploration_rate(policies: Policies, traffic: Traffic) -> float:
+def exploration_budget(policies: Policies, traffic: Traffic) -> float:
+    """The exploration budget of one decision: the global budget, throttled under high traffic; 0 past the
+    visitor's cap."""
     exploration = policies.decisioning.exploration
     if traffic.user_explore_share >= exploration.per_user_cap:
         return 0.0

@@ -1,8 +1,8 @@
 """The decision log: Rank appends each decision into compiled column buffers, the writer wraps them as Arrow.
 
-Rank calls `decisions.queue.append(...)` (aura.server._native.DecisionColumns.append) with the fields of the
-`decisions` schema (aura.eventlog.SCHEMAS) in its order, three of them in the form Rank already holds:
-consent as a set, the context as a mapping and the slate as content rows with their scores and propensities.
+Rank's compiled `serve_slate` appends to `decisions.queue.columns` (aura.server._native.DecisionColumns) the
+fields of the `decisions` schema (aura.eventlog.SCHEMAS) in its order, three of them in the form Rank already
+holds: consent as a set, the context as a mapping and the slate as content rows with their scores and propensities.
 The writer thread takes the buffers of every decision since its last write at once and wraps them as Arrow
 arrays without a Python object per record.
 """
@@ -49,16 +49,15 @@ class DecisionBuffer:
 
     def __init__(self, schema: pa.Schema, batch_size: int, wake: Callable[[], None]) -> None:
         self._schema = schema
-        self._columns = DecisionColumns(batch_size, wake)
-        self.append = self._columns.append
-        """Append one decision (aura.server._native.DecisionColumns.append)."""
+        self.columns = DecisionColumns(batch_size, wake)
+        """The buffered decisions, which Rank appends to (aura.server._native.DecisionColumns.append)."""
 
     def __len__(self) -> int:
-        return len(self._columns)
+        return len(self.columns)
 
     def take(self) -> tuple[int, dict[str, bytes]]:
         """The rows and the column buffers of every decision so far."""
-        return self._columns.take()
+        return self.columns.take()
 
     def batches(self, taken: tuple[int, dict[str, bytes]]) -> list[pa.RecordBatch]:
         """The decisions as one record batch of the decisions schema."""
@@ -68,7 +67,7 @@ class DecisionBuffer:
 
 
 def decision_log(root: str | Path, *, node_id: str, flush_interval: float, batch_size: int = 1000) -> EventLog:
-    """The `decisions` event log of one server process, filled by Rank through `queue.append` (module docstring)."""
+    """The `decisions` event log of one server process, filled by Rank through `queue.columns` (module docstring)."""
     return EventLog(
         root, "decisions", node_id=node_id, flush_interval=flush_interval, batch_size=batch_size, buffer=DecisionBuffer
     )

@@ -65,9 +65,10 @@ class RequestIdCodec:
     """Encodes and verifies request ids with one secret."""
 
     def __init__(self, secret: str) -> None:
-        self._hasher = functools.partial(
+        self.mac = functools.partial(
             hashlib.blake2b, key=hashlib.sha256(secret.encode()).digest(), digest_size=_MAC_BYTES
         )
+        """The keyed MAC of a request id's body: `mac(body).digest()` is its last 10 bytes."""
 
     def encode(self, ref: DecisionRef, nonce: int) -> str:
         """Return the request id of a decision; `nonce` is a random 48-bit integer."""
@@ -89,7 +90,7 @@ class RequestIdCodec:
     ) -> str:
         """The request id of a slate: `fingerprints[row]` for each content row of the slate, best first."""
         return encode_request_id(
-            self._hasher, decided_at_ms, nonce, bundle_tag, surface_index, segment_index, fingerprints, rows
+            self.mac, decided_at_ms, nonce, bundle_tag, surface_index, segment_index, fingerprints, rows
         )
 
     def decode(self, request_id: str) -> DecisionRef:
@@ -104,7 +105,7 @@ class RequestIdCodec:
         if len(raw) < _HEADER.size + _MAC_BYTES:
             raise InvalidRequest("request_id is truncated.")
         body, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
-        expected = self._hasher(body).digest()
+        expected = self.mac(body).digest()
         if not hmac.compare_digest(mac, expected):
             raise InvalidRequest("request_id failed verification: it was altered or issued by another deployment.")
         version, decided, _nonce, tag, surface, segment, count = _HEADER.unpack_from(body)

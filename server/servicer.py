@@ -10,10 +10,10 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -21,15 +21,25 @@ from aura.bundle.format import EMBEDDING_DIM, EMBEDDING_MODEL
 from aura.config import AppConfig
 from aura.errors import InvalidRequest, NotFound, Unauthenticated
 from aura.eventlog import EventLog
-from aura.server._native import rank_response, ranked_items
-from aura.server.decision import HOLDOUT_VARIANT, Decision, RankQuery, Traffic, decide
+from aura.server._native import serve_slate
+from aura.server.decision import (
+    DIVERSITY_SCAN_PER_SLOT,
+    HOLDOUT_VARIANT,
+    Decision,
+    Traffic,
+    exploration_budget,
+    resolve_segment,
+    slate_decision,
+    slate_plan,
+)
 from aura.server.decision_log import decision_log
 from aura.server.erasure import ErasedUsers
-from aura.server.posterior_state import FeedbackDedupe, examination_weight
+from aura.server.posterior_state import EXAMINATION_WEIGHTS, FeedbackDedupe, examination_weight
 from aura.server.request_id import RequestIdCodec
 from aura.server.search import search
 from aura.server.state import ExplorationTracker, RateMeter, Serving, ServingHolder
 from aura.server.validation import check_id, feedback_reward, parse_timestamp, rank_query, search_limit
+from aura.server.wire import field_bytes
 from aura.v1 import admin_service_pb2 as admin_pb
 from aura.v1 import admin_service_pb2_grpc as admin_grpc
 from aura.v1 import decision_service_pb2 as pb
@@ -100,6 +110,40 @@ def node_deps(
     )
 
 
+EXPLANATION_FIELD = 10
+"""RankResponse.explanation: the last field of the response, so Rank appends it to the compiled bytes."""
+
+
+class SlateTables(NamedTuple):
+    """What `serve_slate` reads per bundle and process, by position in this order (see aura.server._native)."""
+
+    params: np.ndarray
+    beta: np.ndarray
+    """The writable half of `params` that impressions add to."""
+    examination_weights: np.ndarray
+    similar_offsets: np.ndarray
+    similar_rows: np.ndarray
+    variance_scale: float
+    max_per_cluster: int
+    scan_per_slot: int
+    mac: Callable[[bytes], Any]
+    bundle_tag: int
+    item_fingerprints: tuple[int, ...]
+    item_tails: tuple[bytes, ...]
+    reason_heads: tuple[str, ...]
+    content_ids: Sequence[str]
+    surface_fields: dict[str, bytes]
+    node_id: str
+    bundle_version: str
+    policy_version: str
+    variant: str
+    holdout_variant: str
+    columns: Any
+    """The decision log's buffer (aura.server._native.DecisionColumns)."""
+    serving: Serving
+    """The serving state these tables were made from."""
+
+
 class DecisionService(pb_grpc.DecisionServiceServicer):
     """Rank, Feedback, GetSegments and Search."""
 
@@ -110,70 +154,74 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         self._rate = RateMeter()
         self._random = random.Random()
         self._variant = deps.config.settings.bandit_algorithm
+        self._tables: SlateTables | None = None
 
     def Rank(self, request: bytes, context: Any) -> bytes:
         """Rank content for one surface and visitor, log the decision, and return the serialized RankResponse.
 
-        Rank takes and returns wire bytes: the compiled parser validates the request in one call. It never
-        waits, so it is a plain function (aura.server.app.guarded calls it without a coroutine).
+        Rank takes and returns wire bytes: the compiled parser validates the request in one call, and the compiled
+        `serve_slate` takes the decision from its memoized plan to the response. It never waits, so it is a plain
+        function (aura.server.app.guarded calls it without a coroutine).
         """
         serving = self._deps.holder.require()
         query = rank_query(request, self._config.surfaces)
         if query.anon_id and query.anon_id in self._deps.erased:
             query = query._replace(anon_id="", session_id="")
-        decided_at_ms = time.time_ns() // 1_000_000
-        traffic = Traffic(self._exploration.share(query.anon_id), self._rate.tick(time.monotonic()))
-        seed = self._random.getrandbits(64)
-        decision = decide(
-            serving.index,
-            serving.posteriors.params,
-            query,
-            self._config.policies,
-            traffic,
-            seed,
-            consent_required=self._config.settings.consent_required,
-        )
-        if decision.posterior_rows:
-            serving.posteriors.record_impressions(decision.posterior_rows)
-        self._exploration.record(query.anon_id, decision.explored_slot >= 0)
+        policies = self._config.policies
         index = serving.index
-        request_id = self._deps.codec.encode_slate(
-            decided_at_ms,
-            self._random.getrandbits(48),
-            serving.bundle_tag,
-            index.surface_index[query.surface_id],
-            index.segment_index[decision.cell_segment_id],
-            serving.item_fingerprints,
-            decision.content_rows,
+        resolution = resolve_segment(index, query, policies, self._config.settings.consent_required)
+        plan = slate_plan(index, query, resolution, policies)
+        rate = exploration_budget(
+            policies, Traffic(self._exploration.share(query.anon_id), self._rate.tick(time.monotonic()))
         )
-        self._log_decision(request_id, decided_at_ms, query, serving, decision, seed)
-        return self._response(request_id, serving, decision, seed, query.explain)
-
-    def _response(self, request_id: str, serving: Serving, decision: Decision, seed: int, explain: bool) -> bytes:
-        items = ranked_items(
-            decision.scores,
-            decision.propensities,
-            decision.explored_slot,
-            decision.content_rows,
-            serving.response_parts.item_tails,
-            decision.reason_heads,
-            decision.reason_tail,
-            decision.explored_reason_tail,
-        )
-        resolution = decision.resolution
-        segment = resolution.segment
-        return rank_response(
-            request_id,
-            serving.response_parts.surface_fields[decision.surface_id],
-            items,
-            segment.id,
+        response, explored_slot, drawn = serve_slate(
+            self._slate_tables(serving),
+            plan,
+            query,
             resolution.confidence,
-            segment.intent,
-            HOLDOUT_VARIANT if resolution.holdout else self._variant,
-            resolution.holdout,
-            seed,
-            self._explanation(serving, decision).SerializeToString() if explain else b"",
+            self._random.getrandbits(64),
+            self._random.getrandbits(48),
+            time.time_ns() // 1_000_000,
+            rate,
+            query.explain,
         )
+        self._exploration.record(query.anon_id, explored_slot >= 0)
+        if drawn is None:
+            return response
+        decision = slate_decision(plan, resolution, index.reason_heads, drawn, rate)
+        return response + field_bytes(EXPLANATION_FIELD, self._explanation(serving, decision).SerializeToString())
+
+    def _slate_tables(self, serving: Serving) -> SlateTables:
+        """The serve_slate tables of `serving`, made once per bundle swap."""
+        tables = self._tables
+        if tables is None or tables.serving is not serving:
+            index = serving.index
+            policies = self._config.policies
+            tables = self._tables = SlateTables(
+                serving.posteriors.params,
+                serving.posteriors.beta,
+                EXAMINATION_WEIGHTS,
+                index.similar_offsets,
+                index.similar_rows,
+                policies.decisioning.exploration.posterior_variance_scale,
+                policies.decisioning.diversity.max_per_topic_cluster,
+                DIVERSITY_SCAN_PER_SLOT,
+                self._deps.codec.mac,
+                serving.bundle_tag,
+                serving.item_fingerprints,
+                serving.response_parts.item_tails,
+                index.reason_heads,
+                index.bundle.content.ids,
+                dict(serving.response_parts.surface_fields),
+                self._deps.node_id,
+                serving.version,
+                policies.policy_version,
+                self._variant,
+                HOLDOUT_VARIANT,
+                self._deps.decisions.queue.columns,
+                serving,
+            )
+        return tables
 
     def _explanation(self, serving: Serving, decision: Decision) -> pb.Explanation:
         content_ids = serving.index.bundle.content.ids
@@ -192,48 +240,6 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             ],
             segment_source=decision.resolution.source,
             exploration_rate=decision.exploration_rate,
-        )
-
-    def _log_decision(
-        self,
-        request_id: str,
-        decided_at_ms: int,
-        query: RankQuery,
-        serving: Serving,
-        decision: Decision,
-        seed: int,
-    ) -> None:
-        resolution = decision.resolution
-        personalized = resolution.source != "no_consent"
-        # Positional, in the order of the decisions schema (aura.server.decision_log).
-        self._deps.decisions.queue.append(
-            request_id,
-            decided_at_ms,
-            self._deps.node_id,
-            serving.version,
-            self._config.policies.policy_version,
-            decision.surface_id,
-            decision.cell_segment_id,
-            resolution.source,
-            resolution.confidence,
-            resolution.holdout,
-            query.anon_id if personalized else "",
-            query.session_id if personalized else "",
-            query.device,
-            query.referrer_host,
-            query.page_type,
-            query.country,
-            query.region,
-            query.consent,
-            query.context,
-            seed,
-            decision.exploration_rate,
-            decision.eligible_count,
-            serving.index.bundle.content.ids,
-            decision.content_rows,
-            decision.scores,
-            decision.propensities,
-            decision.explored_slot,
         )
 
     async def Feedback(self, request: pb.FeedbackRequest, context: Any) -> pb.FeedbackResponse:

@@ -104,6 +104,8 @@ class ServingIndex:
     similar_rows: np.ndarray
     """The rows closer than the diversity policy's minimum topic distance, per row (int64, CSR)."""
     built_at: float
+    plans: dict = field(default_factory=dict)
+    """Memoized slate plans of the decision core, by surface, segment resolution and eligibility inputs (bounded)."""
     pools: dict = field(default_factory=dict)
     """Memoized eligible pools of the decision core, by cell and eligibility inputs (bounded)."""
     reason_tails: dict = field(default_factory=dict)

@@ -98,7 +98,7 @@ DECISIONS = [
 def test_decisions_are_written_as_rows_of_the_schema_even_across_a_bundle_swap(tmp_path) -> None:
     log = decision_log(tmp_path, node_id="n1", flush_interval=60)
     for fields in DECISIONS:
-        log.queue.append(*fields.values())
+        log.queue.columns.append(*fields.values())
     log.close()
     table = read_log(tmp_path, "decisions")
     assert table.select(SCHEMA.names).schema.equals(SCHEMA, check_metadata=False)
@@ -111,7 +111,7 @@ def test_decisions_are_written_as_rows_of_the_schema_even_across_a_bundle_swap(t
 )
 def test_the_context_is_json_as_orjson_writes_it(context) -> None:
     buffer = DecisionBuffer(SCHEMA, 10, lambda: None)
-    buffer.append(*_decision("req", context=context).values())
+    buffer.columns.append(*_decision("req", context=context).values())
     (batch,) = buffer.batches(buffer.take())
     assert batch.column("context_json").to_pylist() == [orjson.dumps(context).decode() if context else ""]
 
@@ -131,10 +131,10 @@ def test_the_context_is_json_as_orjson_writes_it(context) -> None:
 )
 def test_a_decision_that_fails_leaves_nothing_behind(change, error) -> None:
     buffer = DecisionBuffer(SCHEMA, 10, lambda: None)
-    buffer.append(*_decision("req_1").values())
+    buffer.columns.append(*_decision("req_1").values())
     with pytest.raises(error):
-        buffer.append(*_decision("bad", **change).values())
-    buffer.append(*_decision("req_2").values())
+        buffer.columns.append(*_decision("bad", **change).values())
+    buffer.columns.append(*_decision("req_2").values())
     assert len(buffer) == 2
     (batch,) = buffer.batches(buffer.take())
     batch.validate(full=True)
