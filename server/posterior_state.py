@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from aura.bundle.loader import LoadedBundle
-from aura.server._native import add_at
 
 EXAMINATION_WEIGHTS = 1.0 / np.log2(np.arange(2, 203, dtype=np.float64))
 """EXAMINATION_WEIGHTS[k - 1]: the weight of position k (1-based), 1 / log2(k + 1)."""
@@ -33,7 +32,9 @@ def examination_weight(position: int) -> float:
 class PosteriorState:
     """Alpha and beta of every posterior row of one bundle, as writable views of a shared file.
 
-    `params` holds every alpha followed by every beta; `alpha` and `beta` are views of its halves.
+    `params` holds every alpha followed by every beta; `alpha` and `beta` are views of its halves. Rank counts
+    each slate's items as impressions weighted by position, beta[row] += EXAMINATION_WEIGHTS[position - 1]
+    (in compiled code, aura.server._native.serve_slate); `record_reward` turns one into a success.
     """
 
     def __init__(self, params: np.ndarray, beta_floor: np.ndarray) -> None:
@@ -65,10 +66,6 @@ class PosteriorState:
                 tmp.unlink()
         # A plain ndarray view of the mapping: slicing a np.memmap costs a subclass round trip per request.
         return cls(np.memmap(path, dtype=np.float64, mode="r+", shape=(2 * n,)).view(np.ndarray), bundle.beta)
-
-    def record_impressions(self, rows: list[int]) -> None:
-        """Count a slate's posterior rows (best first) as impressions weighted by position: beta += weight."""
-        add_at(self.beta, rows, EXAMINATION_WEIGHTS)
 
     def record_reward(self, row: int, value: float, weight: float) -> None:
         """Turn an impression into a success: alpha += value, beta -= weight, never below the bundle's beta."""

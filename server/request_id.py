@@ -7,7 +7,7 @@ for which surface and segment, and a fingerprint of every item shown, in order. 
 
 Layout before base64url: version (1) | decided_at ms (6) | nonce (6) | bundle tag (4) |
 surface index (2) | segment index (2) | item count (1) | crc32 per item (4 each) | keyed BLAKE2b (10),
-integers big-endian. Rank encodes with the compiled `aura.server._native.encode_request_id`.
+integers big-endian. Rank encodes through the compiled `aura.server._native.serve_slate` (encode_request_id).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import struct
 import zlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aura.errors import InvalidRequest
@@ -71,27 +70,15 @@ class RequestIdCodec:
         """The keyed MAC of a request id's body: `mac(body).digest()` is its last 10 bytes."""
 
     def encode(self, ref: DecisionRef, nonce: int) -> str:
-        """Return the request id of a decision; `nonce` is a random 48-bit integer."""
+        """Return the request id of a decision; `nonce` is a random 48-bit integer.
+
+        Rank encodes its ids in compiled code (aura.server._native.serve_slate) with the same `mac`.
+        """
         fingerprints = ref.item_fingerprints
-        return self.encode_slate(
-            ref.decided_at_ms, nonce, ref.bundle_tag, ref.surface_index, ref.segment_index,
+        return encode_request_id(
+            self.mac, ref.decided_at_ms, nonce, ref.bundle_tag, ref.surface_index, ref.segment_index,
             fingerprints, range(len(fingerprints)),
         )  # fmt: skip
-
-    def encode_slate(
-        self,
-        decided_at_ms: int,
-        nonce: int,
-        bundle_tag: int,
-        surface_index: int,
-        segment_index: int,
-        fingerprints: Sequence[int],
-        rows: Sequence[int],
-    ) -> str:
-        """The request id of a slate: `fingerprints[row]` for each content row of the slate, best first."""
-        return encode_request_id(
-            self.mac, decided_at_ms, nonce, bundle_tag, surface_index, segment_index, fingerprints, rows
-        )
 
     def decode(self, request_id: str) -> DecisionRef:
         """Verify a request id and return its decision reference; InvalidRequest if it is not ours."""

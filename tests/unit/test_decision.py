@@ -11,8 +11,9 @@ import yaml
 from aura.bundle.loader import load_bundle
 from aura.config import Surface, load_policies
 from aura.errors import ConsentRequired
+from aura.server._native import add_at
 from aura.server.decision import RankQuery, Traffic, decide, resolve_segment
-from aura.server.posterior_state import FeedbackDedupe, PosteriorState, examination_weight
+from aura.server.posterior_state import EXAMINATION_WEIGHTS, FeedbackDedupe, PosteriorState, examination_weight
 from aura.server.serving import build_serving_index, freshness_multiplier
 from aura.server.validation import rank_query
 from aura.v1 import common_pb2
@@ -318,10 +319,11 @@ def test_posterior_updates_and_floor(tmp_path: Path) -> None:
     index = index_for(tmp_path, 4)
     state = PosteriorState.in_memory(index.bundle)
     original_beta = index.bundle.beta.copy()
-    state.record_impressions([1, 0])  # a slate, best first: row 1 at position 1, row 0 at position 2
+    # Impressions as Rank counts them: a slate, best first, row 1 at position 1 and row 0 at position 2.
+    add_at(state.beta, [1, 0], EXAMINATION_WEIGHTS)
     assert state.beta[1] == pytest.approx(original_beta[1] + 1.0)
     assert state.beta[0] == pytest.approx(original_beta[0] + 1.0 / np.log2(3))
-    state.record_impressions([0])
+    add_at(state.beta, [0], EXAMINATION_WEIGHTS)
     assert state.beta[0] == pytest.approx(original_beta[0] + 1.0 / np.log2(3) + 1.0)
     state.record_reward(1, 1.0, examination_weight(1))
     assert state.alpha[1] == pytest.approx(index.bundle.alpha[1] + 1.0)

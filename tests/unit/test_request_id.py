@@ -6,6 +6,7 @@ import struct
 import pytest
 
 from aura.errors import InvalidRequest
+from aura.server._native import encode_request_id
 from aura.server.request_id import DecisionRef, RequestIdCodec, bundle_tag, item_fingerprint
 
 REF = DecisionRef(
@@ -57,7 +58,7 @@ def test_the_compiled_encoder_writes_the_documented_layout(items: int) -> None:
 def test_a_slate_is_encoded_from_the_fingerprints_of_its_rows() -> None:
     codec = RequestIdCodec("secret")
     table = [item_fingerprint(f"c{i}") for i in range(10)]
-    request_id = codec.encode_slate(REF.decided_at_ms, 9, REF.bundle_tag, 3, 41, table, [7, 2, 5])
+    request_id = encode_request_id(codec.mac, REF.decided_at_ms, 9, REF.bundle_tag, 3, 41, table, [7, 2, 5])
     assert codec.decode(request_id).item_fingerprints == (table[7], table[2], table[5])
 
 
@@ -67,7 +68,7 @@ def test_a_slate_is_encoded_from_the_fingerprints_of_its_rows() -> None:
 )
 def test_out_of_range_header_fields_are_refused(fields: tuple[int, ...]) -> None:
     with pytest.raises(OverflowError):
-        RequestIdCodec("secret").encode_slate(*fields, [1], [0])
+        encode_request_id(RequestIdCodec("secret").mac, *fields, [1], [0])
 
 
 def _tampered(request_id: str) -> str:
