@@ -195,34 +195,23 @@ static int put_context(DecisionColumns *self, PyObject *context) {
     return status < 0 ? -1 : put_offset(&self->buffers[CONTEXT_JSON], data->size);
 }
 
-/* The slate, best first: content_ids[rows[slot]], slot + 1, scores[slot], propensities[slot], slot == explored. */
-static int put_items(DecisionColumns *self, PyObject *content_ids, PyObject *rows, PyObject *scores,
-                     PyObject *propensities, Py_ssize_t explored_slot) {
-    if (!PyList_Check(rows) || !PyList_Check(scores) || !PyList_Check(propensities)) {
-        PyErr_SetString(PyExc_TypeError, "rows, scores and propensities must be lists");
-        return -1;
-    }
-    Py_ssize_t count = PyList_GET_SIZE(rows);
-    if (PyList_GET_SIZE(scores) != count || PyList_GET_SIZE(propensities) != count) {
-        PyErr_SetString(PyExc_ValueError, "rows, scores and propensities must have one length");
-        return -1;
-    }
-    for (Py_ssize_t slot = 0; slot < count; slot++) {
-        Py_ssize_t row = PyLong_AsSsize_t(PyList_GET_ITEM(rows, slot));
-        if (row == -1 && PyErr_Occurred()) return -1;
+/* The slate, best first: content_ids[rows[slot]], slot + 1, its score, its propensity, slot == explored. */
+static int put_items(DecisionColumns *self, PyObject *content_ids, const Slate *slate) {
+    for (Py_ssize_t slot = 0; slot < slate->count; slot++) {
+        int64_t row = slate->rows[slot];
         if (row < 0) {
             PyErr_SetString(PyExc_IndexError, "a content row of the slate is negative");
             return -1;
         }
-        PyObject *content_id = PySequence_GetItem(content_ids, row);
+        PyObject *content_id = PySequence_GetItem(content_ids, (Py_ssize_t)row);
         if (!content_id) return -1;
         int status = put_str(self, ITEM_CONTENT_ID, content_id);
         Py_DECREF(content_id);
         int32_t position = (int32_t)slot + 1;
         if (status < 0 || put(&self->buffers[ITEM_POSITION], &position, sizeof position) < 0 ||
-            put_double(self, ITEM_SCORE, PyList_GET_ITEM(scores, slot)) < 0 ||
-            put_double(self, ITEM_PROPENSITY, PyList_GET_ITEM(propensities, slot)) < 0 ||
-            put_flag(self, ITEM_EXPLORED, slot == explored_slot) < 0)
+            put(&self->buffers[ITEM_SCORE], &slate->scores[slot], sizeof(double)) < 0 ||
+            put(&self->buffers[ITEM_PROPENSITY], &slate->propensities[slot], sizeof(double)) < 0 ||
+            put_flag(self, ITEM_EXPLORED, slot == slate->explored_slot) < 0)
             return -1;
     }
     return put_offset(&self->buffers[ITEMS], (size_t)entries(&self->buffers[ITEM_CONTENT_ID]));
@@ -272,8 +261,8 @@ PyDoc_STRVAR(append_doc,
 "exploration filled (-1 for none). Calls on_full() when the buffer reaches batch_size rows. A record that\n"
 "fails leaves nothing behind.");
 
-static PyObject *DecisionColumns_append(DecisionColumns *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (check_arg_count("append", nargs, 27) < 0) return NULL;
+/* Appends one decision: `args` the first 23 arguments of append, the slate in C arrays. */
+static PyObject *append_slate(DecisionColumns *self, PyObject *const *args, const Slate *slate) {
     size_t sizes[N_BUFFERS];
     for (int i = 0; i < N_BUFFERS; i++) sizes[i] = self->buffers[i].size;
     static const int STRINGS_FIRST[] = {NODE_ID, BUNDLE_VERSION, POLICY_VERSION, SURFACE_ID, SEGMENT_ID,
@@ -282,7 +271,6 @@ static PyObject *DecisionColumns_append(DecisionColumns *self, PyObject *const *
     int64_t ts = PyLong_AsLongLong(args[1]);
     uint64_t seed = PyLong_AsUnsignedLongLong(args[19]);
     long eligible = PyLong_AsLong(args[21]);
-    Py_ssize_t explored_slot = PyLong_AsSsize_t(args[26]);
     int holdout = PyObject_IsTrue(args[9]);
     if (PyErr_Occurred()) return NULL;
     if (eligible < 0 || eligible > INT32_MAX) {
@@ -303,7 +291,7 @@ static PyObject *DecisionColumns_append(DecisionColumns *self, PyObject *const *
     if (status == 0) status = put(&self->buffers[SEED], &seed, sizeof seed);
     if (status == 0) status = put_double(self, EXPLORATION_RATE, args[20]);
     if (status == 0) status = put(&self->buffers[ELIGIBLE_COUNT], &eligible_count, sizeof eligible_count);
-    if (status == 0) status = put_items(self, args[22], args[23], args[24], args[25], explored_slot);
+    if (status == 0) status = put_items(self, args[22], slate);
     if (status < 0) {
         for (int i = 0; i < N_BUFFERS; i++) self->buffers[i].size = sizes[i];
         return NULL;
@@ -314,6 +302,18 @@ static PyObject *DecisionColumns_append(DecisionColumns *self, PyObject *const *
         Py_DECREF(result);
     }
     Py_RETURN_NONE;
+}
+
+static PyObject *DecisionColumns_append(DecisionColumns *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (check_arg_count("append", nargs, 27) < 0) return NULL;
+    Py_ssize_t explored_slot = PyLong_AsSsize_t(args[26]);
+    if (explored_slot == -1 && PyErr_Occurred()) return NULL;
+    Slate slate;
+    void *block = NULL;
+    if (slate_of_lists(args[23], args[24], args[25], explored_slot, &slate, &block) < 0) return NULL;
+    PyObject *result = append_slate(self, args, &slate);
+    PyMem_Free(block);
+    return result;
 }
 
 PyDoc_STRVAR(take_doc,
@@ -361,12 +361,12 @@ static PyTypeObject DecisionColumnsType = {
     .tp_as_sequence = &DecisionColumns_sequence,
 };
 
-PyObject *decision_columns_append(PyObject *columns, PyObject *const *args, Py_ssize_t nargs) {
+PyObject *decision_columns_append(PyObject *columns, PyObject *const *fields, const Slate *slate) {
     if (!PyObject_TypeCheck(columns, &DecisionColumnsType)) {
         PyErr_SetString(PyExc_TypeError, "columns must be a DecisionColumns");
         return NULL;
     }
-    return DecisionColumns_append((DecisionColumns *)columns, args, nargs);
+    return append_slate((DecisionColumns *)columns, fields, slate);
 }
 
 int add_decision_columns(PyObject *module) {

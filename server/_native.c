@@ -349,25 +349,33 @@ PyDoc_STRVAR(draw_slate_doc,
 "the sampling estimate p (slate/n where unknown) mixed with the exploration budget r, which gives one\n"
 "of the k slots to one of the n - k + 1 items sampling left out: p (1 - r/k) + r (1 - p) / (n - k + 1).");
 
-static PyObject *draw_slate(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    (void)module;
-    if (check_arg_count("draw_slate", nargs, 16) < 0) return NULL;
-    enum { N_BUFFERS = 8 };
-    Buffer buffers[N_BUFFERS] = {0};
-    static const char kinds[N_BUFFERS] = {'d', 'q', 'd', 'd', 'q', 'q', 'q', 'q'};
-    static const char *names[N_BUFFERS] = {"params",   "param_rows",   "freshness",       "propensity",
-                                           "clusters", "content_rows", "similar_offsets", "similar_rows"};
-    PyObject *result = NULL;
-    for (int i = 0; i < N_BUFFERS; i++)
-        if (get_buffer(args[i], kinds[i], names[i], 0, &buffers[i]) < 0) goto done;
+/* A slate drawn by draw(): the pool indexes of its slots are g_slate[:count], their propensities
+ * g_propensities[:count]; scores and samples are g_scores and g_samples by pool index. */
+typedef struct {
+    Py_ssize_t n, count, explored_slot;
+    const double *params, *freshness;
+    const int64_t *param_rows, *content_rows;
+    const Py_ssize_t *demoted;
+    Py_ssize_t n_demoted;
+} Drawn;
+
+enum { DRAW_BUFFERS = 8 };
+
+/* The draw of draw_slate(*args) (its first 15 arguments) into the module's scratch arrays; `buffers` holds the
+ * arrays' views until the caller releases them. 0, or -1 with an exception set. */
+static int draw(PyObject *const *args, Buffer *buffers, Drawn *drawn) {
+    static const char kinds[DRAW_BUFFERS] = {'d', 'q', 'd', 'd', 'q', 'q', 'q', 'q'};
+    static const char *names[DRAW_BUFFERS] = {"params",   "param_rows",   "freshness",       "propensity",
+                                              "clusters", "content_rows", "similar_offsets", "similar_rows"};
+    for (int i = 0; i < DRAW_BUFFERS; i++)
+        if (get_buffer(args[i], kinds[i], names[i], 0, &buffers[i]) < 0) return -1;
 
     double variance_scale = PyFloat_AsDouble(args[8]);
     uint64_t seed = PyLong_AsUnsignedLongLongMask(args[9]);
     Py_ssize_t limit = PyLong_AsSsize_t(args[10]), top_n = PyLong_AsSsize_t(args[11]);
     Py_ssize_t max_per_cluster = PyLong_AsSsize_t(args[12]), scan_per_slot = PyLong_AsSsize_t(args[13]);
     double exploration_rate = PyFloat_AsDouble(args[14]);
-    int detail = PyObject_IsTrue(args[15]);
-    if (PyErr_Occurred()) goto done;
+    if (PyErr_Occurred()) return -1;
 
     const double *params = buffers[0].view.buf, *freshness = buffers[2].view.buf;
     const double *propensity = buffers[3].view.buf;
@@ -380,19 +388,19 @@ static PyObject *draw_slate(PyObject *module, PyObject *const *args, Py_ssize_t 
         buffers[5].view.len / 8 != n) {
         PyErr_SetString(PyExc_ValueError,
                         "param_rows must hold 2n rows and propensity, clusters and content_rows n values");
-        goto done;
+        return -1;
     }
     if (!(variance_scale > 0.0) || limit < 0 || top_n < 0 || top_n > limit || max_per_cluster < 1 ||
         scan_per_slot < 0) {
         PyErr_SetString(PyExc_ValueError, "invalid slate parameters");
-        goto done;
+        return -1;
     }
     for (Py_ssize_t i = 0; i < 2 * n; i++)
         if (param_rows[i] < 0 || param_rows[i] >= n_params) {
             PyErr_SetString(PyExc_IndexError, "param_rows out of range of params");
-            goto done;
+            return -1;
         }
-    if (reserve(n) < 0) goto done;
+    if (reserve(n) < 0) return -1;
 
     Rng rng;
     rng_seed(&rng, seed);
@@ -465,31 +473,48 @@ static PyObject *draw_slate(PyObject *module, PyObject *const *args, Py_ssize_t 
             1.0, sampled * (1.0 - exploration_rate / (double)n_slate) + exploration_rate * (1.0 - sampled) / left_out);
     }
 
+    *drawn = (Drawn){n, n_slate, explored_slot, params, freshness, param_rows, content_rows,
+                     g_deferred + from_deferred, n_deferred - from_deferred};
+    return 0;
+}
+
+/* draw_slate's result tuple for `drawn`, with the explaining lists when `detail`. */
+static PyObject *drawn_tuple(const Drawn *drawn, int detail) {
+    Py_ssize_t count = drawn->count;
     enum { N_LISTS = 9 };
     PyObject *lists[N_LISTS] = {
-        gathered_ints(content_rows, g_slate, n_slate),
-        gathered_ints(param_rows, g_slate, n_slate),
-        gathered_list(g_scores, NULL, g_slate, n_slate),
-        gathered_list(g_propensities, NULL, NULL, n_slate),
+        gathered_ints(drawn->content_rows, g_slate, count),
+        gathered_ints(drawn->param_rows, g_slate, count),
+        gathered_list(g_scores, NULL, g_slate, count),
+        gathered_list(g_propensities, NULL, NULL, count),
     };
     if (detail) {
-        lists[4] = gathered_list(g_samples, NULL, g_slate, n_slate);
-        lists[5] = gathered_list(params, param_rows, g_slate, n_slate);
-        lists[6] = gathered_list(params, param_rows + n, g_slate, n_slate);
-        lists[7] = gathered_list(freshness, NULL, g_slate, n_slate);
-        lists[8] = gathered_ints(content_rows, g_deferred + from_deferred, n_deferred - from_deferred);
+        lists[4] = gathered_list(g_samples, NULL, g_slate, count);
+        lists[5] = gathered_list(drawn->params, drawn->param_rows, g_slate, count);
+        lists[6] = gathered_list(drawn->params, drawn->param_rows + drawn->n, g_slate, count);
+        lists[7] = gathered_list(drawn->freshness, NULL, g_slate, count);
+        lists[8] = gathered_ints(drawn->content_rows, drawn->demoted, drawn->n_demoted);
     } else {
         for (int i = 4; i < N_LISTS; i++) lists[i] = Py_NewRef(Py_None);
     }
     int built = 1;
     for (int i = 0; i < N_LISTS; i++) built = built && lists[i];
     if (built)
-        result = Py_BuildValue("(NNNNNNNNnN)", lists[0], lists[1], lists[2], lists[4], lists[5], lists[6], lists[7],
-                               lists[3], explored_slot, lists[8]);
-    else
-        for (int i = 0; i < N_LISTS; i++) Py_XDECREF(lists[i]);
-done:
-    release(buffers, N_BUFFERS);
+        return Py_BuildValue("(NNNNNNNNnN)", lists[0], lists[1], lists[2], lists[4], lists[5], lists[6], lists[7],
+                             lists[3], drawn->explored_slot, lists[8]);
+    for (int i = 0; i < N_LISTS; i++) Py_XDECREF(lists[i]);
+    return NULL;
+}
+
+static PyObject *draw_slate(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (check_arg_count("draw_slate", nargs, 16) < 0) return NULL;
+    int detail = PyObject_IsTrue(args[15]);
+    if (detail < 0) return NULL;
+    Buffer buffers[DRAW_BUFFERS] = {0};
+    Drawn drawn;
+    PyObject *result = draw(args, buffers, &drawn) < 0 ? NULL : drawn_tuple(&drawn, detail);
+    release(buffers, DRAW_BUFFERS);
     return result;
 }
 
@@ -501,35 +526,44 @@ static const char add_at_doc[] =
     "a list of ints, `increments` a float64 array at least as long. Like numpy.add.at, without building arrays\n"
     "from the list.";
 
+/* values[rows[k]] += increments[k] for k < count, after checking every row, so an error changes nothing. */
+static int add_rows(const Buffer *values, const int64_t *rows, Py_ssize_t count, const Buffer *increments) {
+    double *target = values->view.buf;
+    const double *added = increments->view.buf;
+    Py_ssize_t n_values = values->view.len / 8;
+    if (count > increments->view.len / 8) {
+        PyErr_SetString(PyExc_ValueError, "increments is shorter than rows");
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < count; k++)
+        if (rows[k] < 0 || rows[k] >= n_values) {
+            PyErr_Format(PyExc_IndexError, "row %lld is out of range of values (%zd)", (long long)rows[k], n_values);
+            return -1;
+        }
+    for (Py_ssize_t k = 0; k < count; k++) target[rows[k]] += added[k];
+    return 0;
+}
+
 static PyObject *add_at(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     if (check_arg_count("add_at", nargs, 3) < 0) return NULL;
     if (!PyList_Check(args[1])) return PyErr_Format(PyExc_TypeError, "rows must be a list of ints");
+    Py_ssize_t count = PyList_GET_SIZE(args[1]);
+    int64_t *rows = PyMem_Malloc((size_t)(count ? count : 1) * sizeof(int64_t));
+    if (!rows) return PyErr_NoMemory();
     Buffer buffers[2] = {0};
     PyObject *result = NULL;
-    if (get_buffer(args[0], 'd', "values", PyBUF_WRITABLE, &buffers[0]) < 0 ||
-        get_buffer(args[2], 'd', "increments", 0, &buffers[1]) < 0)
-        goto done;
-    double *values = buffers[0].view.buf;
-    const double *increments = buffers[1].view.buf;
-    Py_ssize_t n_values = buffers[0].view.len / 8, count = PyList_GET_SIZE(args[1]);
-    if (count > buffers[1].view.len / 8) {
-        PyErr_SetString(PyExc_ValueError, "increments is shorter than rows");
-        goto done;
-    }
-    /* Check every row before changing anything, so an error leaves `values` as it was. */
     for (Py_ssize_t k = 0; k < count; k++) {
-        Py_ssize_t row = PyLong_AsSsize_t(PyList_GET_ITEM(args[1], k));
-        if (row == -1 && PyErr_Occurred()) goto done;
-        if (row < 0 || row >= n_values) {
-            PyErr_Format(PyExc_IndexError, "row %zd is out of range of values (%zd)", row, n_values);
-            goto done;
-        }
+        rows[k] = PyLong_AsLongLong(PyList_GET_ITEM(args[1], k));
+        if (rows[k] == -1 && PyErr_Occurred()) goto done;
     }
-    for (Py_ssize_t k = 0; k < count; k++) values[PyLong_AsSsize_t(PyList_GET_ITEM(args[1], k))] += increments[k];
+    if (get_buffer(args[0], 'd', "values", PyBUF_WRITABLE, &buffers[0]) < 0 ||
+        get_buffer(args[2], 'd', "increments", 0, &buffers[1]) < 0 || add_rows(&buffers[0], rows, count, &buffers[1]) < 0)
+        goto done;
     result = Py_NewRef(Py_None);
 done:
     release(buffers, 2);
+    PyMem_Free(rows);
     return result;
 }
 
@@ -594,76 +628,107 @@ typedef struct {
     Py_ssize_t head_size, tail_size, item_tail_size;
 } SlotParts;
 
-/* The parts of slot `slot`, or -1 with an exception set. */
-static int slot_parts(PyObject *const *args, Py_ssize_t slot, Py_ssize_t explored_slot, SlotParts *parts) {
-    Py_ssize_t row = PyLong_AsSsize_t(PyList_GET_ITEM(args[3], slot));
-    if (row == -1 && PyErr_Occurred()) return -1;
-    PyObject *item_tail = row_entry(args[4], row, "tail", 1);
-    PyObject *head = item_tail ? row_entry(args[5], row, "reason head", 0) : NULL;
+/* The reason and item tail parts of one slot, or -1 with an exception set. */
+static int slot_parts(int64_t row, PyObject *tails, PyObject *heads, PyObject *reason_tail, SlotParts *parts) {
+    PyObject *item_tail = row_entry(tails, (Py_ssize_t)row, "tail", 1);
+    PyObject *head = item_tail ? row_entry(heads, (Py_ssize_t)row, "reason head", 0) : NULL;
     if (!head) return -1;
     parts->item_tail = PyBytes_AS_STRING(item_tail);
     parts->item_tail_size = PyBytes_GET_SIZE(item_tail);
     parts->head = PyUnicode_AsUTF8AndSize(head, &parts->head_size);
-    parts->tail = PyUnicode_AsUTF8AndSize(args[slot == explored_slot ? 7 : 6], &parts->tail_size);
+    parts->tail = PyUnicode_AsUTF8AndSize(reason_tail, &parts->tail_size);
     return parts->head && parts->tail ? 0 : -1;
 }
 
-static PyObject *ranked_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    (void)module;
-    if (check_arg_count("ranked_items", nargs, 8) < 0) return NULL;
-    PyObject *scores = args[0], *propensities = args[1], *rows = args[3];
-    Py_ssize_t explored_slot = PyLong_AsSsize_t(args[2]);
-    if (explored_slot == -1 && PyErr_Occurred()) return NULL;
-    if (!PyList_Check(scores) || !PyList_Check(propensities) || !PyList_Check(rows) || !PyTuple_Check(args[4]) ||
-        !PyTuple_Check(args[5]) || !PyUnicode_Check(args[6]) || !PyUnicode_Check(args[7])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "scores, propensities and rows must be lists, tails and reason_heads tuples, the tails str");
-        return NULL;
-    }
-    Py_ssize_t count = PyList_GET_SIZE(scores);
-    if (PyList_GET_SIZE(propensities) != count || PyList_GET_SIZE(rows) != count) {
-        PyErr_SetString(PyExc_ValueError, "scores, propensities and rows must have one length");
+/* The items fields of `slate` (see ranked_items), or NULL with an exception set. */
+static PyObject *items_of(const Slate *slate, PyObject *tails, PyObject *heads, PyObject *reason_tail,
+                          PyObject *explored_tail) {
+    if (!PyTuple_Check(tails) || !PyTuple_Check(heads) || !PyUnicode_Check(reason_tail) ||
+        !PyUnicode_Check(explored_tail)) {
+        PyErr_SetString(PyExc_TypeError, "tails and reason_heads must be tuples, the reason tails str");
         return NULL;
     }
     size_t total = 0;
     SlotParts parts;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        if (slot_parts(args, i, explored_slot, &parts) < 0) return NULL;
-        size_t body = ranked_item_size(parts.head_size + parts.tail_size, i, i == explored_slot,
-                                       (size_t)parts.item_tail_size);
+    for (Py_ssize_t i = 0; i < slate->count; i++) {
+        int explored = i == slate->explored_slot;
+        if (slot_parts(slate->rows[i], tails, heads, explored ? explored_tail : reason_tail, &parts) < 0)
+            return NULL;
+        size_t body = ranked_item_size(parts.head_size + parts.tail_size, i, explored, (size_t)parts.item_tail_size);
         total += 1 + varint_size(body) + body;
     }
     PyObject *result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
     if (!result) return NULL;
     char *out = PyBytes_AS_STRING(result);
-    for (Py_ssize_t i = 0; i < count; i++) {
-        double score = PyFloat_AsDouble(PyList_GET_ITEM(scores, i));
-        double propensity = PyFloat_AsDouble(PyList_GET_ITEM(propensities, i));
-        if (PyErr_Occurred()) {
-            Py_DECREF(result);
-            return NULL;
-        }
-        slot_parts(args, i, explored_slot, &parts); /* succeeded in the sizing pass */
+    for (Py_ssize_t i = 0; i < slate->count; i++) {
+        int explored = i == slate->explored_slot;
+        slot_parts(slate->rows[i], tails, heads, explored ? explored_tail : reason_tail, &parts); /* sized above */
         Py_ssize_t reason_size = parts.head_size + parts.tail_size;
-        size_t body = ranked_item_size(reason_size, i, i == explored_slot, (size_t)parts.item_tail_size);
+        size_t body = ranked_item_size(reason_size, i, explored, (size_t)parts.item_tail_size);
         *out++ = 0x1a; /* RankResponse.items */
         out = put_varint(out, body);
-        out = put_double(out, 0x11, score); /* RankedItem.score */
-        *out++ = 0x1a;                      /* RankedItem.reason */
+        out = put_double(out, 0x11, slate->scores[i]); /* RankedItem.score */
+        *out++ = 0x1a;                                  /* RankedItem.reason */
         out = put_varint(out, (uint64_t)reason_size);
         memcpy(out, parts.head, (size_t)parts.head_size);
         memcpy(out + parts.head_size, parts.tail, (size_t)parts.tail_size);
         out += reason_size;
         *out++ = 0x28; /* RankedItem.position */
         out = put_varint(out, (uint64_t)i + 1);
-        out = put_double(out, 0x31, propensity); /* RankedItem.propensity */
-        if (i == explored_slot) {
+        out = put_double(out, 0x31, slate->propensities[i]); /* RankedItem.propensity */
+        if (explored) {
             *out++ = 0x38; /* RankedItem.explored */
             *out++ = 0x01;
         }
         memcpy(out, parts.item_tail, (size_t)parts.item_tail_size);
         out += parts.item_tail_size;
     }
+    return result;
+}
+
+int slate_of_lists(PyObject *rows, PyObject *scores, PyObject *propensities, Py_ssize_t explored_slot, Slate *slate,
+                   void **block) {
+    *block = NULL;
+    if (!PyList_Check(rows) || !PyList_Check(scores) || !PyList_Check(propensities)) {
+        PyErr_SetString(PyExc_TypeError, "rows, scores and propensities must be lists");
+        return -1;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(rows);
+    if (PyList_GET_SIZE(scores) != count || PyList_GET_SIZE(propensities) != count) {
+        PyErr_SetString(PyExc_ValueError, "rows, scores and propensities must have one length");
+        return -1;
+    }
+    char *memory = PyMem_Malloc((size_t)(count ? count : 1) * (sizeof(int64_t) + 2 * sizeof(double)));
+    if (!memory) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int64_t *row_values = (int64_t *)memory;
+    double *score_values = (double *)(memory + count * sizeof(int64_t)), *propensity_values = score_values + count;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        row_values[i] = PyLong_AsLongLong(PyList_GET_ITEM(rows, i));
+        score_values[i] = PyFloat_AsDouble(PyList_GET_ITEM(scores, i));
+        propensity_values[i] = PyFloat_AsDouble(PyList_GET_ITEM(propensities, i));
+        if (PyErr_Occurred()) {
+            PyMem_Free(memory);
+            return -1;
+        }
+    }
+    *slate = (Slate){count, explored_slot, row_values, score_values, propensity_values};
+    *block = memory;
+    return 0;
+}
+
+static PyObject *ranked_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (check_arg_count("ranked_items", nargs, 8) < 0) return NULL;
+    Py_ssize_t explored_slot = PyLong_AsSsize_t(args[2]);
+    if (explored_slot == -1 && PyErr_Occurred()) return NULL;
+    Slate slate;
+    void *block;
+    if (slate_of_lists(args[3], args[0], args[1], explored_slot, &slate, &block) < 0) return NULL;
+    PyObject *result = items_of(&slate, args[4], args[5], args[6], args[7]);
+    PyMem_Free(block);
     return result;
 }
 
@@ -765,7 +830,7 @@ enum {
     PLAN_SEGMENT_SOURCE, PLAN_PERSONALIZED, PLAN_REASON_TAIL, PLAN_EXPLORED_REASON_TAIL, PLAN_FIELDS
 };
 enum {
-    TABLE_PARAMS, TABLE_BETA, TABLE_WEIGHTS, TABLE_SIMILAR_OFFSETS, TABLE_SIMILAR_ROWS, TABLE_VARIANCE_SCALE,
+    TABLE_PARAMS, TABLE_WEIGHTS, TABLE_SIMILAR_OFFSETS, TABLE_SIMILAR_ROWS, TABLE_VARIANCE_SCALE,
     TABLE_MAX_PER_CLUSTER, TABLE_SCAN_PER_SLOT, TABLE_MAC, TABLE_BUNDLE_TAG, TABLE_FINGERPRINTS, TABLE_ITEM_TAILS,
     TABLE_REASON_HEADS, TABLE_CONTENT_IDS, TABLE_SURFACE_FIELDS, TABLE_NODE_ID, TABLE_BUNDLE_VERSION,
     TABLE_POLICY_VERSION, TABLE_VARIANT, TABLE_HOLDOUT_VARIANT, TABLE_COLUMNS, TABLE_FIELDS
@@ -780,15 +845,12 @@ enum {
 #define PLAN(field) PyTuple_GET_ITEM(plan, PLAN_##field)
 #define QUERY(field) PyTuple_GET_ITEM(query, QUERY_##field)
 
-/* The slate of draw_slate(...) `drawn`: its impressions counted, its request id made, its record appended to the
- * decision log; returns the response bytes. */
-static PyObject *served(PyObject *module, PyObject *tables, PyObject *plan, PyObject *query, PyObject *const *args,
-                        PyObject *drawn, Py_ssize_t eligible) {
-    PyObject *confidence = args[3], *seed = args[4], *nonce = args[5], *decided_at_ms = args[6], *rate = args[7];
-    PyObject *rows = PyTuple_GET_ITEM(drawn, 0), *posterior_rows = PyTuple_GET_ITEM(drawn, 1);
-    PyObject *scores = PyTuple_GET_ITEM(drawn, 2), *propensities = PyTuple_GET_ITEM(drawn, 7);
-    PyObject *explored = PyTuple_GET_ITEM(drawn, 8);
-    PyObject *request_id = NULL, *eligible_count = NULL, *empty = NULL, *items = NULL, *response = NULL;
+/* The bookkeeping and response of a drawn `slate` (its content rows, scores and propensities) whose items' betas
+ * are params[beta_rows[slot]]: its impressions counted, its request id made, its record appended to the decision
+ * log; returns the response bytes, or NULL with an exception set. */
+static PyObject *served(PyObject *tables, PyObject *plan, PyObject *query, PyObject *const *args, const Slate *slate,
+                        const int64_t *beta_rows, Py_ssize_t eligible) {
+    PyObject *confidence = args[3], *seed = args[4], *decided_at_ms = args[6], *rate = args[7];
     int personalized = PyObject_IsTrue(PLAN(PERSONALIZED)), holdout = PyObject_IsTrue(PLAN(HOLDOUT));
     if (personalized < 0 || holdout < 0) return NULL;
     if (!PyDict_Check(TABLE(SURFACE_FIELDS))) {
@@ -796,31 +858,30 @@ static PyObject *served(PyObject *module, PyObject *tables, PyObject *plan, PyOb
         return NULL;
     }
 
-    PyObject *impressions[3] = {TABLE(BETA), posterior_rows, TABLE(WEIGHTS)};
-    PyObject *counted = add_at(module, impressions, 3);
+    Buffer buffers[2] = {0};
+    int counted = get_buffer(TABLE(PARAMS), 'd', "params", PyBUF_WRITABLE, &buffers[0]) == 0 &&
+                  get_buffer(TABLE(WEIGHTS), 'd', "examination_weights", 0, &buffers[1]) == 0 &&
+                  add_rows(&buffers[0], beta_rows, slate->count, &buffers[1]) == 0;
+    release(buffers, 2);
     if (!counted) return NULL;
-    Py_DECREF(counted);
 
-    PyObject *id_fields[8] = {TABLE(MAC),         decided_at_ms,         nonce, TABLE(BUNDLE_TAG), PLAN(SURFACE_INDEX),
-                              PLAN(SEGMENT_INDEX), TABLE(FINGERPRINTS), rows};
-    request_id = encode_request_id(module, id_fields, 8);
-    eligible_count = PyLong_FromSsize_t(eligible);
-    empty = PyUnicode_FromStringAndSize(NULL, 0);
+    PyObject *header[5] = {decided_at_ms, args[5], TABLE(BUNDLE_TAG), PLAN(SURFACE_INDEX), PLAN(SEGMENT_INDEX)};
+    PyObject *request_id = request_id_of(TABLE(MAC), header, TABLE(FINGERPRINTS), slate->rows, slate->count);
+    PyObject *eligible_count = PyLong_FromSsize_t(eligible), *empty = PyUnicode_FromStringAndSize(NULL, 0);
+    PyObject *items = NULL, *response = NULL;
     if (!request_id || !eligible_count || !empty) goto done;
-    PyObject *record[27] = {
+    PyObject *record[23] = {
         request_id, decided_at_ms, TABLE(NODE_ID), TABLE(BUNDLE_VERSION), TABLE(POLICY_VERSION), PLAN(SURFACE_ID),
         PLAN(CELL_SEGMENT_ID), PLAN(SEGMENT_SOURCE), confidence, PLAN(HOLDOUT),
         personalized ? QUERY(ANON_ID) : empty, personalized ? QUERY(SESSION_ID) : empty, QUERY(DEVICE),
         QUERY(REFERRER_HOST), QUERY(PAGE_TYPE), QUERY(COUNTRY), QUERY(REGION), QUERY(CONSENT), QUERY(CONTEXT), seed,
-        rate, eligible_count, TABLE(CONTENT_IDS), rows, scores, propensities, explored,
+        rate, eligible_count, TABLE(CONTENT_IDS),
     };
-    PyObject *logged = decision_columns_append(TABLE(COLUMNS), record, 27);
+    PyObject *logged = decision_columns_append(TABLE(COLUMNS), record, slate);
     if (!logged) goto done;
     Py_DECREF(logged);
 
-    PyObject *item_fields[8] = {scores, propensities, explored, rows, TABLE(ITEM_TAILS), TABLE(REASON_HEADS),
-                                PLAN(REASON_TAIL), PLAN(EXPLORED_REASON_TAIL)};
-    items = ranked_items(module, item_fields, 8);
+    items = items_of(slate, TABLE(ITEM_TAILS), TABLE(REASON_HEADS), PLAN(REASON_TAIL), PLAN(EXPLORED_REASON_TAIL));
     if (!items) goto done;
     PyObject *surface_fields = PyDict_GetItemWithError(TABLE(SURFACE_FIELDS), PLAN(SURFACE_ID));
     if (!surface_fields) {
@@ -832,7 +893,7 @@ static PyObject *served(PyObject *module, PyObject *tables, PyObject *plan, PyOb
     PyObject *response_fields[10] = {request_id, surface_fields, items, PLAN(SEGMENT_ID), confidence, PLAN(INTENT),
                                      holdout ? TABLE(HOLDOUT_VARIANT) : TABLE(VARIANT), PLAN(HOLDOUT), seed,
                                      no_explanation};
-    response = rank_response(module, response_fields, 10);
+    response = rank_response(NULL, response_fields, 10);
     Py_DECREF(no_explanation);
 done:
     Py_XDECREF(request_id);
@@ -846,14 +907,15 @@ PyDoc_STRVAR(serve_slate_doc,
 "serve_slate(tables, plan, query, confidence, seed, nonce, decided_at_ms, exploration_rate, detail)\n"
 "--\n\n"
 "One Rank decision from its plan to its response, in one call: draw the slate from the plan's pool with the\n"
-"query's limit (draw_slate), count its impressions on the posteriors (add_at), make its request id\n"
-"(encode_request_id with the 48-bit nonce), append its record to the decision log (DecisionColumns.append)\n"
-"and build the RankResponse bytes without an explanation (ranked_items, rank_response).\n"
-"tables is an aura.server.servicer.SlateTables, plan an aura.server.decision.SlatePlan and query a RankQuery,\n"
-"read by field position; confidence is the visitor's segment confidence. Returns (response bytes, explored\n"
-"slot or -1, draw_slate's result when detail is true, else None).");
+"query's limit (as draw_slate), count its impressions on the posteriors (as add_at), make its request id\n"
+"(as encode_request_id, with the 48-bit nonce), append its record to the decision log (as\n"
+"DecisionColumns.append) and build the RankResponse bytes without an explanation (as ranked_items and\n"
+"rank_response). tables is an aura.server.servicer.SlateTables, plan an aura.server.decision.SlatePlan and\n"
+"query a RankQuery, read by field position; confidence is the visitor's segment confidence. Returns\n"
+"(response bytes, explored slot or -1, draw_slate's result when detail is true, else None).");
 
 static PyObject *serve_slate(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
     if (check_arg_count("serve_slate", nargs, 9) < 0) return NULL;
     PyObject *tables = args[0], *plan = args[1], *query = args[2];
     if (!PyTuple_Check(tables) || PyTuple_GET_SIZE(tables) < TABLE_FIELDS || !PyTuple_Check(plan) ||
@@ -868,23 +930,43 @@ static PyObject *serve_slate(PyObject *module, PyObject *const *args, Py_ssize_t
     if (limit > eligible) limit = eligible;
     if (top_n > limit) top_n = limit;
     PyObject *limit_value = PyLong_FromSsize_t(limit), *top_n_value = PyLong_FromSsize_t(top_n);
-    PyObject *drawn = NULL, *response = NULL, *result = NULL;
+    Buffer buffers[DRAW_BUFFERS] = {0};
+    char *gathered = NULL;
+    PyObject *response = NULL, *details = NULL, *result = NULL;
     if (!limit_value || !top_n_value) goto done;
-    PyObject *draw_args[16] = {
+    PyObject *draw_args[15] = {
         TABLE(PARAMS), PLAN(PARAM_ROWS), PLAN(FRESHNESS), PLAN(PROPENSITY), PLAN(CLUSTERS), PLAN(CONTENT_ROWS),
         TABLE(SIMILAR_OFFSETS), TABLE(SIMILAR_ROWS), TABLE(VARIANCE_SCALE), args[4], limit_value, top_n_value,
-        TABLE(MAX_PER_CLUSTER), TABLE(SCAN_PER_SLOT), args[7], args[8],
+        TABLE(MAX_PER_CLUSTER), TABLE(SCAN_PER_SLOT), args[7],
     };
-    drawn = draw_slate(module, draw_args, 16);
-    if (!drawn) goto done;
-    response = served(module, tables, plan, query, args, drawn, eligible);
-    if (response)
-        result = PyTuple_Pack(3, response, PyTuple_GET_ITEM(drawn, 8), detail ? drawn : Py_None);
+    Drawn drawn;
+    if (draw(draw_args, buffers, &drawn) < 0) goto done;
+    Py_ssize_t count = drawn.count;
+    gathered = PyMem_Malloc((size_t)(count ? count : 1) * (2 * sizeof(int64_t) + 2 * sizeof(double)));
+    if (!gathered) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int64_t *rows = (int64_t *)gathered, *beta_rows = rows + count;
+    double *scores = (double *)(beta_rows + count), *propensities = scores + count;
+    for (Py_ssize_t s = 0; s < count; s++) {
+        Py_ssize_t item = g_slate[s];
+        rows[s] = drawn.content_rows[item];
+        beta_rows[s] = drawn.param_rows[drawn.n + item];
+        scores[s] = g_scores[item];
+        propensities[s] = g_propensities[s];
+    }
+    if (detail && !(details = drawn_tuple(&drawn, 1))) goto done;
+    Slate slate = {count, drawn.explored_slot, rows, scores, propensities};
+    response = served(tables, plan, query, args, &slate, beta_rows, eligible);
+    if (response) result = Py_BuildValue("(OnO)", response, drawn.explored_slot, details ? details : Py_None);
 done:
+    release(buffers, DRAW_BUFFERS);
+    PyMem_Free(gathered);
     Py_XDECREF(limit_value);
     Py_XDECREF(top_n_value);
-    Py_XDECREF(drawn);
     Py_XDECREF(response);
+    Py_XDECREF(details);
     return result;
 }
 

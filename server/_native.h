@@ -4,6 +4,7 @@
 #define AURA_NATIVE_H
 
 #include <Python.h>
+#include <stdint.h>
 
 /* 0, or -1 with a TypeError when a METH_FASTCALL function got other than `expected` arguments. */
 static inline int check_arg_count(const char *function, Py_ssize_t nargs, Py_ssize_t expected) {
@@ -12,14 +13,32 @@ static inline int check_arg_count(const char *function, Py_ssize_t nargs, Py_ssi
     return -1;
 }
 
+/* A slate, best first, as C arrays: per slot its content row, score and propensity; the explored slot or -1. */
+typedef struct {
+    Py_ssize_t count, explored_slot;
+    const int64_t *rows;
+    const double *scores, *propensities;
+} Slate;
+
+/* The Slate of Python lists `rows` (ints), `scores` and `propensities` (floats) of one length, in arrays of one
+ * PyMem block (*block, which the caller frees with PyMem_Free); 0, or -1 with an exception set. */
+int slate_of_lists(PyObject *rows, PyObject *scores, PyObject *propensities, Py_ssize_t explored_slot, Slate *slate,
+                   void **block);
+
 extern const char parse_rank_request_doc[];
 PyObject *parse_rank_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
 extern const char encode_request_id_doc[];
 PyObject *encode_request_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
-/* DecisionColumns.append of `columns` (a DecisionColumns, else TypeError) with the method's 27 arguments. */
-PyObject *decision_columns_append(PyObject *columns, PyObject *const *args, Py_ssize_t nargs);
+/* The request id text of a slate: `header` the five ints of encode_request_id after `mac` (decided_at_ms, nonce,
+ * bundle_tag, surface_index, segment_index), `fingerprints[rows[i]]` each item's fingerprint. */
+PyObject *request_id_of(PyObject *mac, PyObject *const *header, PyObject *fingerprints, const int64_t *rows,
+                        Py_ssize_t count);
+
+/* DecisionColumns.append of `columns` (a DecisionColumns, else TypeError): `fields` its first 23 arguments (up to
+ * content_ids), the slate in place of the last four. */
+PyObject *decision_columns_append(PyObject *columns, PyObject *const *fields, const Slate *slate);
 
 /* Adds the DecisionColumns type (_decision_log.c) to the module; 0, or -1 with an error. */
 int add_decision_columns(PyObject *module);

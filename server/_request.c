@@ -530,62 +530,81 @@ const char encode_request_id_doc[] =
     "`fingerprints[row]` the 32-bit fingerprint of each row in `rows` (the slate, best first), and\n"
     "`mac(body).digest()` the 10-byte keyed MAC of the body.";
 
-PyObject *encode_request_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (check_arg_count("encode_request_id", nargs, 8) < 0) return NULL;
+PyObject *request_id_of(PyObject *mac, PyObject *const *header_fields, PyObject *fingerprints, const int64_t *rows,
+                        Py_ssize_t count) {
     uint64_t header[5];
     static const uint64_t header_max[5] = {0xFFFFFFFFFFFFULL, 0xFFFFFFFFFFFFULL, 0xFFFFFFFFULL, 0xFFFF, 0xFFFF};
     for (int i = 0; i < 5; i++) {
-        header[i] = PyLong_AsUnsignedLongLong(args[1 + i]);
+        header[i] = PyLong_AsUnsignedLongLong(header_fields[i]);
         if (PyErr_Occurred()) return NULL;
         if (header[i] > header_max[i]) {
             PyErr_SetString(PyExc_OverflowError, "a request id header field is out of range");
             return NULL;
         }
     }
-    PyObject *fingerprints = args[6];
-    PyObject *rows = PySequence_Fast(args[7], "rows must be a sequence");
-    if (!rows) return NULL;
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(rows);
-    PyObject *body = NULL, *digest = NULL, *result = NULL;
     if (count > REQUEST_ID_MAX_ITEMS) {
         PyErr_SetString(PyExc_ValueError, "a request id holds at most 255 items");
-        goto done;
+        return NULL;
     }
-    body = PyBytes_FromStringAndSize(NULL, REQUEST_ID_HEADER + 4 * count);
-    if (!body) goto done;
-    char *out = PyBytes_AS_STRING(body);
+    unsigned char raw[REQUEST_ID_HEADER + 4 * REQUEST_ID_MAX_ITEMS + REQUEST_ID_MAC];
+    char *out = (char *)raw;
     *out++ = REQUEST_ID_VERSION;
     for (int i = 0; i < 5; i++) out = put_be(out, header[i], i < 2 ? 6 : i == 2 ? 4 : 2);
     *out++ = (char)count;
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *fingerprint = PyObject_GetItem(fingerprints, PySequence_Fast_GET_ITEM(rows, i));
-        if (!fingerprint) goto done;
+        if (rows[i] < 0) {
+            PyErr_SetString(PyExc_IndexError, "a row of the slate is negative");
+            return NULL;
+        }
+        PyObject *fingerprint = PySequence_GetItem(fingerprints, (Py_ssize_t)rows[i]);
+        if (!fingerprint) return NULL;
         unsigned long value = PyLong_AsUnsignedLong(fingerprint);
         Py_DECREF(fingerprint);
-        if (PyErr_Occurred()) goto done;
+        if (PyErr_Occurred()) return NULL;
         if (value > 0xFFFFFFFFUL) {
             PyErr_SetString(PyExc_OverflowError, "an item fingerprint is not a 32-bit value");
-            goto done;
+            return NULL;
         }
         out = put_be(out, value, 4);
     }
-    PyObject *hash = PyObject_CallOneArg(args[0], body);
-    if (!hash) goto done;
-    digest = PyObject_CallMethod(hash, "digest", NULL);
+    Py_ssize_t body_size = REQUEST_ID_HEADER + 4 * count;
+    PyObject *body = PyBytes_FromStringAndSize((const char *)raw, body_size);
+    if (!body) return NULL;
+    PyObject *hash = PyObject_CallOneArg(mac, body);
+    Py_DECREF(body);
+    if (!hash) return NULL;
+    PyObject *digest = PyObject_CallMethod(hash, "digest", NULL);
     Py_DECREF(hash);
-    if (!digest) goto done;
-    if (!PyBytes_Check(digest) || PyBytes_GET_SIZE(digest) != REQUEST_ID_MAC) {
+    if (!digest) return NULL;
+    PyObject *result = NULL;
+    if (!PyBytes_Check(digest) || PyBytes_GET_SIZE(digest) != REQUEST_ID_MAC)
         PyErr_SetString(PyExc_ValueError, "mac(body).digest() must return 10 bytes");
+    else {
+        memcpy(raw + body_size, PyBytes_AS_STRING(digest), REQUEST_ID_MAC);
+        result = request_id_text(raw, body_size + REQUEST_ID_MAC);
+    }
+    Py_DECREF(digest);
+    return result;
+}
+
+PyObject *encode_request_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (check_arg_count("encode_request_id", nargs, 8) < 0) return NULL;
+    PyObject *sequence = PySequence_Fast(args[7], "rows must be a sequence");
+    if (!sequence) return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(sequence);
+    int64_t rows[REQUEST_ID_MAX_ITEMS];
+    PyObject *result = NULL;
+    if (count > REQUEST_ID_MAX_ITEMS) {
+        PyErr_SetString(PyExc_ValueError, "a request id holds at most 255 items");
         goto done;
     }
-    unsigned char raw[REQUEST_ID_HEADER + 4 * REQUEST_ID_MAX_ITEMS + REQUEST_ID_MAC];
-    Py_ssize_t body_size = PyBytes_GET_SIZE(body);
-    memcpy(raw, PyBytes_AS_STRING(body), (size_t)body_size);
-    memcpy(raw + body_size, PyBytes_AS_STRING(digest), REQUEST_ID_MAC);
-    result = request_id_text(raw, body_size + REQUEST_ID_MAC);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        rows[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(sequence, i));
+        if (rows[i] == -1 && PyErr_Occurred()) goto done;
+    }
+    result = request_id_of(args[0], args + 1, args[6], rows, count);
 done:
-    Py_DECREF(rows);
-    Py_XDECREF(body);
-    Py_XDECREF(digest);
+    Py_DECREF(sequence);
     return result;
 }

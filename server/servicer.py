@@ -118,8 +118,7 @@ class SlateTables(NamedTuple):
     """What `serve_slate` reads per bundle and process, by position in this order (see aura.server._native)."""
 
     params: np.ndarray
-    beta: np.ndarray
-    """The writable half of `params` that impressions add to."""
+    """The posterior parameters (writable: impressions add to the betas)."""
     examination_weights: np.ndarray
     similar_offsets: np.ndarray
     similar_rows: np.ndarray
@@ -199,7 +198,6 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             policies = self._config.policies
             tables = self._tables = SlateTables(
                 serving.posteriors.params,
-                serving.posteriors.beta,
                 EXAMINATION_WEIGHTS,
                 index.similar_offsets,
                 index.similar_rows,
