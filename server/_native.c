@@ -6,8 +6,10 @@
  * logged seed, so a decision replays exactly from (seed, posterior state).
  * ranked_items and rank_response: the RankResponse in protobuf wire format, from the bytes prepared per
  * bundle by aura.server.wire (field numbers of proto/aura/v1/decision_service.proto and common.proto).
- * serve_slate: Rank from a memoized plan to the response bytes, composed of the functions here, so the
- * interpreter runs none of the steps between them.
+ * serve_slate: Rank from a memoized plan to the response bytes: the draw, the impressions (as add_at), the
+ * request id (as encode_request_id), the log record (as DecisionColumns.append) and the items and response (as
+ * ranked_items and rank_response), on the same internals with the slate kept in C arrays, so the interpreter
+ * runs none of the steps between them.
  * parse_rank_request and encode_request_id are in _request.c, the DecisionColumns type in _decision_log.c.
  * Scratch memory is module-level and reused: callers hold the GIL for the whole call.
  */
@@ -988,10 +990,10 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module_def = {
     .m_base = PyModuleDef_HEAD_INIT,
     .m_name = "_native",
-    .m_doc = "The compiled parts of the Rank hot path: serve_slate (one decision from its plan to its response, "
-             "composed of draw_slate, add_at (the online impression counts), encode_request_id, the decision log's "
-             "append, ranked_items and rank_response), parse_rank_request, the decision log's "
-             "DecisionColumns, and the Rank API's limits (MAX_ID_LENGTH, MAX_CANDIDATES, ...).",
+    .m_doc = "The compiled parts of the Rank hot path: serve_slate (one decision from its plan to its response), "
+             "and its steps one by one: draw_slate, add_at (the online impression counts), encode_request_id, "
+             "ranked_items and rank_response; parse_rank_request, the decision log's DecisionColumns, and the Rank "
+             "API's limits (MAX_ID_LENGTH, MAX_CANDIDATES, ...).",
     .m_size = -1,
     .m_methods = methods,
 };
