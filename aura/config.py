@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import os
 import re
 import types
@@ -342,6 +343,25 @@ ENV_NAMES: dict[str, str] = {
     "model_retention_versions": "MODEL_RETENTION_VERSIONS",
     "cors_origins": "AURA_CORS_ORIGINS",
 }
+
+
+OTHER_AURA_VARIABLES = frozenset(
+    {"AURA_NODE_ID", "AURA_DEMO_SITE_PORT", "AURA_DUCKDB_MEMORY_LIMIT", "AURA_DUCKDB_THREADS"}
+)
+"""The AURA_* variables read outside `Settings`: the logs' node id, the demo site's port, the batch's DuckDB limits."""
+
+
+def unknown_aura_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """A message per set AURA_* variable that nothing reads, naming the closest known one (else a typo is silent)."""
+    environ = os.environ if environ is None else environ
+    known = sorted({name for name in ENV_NAMES.values() if name.startswith("AURA_")} | OTHER_AURA_VARIABLES)
+    messages = []
+    for name in sorted(variable for variable in environ if variable.startswith("AURA_") and variable not in known):
+        # Compared without the shared prefix, which would make every pair look alike.
+        guess = difflib.get_close_matches(name.removeprefix("AURA_"), [k.removeprefix("AURA_") for k in known], n=1)
+        hint = f"; did you mean AURA_{guess[0]}?" if guess else f"; the AURA_* settings are {', '.join(known)}."
+        messages.append(f"environment: {name} is not an AURA setting and is ignored{hint}")
+    return messages
 
 
 @dataclass(frozen=True)

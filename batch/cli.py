@@ -44,6 +44,7 @@ from aura.config import (
     load_policies,
     load_settings,
     load_surfaces,
+    unknown_aura_variables,
 )
 from aura.errors import AuraError, BundleError, ConfigError
 
@@ -104,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "build":
         _check_build_args(parser, args)
+    for message in unknown_aura_variables():
+        print(f"aura: warning: {message}", file=sys.stderr)
     try:
         _apply_env_defaults(args)
         args.handler(args)

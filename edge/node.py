@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 
 from aura.bundle.store import open_store
-from aura.config import DEV_REQUEST_ID_SECRET, AppConfig, load_config, parse_host_port
+from aura.config import DEV_REQUEST_ID_SECRET, AppConfig, load_config, parse_host_port, unknown_aura_variables
 from aura.edge.logship import LogShipper
 from aura.edge.sync import BundleSync
 from aura.embedding import default_embedder
@@ -219,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aura-edge: configuration error: {exc}", file=sys.stderr)
         return 2
     _configure_logging(config.settings.api_log_level)
+    for message in unknown_aura_variables():
+        log.warning("%s", message)
     if config.settings.request_id_secret == DEV_REQUEST_ID_SECRET:
         log.warning(
             "AURA_REQUEST_ID_SECRET is not set: request ids are signed with the public development secret, so "

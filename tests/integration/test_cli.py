@@ -425,6 +425,15 @@ def test_bad_environment_values_exit_2_in_one_line(
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing ran"
 
 
+def test_a_misspelt_aura_variable_is_reported(tmp_path: Path) -> None:
+    result = aura("list", "--store", tmp_path, env={"AURA_BUNDLE_STOR": "s3://typo/x"})
+    assert result.returncode == 0
+    assert result.stderr == (
+        "aura: warning: environment: AURA_BUNDLE_STOR is not an AURA setting and is ignored; "
+        "did you mean AURA_BUNDLE_STORE?\n"
+    )
+
+
 def test_a_bad_variable_fails_only_the_commands_that_read_it(tmp_path: Path) -> None:
     env = {"EVENT_RETENTION_DAYS": "395d", "AURA_DUCKDB_THREADS": "0"}
     assert ok("list", "--store", tmp_path, env=env) == f"no bundles in {tmp_path}\n"

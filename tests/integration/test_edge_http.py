@@ -143,6 +143,21 @@ def test_the_node_warns_when_request_ids_use_the_development_secret(edge_node) -
     assert "AURA_REQUEST_ID_SECRET is not set" in edge_node.logs()
 
 
+def test_the_node_names_a_misspelt_aura_variable(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # a busy port: the node stops after its start-up checks
+        env = {
+            **os.environ,
+            "AURA_GRPC_ADDRESS": f"127.0.0.1:{listener.getsockname()[1]}",
+            "AURA_STATE_DIR": str(tmp_path / "state"),
+            "AURA_ADMIN_TOKN": "secret",
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "aura.edge.node"], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 2
+    assert "AURA_ADMIN_TOKN is not an AURA setting and is ignored; did you mean AURA_ADMIN_TOKEN?" in result.stderr
+
+
 @pytest.mark.parametrize("held", ["grpc", "http"])
 def test_a_node_refuses_a_port_another_process_listens_on(tmp_path: Path, held: str) -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener, socket.create_server(("127.0.0.1", 0)) as free:

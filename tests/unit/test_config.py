@@ -1,8 +1,11 @@
+import re
 from pathlib import Path
 
 import pytest
 
 from aura.config import (
+    ENV_NAMES,
+    OTHER_AURA_VARIABLES,
     check_dimensions,
     custom_context_key,
     load_config,
@@ -10,6 +13,7 @@ from aura.config import (
     load_settings,
     load_surfaces,
     parse_host_port,
+    unknown_aura_variables,
 )
 from aura.errors import ConfigError
 
@@ -204,3 +208,23 @@ def test_grpc_addresses_parse_to_host_and_port(address: str, expected: tuple[str
 def test_a_grpc_address_that_is_not_host_and_port_is_refused(address: str) -> None:
     with pytest.raises(ValueError, match="host:port"):
         parse_host_port(address)
+
+
+def test_unknown_aura_variables_are_named_with_the_closest_setting() -> None:
+    environ = {"AURA_ADMIN_TOKN": "t", "AURA_STATE_DIR": "/s", "AURA_NODE_ID": "n", "AURA_WHATEVER": "1", "PATH": "/"}
+    first, second = unknown_aura_variables(environ)
+    assert first == "environment: AURA_ADMIN_TOKN is not an AURA setting and is ignored; did you mean AURA_ADMIN_TOKEN?"
+    assert second.startswith("environment: AURA_WHATEVER is not an AURA setting and is ignored; the AURA_* settings")
+    assert "AURA_STATE_DIR" in second and "AURA_DUCKDB_THREADS" in second
+
+
+def test_every_aura_variable_the_code_reads_is_known() -> None:
+    sources = [
+        *REPO.glob("aura/**/*.py"),
+        *REPO.glob("server/*.py"),
+        *REPO.glob("edge/**/*.py"),
+        *REPO.glob("batch/*.py"),
+    ]
+    read = {name for path in sources for name in re.findall(r"\bAURA_[A-Z0-9_]*[A-Z0-9]\b", path.read_text())}
+    assert read, "the scan found no variable"
+    assert sorted(read - set(ENV_NAMES.values()) - OTHER_AURA_VARIABLES) == []
