@@ -10,7 +10,8 @@
  * request id (as encode_request_id), the log record (as DecisionColumns.append) and the items and response (as
  * ranked_items and rank_response), on the same internals with the slate kept in C arrays, so the interpreter
  * runs none of the steps between them.
- * parse_rank_request and encode_request_id are in _request.c, the DecisionColumns type in _decision_log.c.
+ * parse_rank_request and encode_request_id are in _request.c, resolve_segment and planned_slate in _resolve.c,
+ * the DecisionColumns type in _decision_log.c.
  * Scratch memory is module-level and reused: callers hold the GIL for the whole call.
  */
 #define PY_SSIZE_T_CLEAN
@@ -984,6 +985,8 @@ static PyMethodDef methods[] = {
     {"encode_request_id", (PyCFunction)(void (*)(void))encode_request_id, METH_FASTCALL, encode_request_id_doc},
     {"add_at", (PyCFunction)(void (*)(void))add_at, METH_FASTCALL, add_at_doc},
     {"serve_slate", (PyCFunction)(void (*)(void))serve_slate, METH_FASTCALL, serve_slate_doc},
+    {"resolve_segment", (PyCFunction)(void (*)(void))resolve_segment, METH_FASTCALL, resolve_segment_doc},
+    {"planned_slate", (PyCFunction)(void (*)(void))planned_slate, METH_FASTCALL, planned_slate_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -992,8 +995,8 @@ static struct PyModuleDef module_def = {
     .m_name = "_native",
     .m_doc = "The compiled parts of the Rank hot path: serve_slate (one decision from its plan to its response), "
              "and its steps one by one: draw_slate, add_at (the online impression counts), encode_request_id, "
-             "ranked_items and rank_response; parse_rank_request, the decision log's DecisionColumns, and the Rank "
-             "API's limits (MAX_ID_LENGTH, MAX_CANDIDATES, ...).",
+             "ranked_items and rank_response; parse_rank_request, resolve_segment and planned_slate (the plan memo's "
+             "lookup), the decision log's DecisionColumns, and the Rank API's limits (MAX_ID_LENGTH, ...).",
     .m_size = -1,
     .m_methods = methods,
 };
@@ -1001,6 +1004,7 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC PyInit__native(void) {
     ziggurat_tables();
     PyObject *module = PyModule_Create(&module_def);
-    if (module && (add_request_limits(module) < 0 || add_decision_columns(module) < 0)) Py_CLEAR(module);
+    if (module && (add_request_limits(module) < 0 || add_decision_columns(module) < 0 || add_resolve_constants() < 0))
+        Py_CLEAR(module);
     return module;
 }

@@ -1,5 +1,6 @@
-/* Shared by the sources of aura.server._native: the argument check, and what _request.c (request parsing and
- * request ids) and _decision_log.c (the decision log's column buffers) define. */
+/* Shared by the sources of aura.server._native: the argument check, the Slate, and what _request.c (request parsing
+ * and request ids), _resolve.c (segment resolution and plan lookup) and _decision_log.c (the decision log's column
+ * buffers) define. */
 #ifndef AURA_NATIVE_H
 #define AURA_NATIVE_H
 
@@ -39,6 +40,15 @@ PyObject *request_id_of(PyObject *mac, PyObject *const *header, PyObject *finger
 /* DecisionColumns.append of `columns` (a DecisionColumns, else TypeError): `fields` its first 23 arguments (up to
  * content_ids), the slate in place of the last four. */
 PyObject *decision_columns_append(PyObject *columns, PyObject *const *fields, const Slate *slate);
+
+extern const char resolve_segment_doc[];
+PyObject *resolve_segment(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
+extern const char planned_slate_doc[];
+PyObject *planned_slate(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
+/* Creates the interned strings _resolve.c compares and returns; 0, or -1 with an error. */
+int add_resolve_constants(void);
 
 /* Adds the DecisionColumns type (_decision_log.c) to the module; 0, or -1 with an error. */
 int add_decision_columns(PyObject *module);

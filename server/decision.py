@@ -7,8 +7,9 @@ order, diversity, exploration, propensities) is the compiled `aura.server._nativ
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
@@ -16,13 +17,15 @@ from typing import NamedTuple
 import numpy as np
 
 from aura.bundle.format import GLOBAL_SEGMENT
-from aura.bundle.loader import SegmentInfo, match_cold_start
+from aura.bundle.loader import Assignment, SegmentInfo, match_cold_start
 from aura.config import Policies
 from aura.errors import ConsentRequired
 from aura.server._native import draw_slate
+from aura.server._native import resolve_segment as resolve_compiled
 from aura.server.serving import DEVICE_BITS, CellView, EligiblePool, ServingIndex
 
-PERSONALIZATION = "personalization"
+HIGH_CONFIDENCE = 0.8
+"""A segment confidence from which reasons say "high-confidence" (also in server/_resolve.c's plan key)."""
 HOLDOUT_VARIANT = "holdout"
 NO_CONTEXT: Mapping[str, str] = MappingProxyType({})
 
@@ -151,48 +154,52 @@ class Decision(NamedTuple):
         )
 
 
+class SegmentResolver(NamedTuple):
+    """What segment resolution reads, for one serving index and policy; the compiled
+    `aura.server._native.resolve_segment` and `planned_slate` read the fields by position, in this order."""
+
+    assignments: Mapping[str, Assignment]
+    cold_starts: dict
+    """The index's memo of cold-start matches by context values (bounded)."""
+    match_cold_start: Callable[[tuple[str, ...]], tuple[str, float] | None]
+    context_keys: tuple[str, ...]
+    """The request context keys the bundle's cold-start rules use, after aura.bundle.format.COLD_START_KEYS."""
+    use_rules: bool
+    assignment_threshold: float
+    holdout_below: float
+    consent_gate: bool
+    """Refuse a request without personalization consent (ConsentRequired) rather than serve it unpersonalized."""
+    consent_required: type[ConsentRequired]
+    global_segment: str
+
+
+def segment_resolver(index: ServingIndex, policies: Policies, consent_required: bool) -> SegmentResolver:
+    """The SegmentResolver of a serving index under `policies`."""
+    bundle = index.bundle
+    segmentation = policies.segmentation
+    return SegmentResolver(
+        bundle.assignments,
+        index.cold_starts,
+        functools.partial(match_cold_start, bundle),
+        bundle.cold_start_context_keys,
+        segmentation.cold_start.use_rules,
+        segmentation.confidence.assignment_threshold,
+        segmentation.confidence.holdout_below,
+        consent_required and policies.decisioning.eligibility.check_consent,
+        ConsentRequired,
+        GLOBAL_SEGMENT,
+    )
+
+
 def resolve_segment(
     index: ServingIndex, query: RankQuery, policies: Policies, consent_required: bool
 ) -> SegmentResolution:
-    """Resolve the visitor's segment: precomputed assignment, else cold-start rules, else the global segment."""
-    segments = index.bundle.segments
-    global_segment = segments[GLOBAL_SEGMENT]
-    if PERSONALIZATION not in query.consent:
-        if consent_required and policies.decisioning.eligibility.check_consent:
-            raise ConsentRequired(
-                "personalization consent is required: user_ctx.consent must include 'personalization'."
-            )
-        return SegmentResolution(global_segment, 1.0, "no_consent", holdout=False)
-
-    confidence_policy = policies.segmentation.confidence
-    segment_id, confidence, source = GLOBAL_SEGMENT, 1.0, "popularity"
-    assignment = index.bundle.assignments.get(query.anon_id) if query.anon_id else None
-    if assignment is not None and assignment.confidence >= confidence_policy.assignment_threshold:
-        segment_id, confidence, source = assignment.segment_id, assignment.confidence, "assignment"
-    elif policies.segmentation.cold_start.use_rules:
-        match = _cold_start(index, query)
-        if match is not None:
-            segment_id, confidence = match
-            source = "cold_start"
-    if confidence < confidence_policy.holdout_below:
-        return SegmentResolution(global_segment, 1.0, source, holdout=True)
-    return SegmentResolution(segments[segment_id], confidence, source, holdout=False)
-
-
-COLD_START_CACHE_SIZE = 4096
-_UNSEEN = object()
-
-
-def _cold_start(index: ServingIndex, query: RankQuery) -> tuple[str, float] | None:
-    # The order of aura.bundle.format.COLD_START_KEYS, then the custom context keys the bundle's rules use.
-    values = (query.device, query.referrer_class, query.page_type, query.country, query.time_of_day, query.campaign)
-    context_keys = index.bundle.cold_start_context_keys
-    if context_keys:
-        values += tuple(query.context.get(key, "") for key in context_keys)
-    match = index.cold_starts.get(values, _UNSEEN)
-    if match is _UNSEEN:
-        match = _remember(index.cold_starts, values, match_cold_start(index.bundle, values), COLD_START_CACHE_SIZE)
-    return match
+    """Resolve the visitor's segment: precomputed assignment, else cold-start rules, else the global segment
+    (the rules in full: the compiled `aura.server._native.resolve_segment`)."""
+    segment_id, confidence, source, holdout = resolve_compiled(
+        segment_resolver(index, policies, consent_required), query
+    )
+    return SegmentResolution(index.bundle.segments[segment_id], confidence, source, holdout)
 
 
 def _remember(cache: dict, key: object, value: object, capacity: int):
@@ -250,9 +257,10 @@ def slate_plan(index: ServingIndex, query: RankQuery, resolution: SegmentResolut
     segment = resolution.segment
     memoized = not (query.explain or query.candidates)
     if memoized:
+        # The key of aura.server._native.planned_slate, which looks plans up in compiled code.
         key = (
-            query.surface_id, segment.id, resolution.source, resolution.holdout, resolution.confidence >= 0.8,
-            query.device, query.country, query.consent,
+            query.surface_id, segment.id, resolution.source, resolution.holdout,
+            resolution.confidence >= HIGH_CONFIDENCE, query.device, query.country, query.consent,
         )  # fmt: skip
         plan = index.plans.get(key)
         if plan is not None:
@@ -416,7 +424,7 @@ def _reason_tail(index: ServingIndex, query: RankQuery, resolution: SegmentResol
         kind = "holdout:popular"
     elif resolution.source == "popularity":
         kind = "popular"
-    elif resolution.confidence >= 0.8 and resolution.source != "no_consent":
+    elif resolution.confidence >= HIGH_CONFIDENCE and resolution.source != "no_consent":
         kind = "high-confidence"
     else:
         kind = ""

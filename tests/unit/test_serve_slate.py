@@ -16,7 +16,8 @@ import yaml
 
 from aura.config import load_config
 from aura.eventlog import read_log
-from aura.server.decision import Traffic, decide
+from aura.server._native import planned_slate
+from aura.server.decision import Traffic, decide, segment_resolver
 from aura.server.posterior_state import EXAMINATION_WEIGHTS
 from aura.server.request_id import RequestIdCodec, item_fingerprint
 from aura.server.servicer import DecisionService, node_deps
@@ -194,7 +195,7 @@ def test_rank_serves_exactly_the_decision_of_decide(node, tmp_path: Path) -> Non
 
 
 def test_a_plan_is_reused_only_by_requests_of_its_kind(node) -> None:
-    service, _, serving, _ = node
+    service, _, serving, config = node
     request = pb.RankRequest(
         surface_id="hero",
         user_ctx=common_pb2.UserContext(anon_id="v1", device="mobile", consent=["personalization"]),
@@ -203,6 +204,12 @@ def test_a_plan_is_reused_only_by_requests_of_its_kind(node) -> None:
     service.Rank(request.SerializeToString(), None)
     service.Rank(request.SerializeToString(), None)
     assert len(serving.index.plans) == 1
+    # The compiled lookup finds the plan Python stored: Rank's next request of this kind runs no Python plan code.
+    resolver = segment_resolver(serving.index, config.policies, consent_required=False)
+    plan, confidence = planned_slate(
+        resolver, serving.index.plans, rank_query(request.SerializeToString(), config.surfaces)
+    )
+    assert plan is next(iter(serving.index.plans.values())) and confidence == 0.6  # the mobile cold-start rule
     request.user_ctx.consent.append("age_verified")  # unlocks the age-restricted items: another pool
     service.Rank(request.SerializeToString(), None)
     request.explain = True  # explained and candidate requests get a plan of their own, not memoized
