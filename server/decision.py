@@ -249,6 +249,7 @@ class SlatePlan(NamedTuple):
 
 
 PLAN_CACHE_SIZE = 4096
+"""Plans kept per bundle. Several kinds of request share a pool; the plans are emptied with the pools memo."""
 
 
 def slate_plan(index: ServingIndex, query: RankQuery, resolution: SegmentResolution, policies: Policies) -> SlatePlan:
@@ -365,6 +366,8 @@ def _eligible_pool(
         considered = considered & np.isin(cell.items, wanted_rows, assume_unique=True)
     pool = EligiblePool.of(cell, rule_mask & considered, index.n_posteriors)
     if not (query.explain or query.candidates):
+        if len(cache) >= POOL_CACHE_SIZE:
+            index.plans.clear()  # plans hold pools: emptied together, so at most POOL_CACHE_SIZE pools stay alive
         _remember(cache, key, pool, POOL_CACHE_SIZE)
     if not query.explain:
         return pool, ()

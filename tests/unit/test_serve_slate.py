@@ -16,6 +16,7 @@ import yaml
 
 from aura.config import load_config
 from aura.eventlog import read_log
+from aura.server import decision
 from aura.server._native import planned_slate
 from aura.server.decision import Traffic, decide, segment_resolver
 from aura.server.posterior_state import EXAMINATION_WEIGHTS
@@ -217,3 +218,19 @@ def test_a_plan_is_reused_only_by_requests_of_its_kind(node) -> None:
     assert len(serving.index.plans) == 2
     first, second = serving.index.plans.values()
     assert second.eligible_count > first.eligible_count
+
+
+def test_plans_are_emptied_with_the_pools_they_hold(node, monkeypatch) -> None:
+    service, _, serving, _ = node
+    monkeypatch.setattr(decision, "POOL_CACHE_SIZE", 2)
+    for device in ("mobile", "desktop", "tablet"):  # the device is an eligibility input: three pools
+        request = pb.RankRequest(
+            surface_id="feed",
+            user_ctx=common_pb2.UserContext(anon_id="v1", device=device, consent=["personalization"]),
+            context={"time_of_day": "morning"},
+        )
+        service.Rank(request.SerializeToString(), None)
+    index = serving.index
+    # The third pool found the memo full: it was emptied, and the plans with it, so no plan keeps a dropped pool.
+    assert len(index.pools) == len(index.plans) == 1
+    assert next(iter(index.plans.values())).param_rows is next(iter(index.pools.values())).param_rows
