@@ -196,9 +196,12 @@ def resolve_segment(
 ) -> SegmentResolution:
     """Resolve the visitor's segment: precomputed assignment, else cold-start rules, else the global segment
     (the rules in full: the compiled `aura.server._native.resolve_segment`)."""
-    segment_id, confidence, source, holdout = resolve_compiled(
-        segment_resolver(index, policies, consent_required), query
-    )
+    return segment_resolution(index, segment_resolver(index, policies, consent_required), query)
+
+
+def segment_resolution(index: ServingIndex, resolver: SegmentResolver, query: RankQuery) -> SegmentResolution:
+    """`resolve_segment` with the index's resolver already made."""
+    segment_id, confidence, source, holdout = resolve_compiled(resolver, query)
     return SegmentResolution(index.bundle.segments[segment_id], confidence, source, holdout)
 
 

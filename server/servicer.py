@@ -29,7 +29,7 @@ from aura.server.decision import (
     SegmentResolver,
     Traffic,
     exploration_budget,
-    resolve_segment,
+    segment_resolution,
     segment_resolver,
     slate_decision,
     slate_plan,
@@ -176,7 +176,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         resolution = None
         planned = planned_slate(resolver, index.plans, query)
         if planned is None:  # a kind of request not seen yet, or one that asks to explain or names candidates
-            resolution = resolve_segment(index, query, policies, self._config.settings.consent_required)
+            resolution = segment_resolution(index, resolver, query)
             planned = slate_plan(index, query, resolution, policies), resolution.confidence
         plan, confidence = planned
         rate = exploration_budget(
