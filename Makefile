@@ -15,7 +15,7 @@ help: ## List the targets
 
 install: $(STAMP) $(STUBS) ## Create .venv, install AURA with its dev tools, generate the gRPC stubs
 
-$(STAMP): pyproject.toml server/_native.c server/_request.c server/_resolve.c server/_decision_log.c server/_native.h
+$(STAMP): pyproject.toml server/_native.c server/_request.c server/_resolve.c server/_exploration.c server/_decision_log.c server/_native.h
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The model package declares PyTorch; the edge runs it on numpy, so it is installed without deps.

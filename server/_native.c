@@ -6,19 +6,22 @@
  * logged seed, so a decision replays exactly from (seed, posterior state).
  * ranked_items and rank_response: the RankResponse in protobuf wire format, from the bytes prepared per
  * bundle by aura.server.wire (field numbers of proto/aura/v1/decision_service.proto and common.proto).
- * serve_slate: Rank from a memoized plan to the response bytes: the draw, the impressions (as add_at), the
- * request id (as encode_request_id), the log record (as DecisionColumns.append) and the items and response (as
- * ranked_items and rank_response), on the same internals with the slate kept in C arrays, so the interpreter
- * runs none of the steps between them.
+ * serve_slate: Rank from a memoized plan to the response bytes: the exploration budget, the seed, the draw, the
+ * impressions (as add_at), the request id (as encode_request_id), the log record (as DecisionColumns.append) and
+ * the items and response (as ranked_items and rank_response), on the same internals with the slate kept in C
+ * arrays, so the interpreter runs none of the steps between them.
  * parse_rank_request and encode_request_id are in _request.c, resolve_segment and planned_slate in _resolve.c,
- * the DecisionColumns type in _decision_log.c.
+ * the ExplorationLedger and exploration_budget in _exploration.c, the DecisionColumns type in _decision_log.c.
  * Scratch memory is module-level and reused: callers hold the GIL for the whole call.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
 
 #include "_native.h"
 
@@ -836,7 +839,7 @@ enum {
     TABLE_PARAMS, TABLE_WEIGHTS, TABLE_SIMILAR_OFFSETS, TABLE_SIMILAR_ROWS, TABLE_VARIANCE_SCALE,
     TABLE_MAX_PER_CLUSTER, TABLE_SCAN_PER_SLOT, TABLE_MAC, TABLE_BUNDLE_TAG, TABLE_FINGERPRINTS, TABLE_ITEM_TAILS,
     TABLE_REASON_HEADS, TABLE_CONTENT_IDS, TABLE_SURFACE_FIELDS, TABLE_NODE_ID, TABLE_BUNDLE_VERSION,
-    TABLE_POLICY_VERSION, TABLE_VARIANT, TABLE_HOLDOUT_VARIANT, TABLE_COLUMNS, TABLE_FIELDS
+    TABLE_POLICY_VERSION, TABLE_VARIANT, TABLE_HOLDOUT_VARIANT, TABLE_COLUMNS, TABLE_LEDGER, TABLE_FIELDS
 };
 enum {
     QUERY_SURFACE_ID, QUERY_LIMIT, QUERY_ANON_ID, QUERY_DEVICE, QUERY_REFERRER_CLASS, QUERY_PAGE_TYPE, QUERY_COUNTRY,
@@ -907,40 +910,73 @@ done:
 }
 
 PyDoc_STRVAR(serve_slate_doc,
-"serve_slate(tables, plan, query, confidence, seed, nonce, decided_at_ms, exploration_rate, detail)\n"
+"serve_slate(tables, plan, query, confidence, detail)\n"
 "--\n\n"
-"One Rank decision from its plan to its response, in one call: draw the slate from the plan's pool with the\n"
-"query's limit (as draw_slate), count its impressions on the posteriors (as add_at), make its request id\n"
-"(as encode_request_id, with the 48-bit nonce), append its record to the decision log (as\n"
+"One Rank decision from its plan to its response, in one call: take the decision's exploration budget from\n"
+"the tables' ExplorationLedger, draw a seed and a 48-bit nonce, draw the slate from the plan's pool with the\n"
+"query's limit (as draw_slate), count whether it explored in the ledger and its impressions on the posteriors\n"
+"(as add_at), make its request id (as encode_request_id), append its record to the decision log (as\n"
 "DecisionColumns.append) and build the RankResponse bytes without an explanation (as ranked_items and\n"
-"rank_response). tables is an aura.server.servicer.SlateTables, plan an aura.server.decision.SlatePlan and\n"
-"query a RankQuery, read by field position; confidence is the visitor's segment confidence. Returns\n"
-"(response bytes, explored slot or -1, draw_slate's result when detail is true, else None).");
+"rank_response), with the decision's time from the wall clock. tables is an aura.server.servicer.SlateTables,\n"
+"plan an aura.server.decision.SlatePlan and query a RankQuery, read by field position; confidence is the\n"
+"visitor's segment confidence. Returns (response bytes, exploration budget, draw_slate's result when detail\n"
+"is true, else None); the seed is in the response and the log.");
+
+/* Seeds and nonces: one xoshiro256** stream per process, from the OS's entropy at first use and again in a
+ * forked child, so no two processes ever share a stream. */
+static Rng g_seeds;
+static int g_seeded;
+
+static void reseed_after_fork(void) { g_seeded = 0; }
+
+static int next_seed(uint64_t *seed) {
+    while (!g_seeded) {
+        if (getrandom(g_seeds.s, sizeof g_seeds.s, 0) != (ssize_t)sizeof g_seeds.s) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        g_seeded = (g_seeds.s[0] | g_seeds.s[1] | g_seeds.s[2] | g_seeds.s[3]) != 0;
+    }
+    *seed = next_u64(&g_seeds);
+    return 0;
+}
 
 static PyObject *serve_slate(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (check_arg_count("serve_slate", nargs, 9) < 0) return NULL;
+    if (check_arg_count("serve_slate", nargs, 5) < 0) return NULL;
     PyObject *tables = args[0], *plan = args[1], *query = args[2];
     if (!PyTuple_Check(tables) || PyTuple_GET_SIZE(tables) < TABLE_FIELDS || !PyTuple_Check(plan) ||
-        PyTuple_GET_SIZE(plan) < PLAN_FIELDS || !PyTuple_Check(query) || PyTuple_GET_SIZE(query) < QUERY_FIELDS) {
-        PyErr_SetString(PyExc_TypeError, "tables, plan and query must be a SlateTables, a SlatePlan and a RankQuery");
+        PyTuple_GET_SIZE(plan) < PLAN_FIELDS || !PyTuple_Check(query) || PyTuple_GET_SIZE(query) < QUERY_FIELDS ||
+        !is_exploration_ledger(TABLE(LEDGER)) || !PyUnicode_Check(QUERY(ANON_ID))) {
+        PyErr_SetString(PyExc_TypeError, "tables, plan and query must be a SlateTables (with an ExplorationLedger), "
+                                         "a SlatePlan and a RankQuery");
         return NULL;
     }
-    int detail = PyObject_IsTrue(args[8]);
+    int detail = PyObject_IsTrue(args[4]);
     Py_ssize_t eligible = PyObject_Length(PLAN(FRESHNESS));
     Py_ssize_t limit = PyLong_AsSsize_t(QUERY(LIMIT)), top_n = PyLong_AsSsize_t(PLAN(TOP_N));
     if (detail < 0 || eligible < 0 || PyErr_Occurred()) return NULL;
     if (limit > eligible) limit = eligible;
     if (top_n > limit) top_n = limit;
+    double budget = ledger_budget(TABLE(LEDGER), QUERY(ANON_ID), monotonic_seconds());
+    uint64_t seed, nonce;
+    if (budget < 0.0 || next_seed(&seed) < 0 || next_seed(&nonce) < 0) return NULL;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    /* The decision's values, where `served` reads them: args[3] to args[7]. */
+    PyObject *decided[8] = {
+        tables, plan, query, args[3], PyLong_FromUnsignedLongLong(seed), PyLong_FromUnsignedLongLong(nonce >> 16),
+        PyLong_FromLongLong((long long)now.tv_sec * 1000 + now.tv_nsec / 1000000), PyFloat_FromDouble(budget),
+    };
     PyObject *limit_value = PyLong_FromSsize_t(limit), *top_n_value = PyLong_FromSsize_t(top_n);
     Buffer buffers[DRAW_BUFFERS] = {0};
     char *gathered = NULL;
     PyObject *response = NULL, *details = NULL, *result = NULL;
-    if (!limit_value || !top_n_value) goto done;
+    if (!limit_value || !top_n_value || !decided[4] || !decided[5] || !decided[6] || !decided[7]) goto done;
     PyObject *draw_args[15] = {
         TABLE(PARAMS), PLAN(PARAM_ROWS), PLAN(FRESHNESS), PLAN(PROPENSITY), PLAN(CLUSTERS), PLAN(CONTENT_ROWS),
-        TABLE(SIMILAR_OFFSETS), TABLE(SIMILAR_ROWS), TABLE(VARIANCE_SCALE), args[4], limit_value, top_n_value,
-        TABLE(MAX_PER_CLUSTER), TABLE(SCAN_PER_SLOT), args[7],
+        TABLE(SIMILAR_OFFSETS), TABLE(SIMILAR_ROWS), TABLE(VARIANCE_SCALE), decided[4], limit_value, top_n_value,
+        TABLE(MAX_PER_CLUSTER), TABLE(SCAN_PER_SLOT), decided[7],
     };
     Drawn drawn;
     if (draw(draw_args, buffers, &drawn) < 0) goto done;
@@ -961,9 +997,11 @@ static PyObject *serve_slate(PyObject *module, PyObject *const *args, Py_ssize_t
     }
     if (detail && !(details = drawn_tuple(&drawn, 1))) goto done;
     Slate slate = {count, drawn.explored_slot, rows, scores, propensities};
-    response = served(tables, plan, query, args, &slate, beta_rows, eligible);
-    if (response) result = Py_BuildValue("(OnO)", response, drawn.explored_slot, details ? details : Py_None);
+    response = served(tables, plan, query, decided, &slate, beta_rows, eligible);
+    if (response && ledger_record(TABLE(LEDGER), QUERY(ANON_ID), drawn.explored_slot >= 0) == 0)
+        result = Py_BuildValue("(OOO)", response, decided[7], details ? details : Py_None);
 done:
+    for (int i = 4; i < 8; i++) Py_XDECREF(decided[i]);
     release(buffers, DRAW_BUFFERS);
     PyMem_Free(gathered);
     Py_XDECREF(limit_value);
@@ -987,6 +1025,7 @@ static PyMethodDef methods[] = {
     {"serve_slate", (PyCFunction)(void (*)(void))serve_slate, METH_FASTCALL, serve_slate_doc},
     {"resolve_segment", (PyCFunction)(void (*)(void))resolve_segment, METH_FASTCALL, resolve_segment_doc},
     {"planned_slate", (PyCFunction)(void (*)(void))planned_slate, METH_FASTCALL, planned_slate_doc},
+    {"exploration_budget", (PyCFunction)(void (*)(void))exploration_budget, METH_FASTCALL, exploration_budget_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1003,8 +1042,13 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__native(void) {
     ziggurat_tables();
+    if (pthread_atfork(NULL, NULL, reseed_after_fork) != 0) {
+        PyErr_SetString(PyExc_OSError, "cannot register the seed stream's fork handler");
+        return NULL;
+    }
     PyObject *module = PyModule_Create(&module_def);
-    if (module && (add_request_limits(module) < 0 || add_decision_columns(module) < 0 || add_resolve_constants() < 0))
+    if (module && (add_request_limits(module) < 0 || add_decision_columns(module) < 0 ||
+                   add_exploration_ledger(module) < 0 || add_resolve_constants() < 0))
         Py_CLEAR(module);
     return module;
 }

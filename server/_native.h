@@ -1,6 +1,6 @@
 /* Shared by the sources of aura.server._native: the argument check, the Slate, and what _request.c (request parsing
- * and request ids), _resolve.c (segment resolution and plan lookup) and _decision_log.c (the decision log's column
- * buffers) define. */
+ * and request ids), _resolve.c (segment resolution and plan lookup), _exploration.c (the exploration budget) and
+ * _decision_log.c (the decision log's column buffers) define. */
 #ifndef AURA_NATIVE_H
 #define AURA_NATIVE_H
 
@@ -49,6 +49,20 @@ PyObject *planned_slate(PyObject *module, PyObject *const *args, Py_ssize_t narg
 
 /* Creates the interned strings _resolve.c compares and returns; 0, or -1 with an error. */
 int add_resolve_constants(void);
+
+/* The ExplorationLedger (_exploration.c): whether `object` is one; a decision's exploration budget for the visitor
+ * `anon_id` (a str), counting the request at monotonic_seconds() `now` (-1 with an exception set on error); and
+ * counting the decision, explored or not (0, or -1 with an exception set). */
+int is_exploration_ledger(PyObject *object);
+double monotonic_seconds(void);
+double ledger_budget(PyObject *ledger, PyObject *anon_id, double now);
+int ledger_record(PyObject *ledger, PyObject *anon_id, int explored);
+
+extern const char exploration_budget_doc[];
+PyObject *exploration_budget(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
+/* Adds the ExplorationLedger type (_exploration.c) to the module; 0, or -1 with an error. */
+int add_exploration_ledger(PyObject *module);
 
 /* Adds the DecisionColumns type (_decision_log.c) to the module; 0, or -1 with an error. */
 int add_decision_columns(PyObject *module);

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -18,9 +19,10 @@ import numpy as np
 
 from aura.bundle.format import GLOBAL_SEGMENT
 from aura.bundle.loader import Assignment, SegmentInfo, match_cold_start
-from aura.config import Policies
+from aura.config import ExplorationPolicy, Policies
 from aura.errors import ConsentRequired
-from aura.server._native import draw_slate
+from aura.server._native import ExplorationLedger, draw_slate
+from aura.server._native import exploration_budget as compiled_exploration_budget
 from aura.server._native import resolve_segment as resolve_compiled
 from aura.server.serving import DEVICE_BITS, CellView, EligiblePool, ServingIndex
 
@@ -408,14 +410,26 @@ a cell that cannot be diversified costs no more than one that can."""
 
 def exploration_budget(policies: Policies, traffic: Traffic) -> float:
     """The exploration budget of one decision: the global budget, throttled under high traffic; 0 past the
-    visitor's cap."""
+    visitor's cap (the compiled rule, which Rank's `ExplorationLedger` applies)."""
     exploration = policies.decisioning.exploration
-    if traffic.user_explore_share >= exploration.per_user_cap:
-        return 0.0
-    rate = exploration.global_budget
-    if exploration.throttle_high_traffic and traffic.requests_per_second > exploration.throttle_rps:
-        rate *= exploration.throttle_rps / traffic.requests_per_second
-    return rate
+    return compiled_exploration_budget(
+        exploration.global_budget,
+        exploration.per_user_cap,
+        throttle_rps(exploration),
+        traffic.user_explore_share,
+        traffic.requests_per_second,
+    )
+
+
+def exploration_ledger(policies: Policies) -> ExplorationLedger:
+    """A process's ledger of visitor shares and request rate, applying the policy's exploration budget."""
+    exploration = policies.decisioning.exploration
+    return ExplorationLedger(exploration.global_budget, exploration.per_user_cap, throttle_rps(exploration))
+
+
+def throttle_rps(exploration: ExplorationPolicy) -> float:
+    """The request rate above which the exploration budget shrinks (infinite when the policy does not throttle)."""
+    return exploration.throttle_rps if exploration.throttle_high_traffic else math.inf
 
 
 REASON_TAIL_CACHE_SIZE = 4096

@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import hmac
 import logging
-import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -21,14 +20,13 @@ from aura.bundle.format import EMBEDDING_DIM, EMBEDDING_MODEL
 from aura.config import AppConfig
 from aura.errors import InvalidRequest, NotFound, Unauthenticated
 from aura.eventlog import EventLog
-from aura.server._native import planned_slate, serve_slate
+from aura.server._native import ExplorationLedger, planned_slate, serve_slate
 from aura.server.decision import (
     DIVERSITY_SCAN_PER_SLOT,
     HOLDOUT_VARIANT,
     Decision,
     SegmentResolver,
-    Traffic,
-    exploration_budget,
+    exploration_ledger,
     segment_resolution,
     segment_resolver,
     slate_decision,
@@ -39,7 +37,7 @@ from aura.server.erasure import ErasedUsers
 from aura.server.posterior_state import EXAMINATION_WEIGHTS, FeedbackDedupe, examination_weight
 from aura.server.request_id import RequestIdCodec
 from aura.server.search import search
-from aura.server.state import ExplorationTracker, RateMeter, Serving, ServingHolder
+from aura.server.state import Serving, ServingHolder
 from aura.server.validation import check_id, feedback_reward, parse_timestamp, rank_query, search_limit
 from aura.server.wire import field_bytes
 from aura.v1 import admin_service_pb2 as admin_pb
@@ -141,8 +139,11 @@ class SlateTables(NamedTuple):
     holdout_variant: str
     columns: Any
     """The decision log's buffer (aura.server._native.DecisionColumns)."""
+    exploration: ExplorationLedger
+    """The process's visitor shares and request rate, for each decision's exploration budget."""
     serving: Serving
-    """The serving state these tables were made from."""
+    """The serving state these tables were made from (the fields from here on are not read by serve_slate)."""
+    resolver: SegmentResolver
 
 
 class DecisionService(pb_grpc.DecisionServiceServicer):
@@ -151,85 +152,69 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
     def __init__(self, deps: ServerDeps) -> None:
         self._deps = deps
         self._config = deps.config
-        self._exploration = ExplorationTracker()
-        self._rate = RateMeter()
-        self._random = random.Random()
+        self._exploration = exploration_ledger(deps.config.policies)
         self._variant = deps.config.settings.bandit_algorithm
         self._tables: SlateTables | None = None
-        self._resolver: SegmentResolver | None = None
 
     def Rank(self, request: bytes, context: Any) -> bytes:
         """Rank content for one surface and visitor, log the decision, and return the serialized RankResponse.
 
         Rank takes and returns wire bytes: the compiled parser validates the request in one call, the compiled
         `planned_slate` resolves the segment and finds the plan of the request's kind, and the compiled
-        `serve_slate` takes the decision from the plan to the response. It never waits, so it is a plain function
-        (aura.server.app.guarded calls it without a coroutine).
+        `serve_slate` takes the decision from the plan to the response, exploration budget and seed included.
+        It never waits, so it is a plain function (aura.server.app.guarded calls it without a coroutine).
         """
         serving = self._deps.holder.require()
         query = rank_query(request, self._config.surfaces)
         if query.anon_id and query.anon_id in self._deps.erased:
             query = query._replace(anon_id="", session_id="")
-        policies = self._config.policies
+        tables = self._tables
+        if tables is None or tables.serving is not serving:
+            tables = self._prepare(serving)
         index = serving.index
-        tables, resolver = self._prepared(serving)
         resolution = None
-        planned = planned_slate(resolver, index.plans, query)
+        planned = planned_slate(tables.resolver, index.plans, query)
         if planned is None:  # a kind of request not seen yet, or one that asks to explain or names candidates
-            resolution = segment_resolution(index, resolver, query)
-            planned = slate_plan(index, query, resolution, policies), resolution.confidence
+            resolution = segment_resolution(index, tables.resolver, query)
+            planned = slate_plan(index, query, resolution, self._config.policies), resolution.confidence
         plan, confidence = planned
-        rate = exploration_budget(
-            policies, Traffic(self._exploration.share(query.anon_id), self._rate.tick(time.monotonic()))
-        )
-        response, explored_slot, drawn = serve_slate(
-            tables,
-            plan,
-            query,
-            confidence,
-            self._random.getrandbits(64),
-            self._random.getrandbits(48),
-            time.time_ns() // 1_000_000,
-            rate,
-            query.explain,
-        )
-        self._exploration.record(query.anon_id, explored_slot >= 0)
+        response, rate, drawn = serve_slate(tables, plan, query, confidence, query.explain)
         if drawn is None:
             return response
         # Only an explained request has the draw's details, and its plan is never memoized: it was resolved above.
         decision = slate_decision(plan, resolution, index.reason_heads, drawn, rate)
         return response + field_bytes(EXPLANATION_FIELD, self._explanation(serving, decision).SerializeToString())
 
-    def _prepared(self, serving: Serving) -> tuple[SlateTables, SegmentResolver]:
+    def _prepare(self, serving: Serving) -> SlateTables:
         """The tables of `serving` for serve_slate and planned_slate, made once per bundle swap."""
-        if self._tables is None or self._tables.serving is not serving:
-            index = serving.index
-            policies = self._config.policies
-            self._resolver = segment_resolver(index, policies, self._config.settings.consent_required)
-            self._tables = SlateTables(
-                serving.posteriors.params,
-                EXAMINATION_WEIGHTS,
-                index.similar_offsets,
-                index.similar_rows,
-                policies.decisioning.exploration.posterior_variance_scale,
-                policies.decisioning.diversity.max_per_topic_cluster,
-                DIVERSITY_SCAN_PER_SLOT,
-                self._deps.codec.mac,
-                serving.bundle_tag,
-                serving.item_fingerprints,
-                serving.response_parts.item_tails,
-                index.reason_heads,
-                index.bundle.content.ids,
-                dict(serving.response_parts.surface_fields),
-                self._deps.node_id,
-                serving.version,
-                policies.policy_version,
-                self._variant,
-                HOLDOUT_VARIANT,
-                self._deps.decisions.queue.columns,
-                serving,
-            )
-        return self._tables, self._resolver
+        index = serving.index
+        policies = self._config.policies
+        self._tables = SlateTables(
+            serving.posteriors.params,
+            EXAMINATION_WEIGHTS,
+            index.similar_offsets,
+            index.similar_rows,
+            policies.decisioning.exploration.posterior_variance_scale,
+            policies.decisioning.diversity.max_per_topic_cluster,
+            DIVERSITY_SCAN_PER_SLOT,
+            self._deps.codec.mac,
+            serving.bundle_tag,
+            serving.item_fingerprints,
+            serving.response_parts.item_tails,
+            index.reason_heads,
+            index.bundle.content.ids,
+            dict(serving.response_parts.surface_fields),
+            self._deps.node_id,
+            serving.version,
+            policies.policy_version,
+            self._variant,
+            HOLDOUT_VARIANT,
+            self._deps.decisions.queue.columns,
+            self._exploration,
+            serving,
+            segment_resolver(index, policies, self._config.settings.consent_required),
+        )
+        return self._tables
 
     def _explanation(self, serving: Serving, decision: Decision) -> pb.Explanation:
         content_ids = serving.index.bundle.content.ids

@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,49 +115,3 @@ class ServingHolder:
     def on_swap(self, listener) -> None:
         """Call `listener(serving)` after every swap."""
         self._listeners.append(listener)
-
-
-class ExplorationTracker:
-    """Per-visitor share of exploratory decisions, bounded LRU, per process."""
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self._counts: OrderedDict[str, list[int]] = OrderedDict()
-        self._capacity = capacity
-
-    def share(self, anon_id: str) -> float:
-        """The visitor's explored / total decisions so far (0 for unknown visitors)."""
-        counts = self._counts.get(anon_id)
-        return counts[1] / counts[0] if counts else 0.0
-
-    def record(self, anon_id: str, explored: bool) -> None:
-        """Count one decision for the visitor."""
-        if not anon_id:
-            return
-        counts = self._counts.get(anon_id)
-        if counts is None:
-            counts = self._counts[anon_id] = [0, 0]
-            if len(self._counts) > self._capacity:
-                self._counts.popitem(last=False)
-        else:
-            self._counts.move_to_end(anon_id)
-        counts[0] += 1
-        counts[1] += explored
-
-
-class RateMeter:
-    """Requests per second of this process, over the last completed one-second window."""
-
-    def __init__(self) -> None:
-        self._window = int(time.monotonic())
-        self._count = 0
-        self._rate = 0.0
-
-    def tick(self, now: float) -> float:
-        """Count a request at monotonic time `now` and return the current rate."""
-        second = int(now)
-        if second != self._window:
-            self._rate = self._count if second == self._window + 1 else 0.0
-            self._window = second
-            self._count = 0
-        self._count += 1
-        return self._rate

@@ -7,6 +7,7 @@ naming its slate, and its decision log record the same decision.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -18,12 +19,12 @@ from aura.config import load_config
 from aura.eventlog import read_log
 from aura.server import decision
 from aura.server._native import planned_slate
-from aura.server.decision import Traffic, decide, segment_resolver
+from aura.server.decision import Traffic, decide, exploration_ledger, segment_resolver
 from aura.server.posterior_state import EXAMINATION_WEIGHTS
 from aura.server.request_id import RequestIdCodec, item_fingerprint
 from aura.server.servicer import DecisionService, node_deps
 from aura.server.serving import build_serving_index
-from aura.server.state import ExplorationTracker, ServingHolder, prepare_serving
+from aura.server.state import ServingHolder, prepare_serving
 from aura.server.validation import rank_query
 from aura.v1 import common_pb2
 from aura.v1 import decision_service_pb2 as pb
@@ -106,7 +107,7 @@ def test_rank_serves_exactly_the_decision_of_decide(node, tmp_path: Path) -> Non
     memos = (reference.plans, reference.pools, reference.reason_tails, reference.cold_starts)
     ids = list(index.bundle.content.ids)
     codec = RequestIdCodec(config.settings.request_id_secret)
-    shares = ExplorationTracker()
+    shares = exploration_ledger(config.policies)  # the visitors' shares, as Rank's own ledger counts them
     rng = random.Random(5)
     expected_log = []
     explored_any = held_out_any = removed_any = False
@@ -234,3 +235,26 @@ def test_plans_are_emptied_with_the_pools_they_hold(node, monkeypatch) -> None:
     # The third pool found the memo full: it was emptied, and the plans with it, so no plan keeps a dropped pool.
     assert len(index.pools) == len(index.plans) == 1
     assert next(iter(index.plans.values())).param_rows is next(iter(index.pools.values())).param_rows
+
+
+def test_every_decision_draws_a_new_seed_and_a_forked_process_its_own(node) -> None:
+    service, _, _, _ = node
+    body = pb.RankRequest(surface_id="feed", context={"time_of_day": "morning"}).SerializeToString()
+
+    def seed() -> int:
+        return pb.RankResponse.FromString(service.Rank(body, None)).seed
+
+    assert len({seed() for _ in range(50)}) == 50
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child reports its next seed and leaves at once, without running any cleanup
+        try:
+            os.write(write_end, seed().to_bytes(8, "little"))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    parents = {seed() for _ in range(50)}
+    with os.fdopen(read_end, "rb") as pipe:
+        childs = int.from_bytes(pipe.read(), "little")
+    os.waitpid(child, 0)
+    assert childs and childs not in parents
