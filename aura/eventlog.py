@@ -351,7 +351,13 @@ class LogUnavailable(NotReady):
 
 
 class _Segment:
-    """One open Arrow IPC stream file and its rows."""
+    """One open Arrow IPC stream file and its rows.
+
+    Every message (the schema, each record batch, the end marker) is serialized in memory and written with one
+    system call, which runs without the GIL. pyarrow's stream writer on a Python file would call back into Python,
+    taking the GIL, for each of a batch's buffers: about a hundred times per decision batch, each time taking the
+    GIL from the requests in flight.
+    """
 
     def __init__(self, path: Path, stream_dir: Path, schema: pa.Schema) -> None:
         self.path = path
@@ -360,15 +366,20 @@ class _Segment:
         self.first_ts = datetime.now(UTC)
         self.rows = 0
         self._file = path.open("wb", buffering=0)  # no buffer that could write again after a cut-back
-        self._writer = pa.ipc.new_stream(self._file, schema)
         self._broken = False
+        self._write_all(schema.serialize())
+
+    def _write_all(self, data: pa.Buffer | bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self._file.write(view) :]
 
     def write(self, batches: list[pa.RecordBatch]) -> None:
         """Append and fsync `batches`; if that fails, cut the file back to its last complete batch and raise."""
         complete = self._file.tell()
         try:
             for batch in batches:
-                self._writer.write_batch(batch)
+                self._write_all(batch.serialize())
             os.fsync(self._file.fileno())
         except BaseException:
             self._broken = True
@@ -385,11 +396,15 @@ class _Segment:
         """Close the file; the stream's end marker is written unless a failed write cut the stream back."""
         try:
             if not self._broken:
-                self._writer.close()
-        except (pa.ArrowException, OSError) as exc:  # a reader stops at the last complete batch anyway
+                self._write_all(_END_OF_STREAM)
+        except OSError as exc:  # a reader stops at the last complete batch anyway
             log.warning("event log: segment %s closed without its end marker: %s", self.path.name, exc)
         finally:
             self._file.close()
+
+
+_END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+"""The Arrow IPC stream's end marker: a continuation token and a zero-length message."""
 
 
 def _partitions(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:

@@ -144,6 +144,7 @@ class SlateTables(NamedTuple):
     serving: Serving
     """The serving state these tables were made from (the fields from here on are not read by serve_slate)."""
     resolver: SegmentResolver
+    """The segment resolver of `serving`, for planned_slate."""
 
 
 class DecisionService(pb_grpc.DecisionServiceServicer):

@@ -6,10 +6,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from aura.eventlog import RECORD_TYPES, EventLog, LogUnavailable, read_log, recover_open_segments
+from aura.eventlog import RECORD_TYPES, SCHEMAS, EventLog, LogUnavailable, _Segment, read_log, recover_open_segments
 
 
 def _admin(i: int) -> tuple:
@@ -200,6 +201,24 @@ def test_torn_tail_keeps_the_complete_batches(tmp_path: Path) -> None:
         handle.write(b"\xff\xff\xff\xff\x10\x00garbage")
     assert read_log(tmp_path, "admin")["event_id"].to_pylist() == ["e1", "e2"]
     log.close()
+
+
+def test_a_segment_is_the_arrow_stream_pyarrows_writer_makes(tmp_path: Path) -> None:
+    schema = SCHEMAS["admin"]
+    batches = [
+        pa.RecordBatch.from_pylist([_admin(i)._asdict() for i in range(first, first + 3)], schema=schema)
+        for first in (0, 3)
+    ]
+    expected = pa.BufferOutputStream()
+    with pa.ipc.new_stream(expected, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+    segment = _Segment(tmp_path / "s.arrow", tmp_path, schema)
+    segment.write(batches[:1])
+    segment.write(batches[1:])
+    segment.finish()
+    assert (tmp_path / "s.arrow").read_bytes() == expected.getvalue().to_pybytes()
+    assert segment.rows == 6
 
 
 async def _append(log: EventLog, records: list[tuple]) -> None:
