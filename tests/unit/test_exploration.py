@@ -67,13 +67,11 @@ def test_the_rule_matches_the_policy() -> None:
 
 @pytest.mark.parametrize(
     "arguments",
-    [(1.5, 0.1, 1.0), (0.1, -0.1, 1.0), (0.1, 0.1, 0.0), (0.1, 0.1, math.nan)],
+    [(1.5, 0.1, 1.0), (0.1, -0.1, 1.0), (0.1, 0.1, 0.0), (0.1, 0.1, math.nan), (0.1, 0.1, 1.0, 0)],
 )
 def test_a_ledger_refuses_settings_out_of_range(arguments) -> None:
     with pytest.raises(ValueError):
         ExplorationLedger(*arguments)
-    with pytest.raises(ValueError):
-        ExplorationLedger(0.1, 0.1, 1.0, capacity=0)
 
 
 def test_visitor_ids_must_be_strings() -> None:
