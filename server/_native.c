@@ -1035,7 +1035,8 @@ static struct PyModuleDef module_def = {
     .m_doc = "The compiled parts of the Rank hot path: serve_slate (one decision from its plan to its response), "
              "and its steps one by one: draw_slate, add_at (the online impression counts), encode_request_id, "
              "ranked_items and rank_response; parse_rank_request, resolve_segment and planned_slate (the plan memo's "
-             "lookup), the decision log's DecisionColumns, and the Rank API's limits (MAX_ID_LENGTH, ...).",
+             "lookup), the ExplorationLedger and exploration_budget, the decision log's DecisionColumns, and the "
+             "Rank API's limits (MAX_ID_LENGTH, ...).",
     .m_size = -1,
     .m_methods = methods,
 };
