@@ -143,6 +143,29 @@ def _share(total: int, parts: int, index: int) -> int:
     return total // parts + (1 if index < total % parts else 0)
 
 
+def h2load_command(
+    url: str, body: Path, load: Load, clients: int, requests: int, log_file: Path, headers: Sequence[str]
+) -> list[str]:
+    """One h2load's command line: `clients` of the load's connections sending `requests` requests of `body`.
+
+    At a fixed rate h2load paces each connection on its own timer, which starts when the connection opens.
+    Connections opened together send together: four per process at 62.5 RPS each made a burst of four requests
+    every 16 ms. So they open one by one, a connection's interval divided by their number apart (4 ms), and
+    the process sends one request every 4 ms: a fixed rate, not bursts at a fixed rate.
+    """
+    args = ["h2load", "-n", str(requests), "-c", str(clients), "-t", "1", "-m", str(load.streams)]
+    args += ["-d", str(body), "--log-file", str(log_file)]
+    if load.rps is not None:
+        connection_interval_ms = load.clients / load.rps * 1000
+        args += ["--rps", f"{load.rps / load.clients:g}"]
+        args += ["-r", "1", "--rate-period", f"{max(1, round(connection_interval_ms / clients))}ms"]
+    if load.h1:
+        args.append("--h1")
+    for header in headers:
+        args += ["-H", header]
+    return [*args, url]
+
+
 def start_h2load(url: str, bodies: Sequence[Path], load: Load, log_dir: Path, headers: Sequence[str]) -> list[tuple]:
     """Start one h2load per body; return (process, log file, output file) per h2load."""
     if load.clients % len(bodies):
@@ -153,16 +176,13 @@ def start_h2load(url: str, bodies: Sequence[Path], load: Load, log_dir: Path, he
         log_file = log_dir / f"h2load-{index}.log"
         output = log_dir / f"h2load-{index}.out"
         log_file.unlink(missing_ok=True)  # h2load appends to an existing log file
-        args = ["h2load", "-n", str(_share(load.requests, len(bodies), index)), "-c", str(clients), "-t", "1"]
-        args += ["-m", str(load.streams), "-d", str(body), "--log-file", str(log_file)]
-        if load.rps is not None:
-            args += ["--rps", f"{load.rps / load.clients:g}"]
-        if load.h1:
-            args.append("--h1")
-        for header in headers:
-            args += ["-H", header]
+        requests = _share(load.requests, len(bodies), index)
         with output.open("wb") as out:
-            process = subprocess.Popen([*args, url], stdout=out, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                h2load_command(url, body, load, clients, requests, log_file, headers),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         runs.append((process, log_file, output))
     return runs
 

@@ -8,7 +8,9 @@
 4. The node with its HTTP gateway: wrk at saturation, h2load over HTTP/1.1 at a fixed 1,000 RPS.
 
 Saturation is 64 connections x 2 streams; the fixed rate is 1,000 RPS in total over 16 connections x 8
-streams; both follow a warm-up, and both alternate between the bare and the real server in six rounds.
+streams, each paced on its own and opened one by one so that the requests are evenly spaced
+(tests.bench.loadgen.h2load_command); both follow a warm-up, and both alternate between the bare and the
+real server in six rounds.
 Every server's own count of OK responses (the bare server's counters, the node's decision log) must
 equal the load generator's count of 2xx responses, so a gRPC error (HTTP 200 with a grpc-status) cannot
 pass as a success. Exit status 1 when a check fails (with --strict, also when a target is missed).
@@ -700,8 +702,8 @@ def print_report(report: Report) -> None:
     )
     print(
         f"saturation: {SATURATION_CONNECTIONS} connections x {SATURATION_STREAMS} streams; fixed rate: "
-        f"{FIXED_RPS:,.0f} RPS over {FIXED_CONNECTIONS} connections (gateway: {GATEWAY_CONNECTIONS}); one h2load "
-        "per request body, in parallel"
+        f"{FIXED_RPS:,.0f} RPS over {FIXED_CONNECTIONS} connections (gateway: {GATEWAY_CONNECTIONS}), opened one by "
+        "one so that each h2load sends evenly; one h2load per request body, in parallel"
     )
     print("\n" + HEADER)
     for phase in report.phases:

@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 
 from tests.bench import procs
-from tests.bench.loadgen import H2loadSummary, LoadError, LoadResult, merge_h2load, parse_h2load_summary, parse_wrk
+from tests.bench.loadgen import (
+    H2loadSummary,
+    Load,
+    LoadError,
+    LoadResult,
+    h2load_command,
+    merge_h2load,
+    parse_h2load_summary,
+    parse_wrk,
+)
 from tests.bench.procs import CpuUse, cpu_seconds, listening_ports
 from tests.bench.run_bench import Phase, Report, combined, targets
 
@@ -77,6 +86,19 @@ def test_parallel_h2load_runs_merge_over_their_common_window() -> None:
     assert result.rps == pytest.approx(15 / 7.001)
     assert (result.done, result.ok, result.errors) == (19, 18, 1)
     assert (result.p50_ms, result.p99_ms) == (1.0, 3.0)
+
+
+def _option(command: list[str], name: str) -> str | None:
+    return command[command.index(name) + 1] if name in command else None
+
+
+def test_fixed_rate_connections_open_one_by_one_so_each_process_sends_evenly(tmp_path) -> None:
+    """16 connections at 1,000 RPS over four h2load processes: 62.5 RPS each, opened 4 ms apart."""
+    fixed = h2load_command("http://x/", tmp_path / "b", Load(16, 2500, 8, 1000.0), 4, 625, tmp_path / "l", ())
+    assert (_option(fixed, "-c"), _option(fixed, "--rps")) == ("4", "62.5")
+    assert (_option(fixed, "-r"), _option(fixed, "--rate-period")) == ("1", "4ms")
+    saturated = h2load_command("http://x/", tmp_path / "b", Load(64, 8000, 2), 16, 2000, tmp_path / "l", ())
+    assert _option(saturated, "--rps") is None and _option(saturated, "-r") is None
 
 
 def test_a_log_that_disagrees_with_the_summary_is_an_error() -> None:
