@@ -219,14 +219,16 @@ class SlatePlan(NamedTuple):
     """What a slate needs that is the same for every request of one kind: the eligible pool of a cell, the
     identifiers the request id and the log record carry, the segment the response names and the reasons' tails.
 
-    The compiled `aura.server._native.serve_slate` reads the fields by position, in this order.
+    The compiled `aura.server._native.serve_slate` reads the fields by position, in this order. The pool's arrays
+    are memoryviews of the EligiblePool's: Rank takes their buffers on every request, and a memoryview hands its
+    buffer over without numpy's bookkeeping.
     """
 
-    param_rows: np.ndarray
-    freshness: np.ndarray
-    propensity: np.ndarray
-    clusters: np.ndarray
-    content_rows: np.ndarray
+    param_rows: memoryview
+    freshness: memoryview
+    propensity: memoryview
+    clusters: memoryview
+    content_rows: memoryview
     top_n: int
     """The diversity policy's top N on this surface (0 without diversity), before the query's limit caps it."""
     surface_id: str
@@ -250,7 +252,7 @@ class SlatePlan(NamedTuple):
     @property
     def eligible_count(self) -> int:
         """How many items the pool holds."""
-        return self.freshness.size
+        return len(self.freshness)
 
 
 PLAN_CACHE_SIZE = 4096
@@ -275,7 +277,8 @@ def slate_plan(index: ServingIndex, query: RankQuery, resolution: SegmentResolut
     pool, removed = _eligible_pool(index, cell, query, policies)
     surface = index.surfaces[query.surface_id]
     plan = SlatePlan(
-        pool.param_rows, pool.freshness, pool.propensity, pool.clusters, pool.content_rows,
+        memoryview(pool.param_rows), memoryview(pool.freshness), memoryview(pool.propensity),
+        memoryview(pool.clusters), memoryview(pool.content_rows),
         policies.decisioning.diversity.enforce_in_top_n if surface.diversity else 0,
         query.surface_id, cell.segment_id, index.surface_index[query.surface_id], index.segment_index[cell.segment_id],
         segment.id, segment.intent, resolution.holdout, resolution.source, resolution.source != "no_consent",

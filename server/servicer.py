@@ -117,11 +117,12 @@ EXPLANATION_FIELD = 10
 class SlateTables(NamedTuple):
     """What `serve_slate` reads per bundle and process, by position in this order (see aura.server._native)."""
 
-    params: np.ndarray
-    """The posterior parameters (writable: impressions add to the betas)."""
-    examination_weights: np.ndarray
-    similar_offsets: np.ndarray
-    similar_rows: np.ndarray
+    params: memoryview
+    """The posterior parameters (writable: impressions add to the betas). The arrays are memoryviews, as in
+    aura.server.decision.SlatePlan."""
+    examination_weights: memoryview
+    similar_offsets: memoryview
+    similar_rows: memoryview
     variance_scale: float
     max_per_cluster: int
     scan_per_slot: int
@@ -191,10 +192,10 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         index = serving.index
         policies = self._config.policies
         self._tables = SlateTables(
-            serving.posteriors.params,
-            EXAMINATION_WEIGHTS,
-            index.similar_offsets,
-            index.similar_rows,
+            memoryview(serving.posteriors.params),
+            memoryview(EXAMINATION_WEIGHTS),
+            memoryview(index.similar_offsets),
+            memoryview(index.similar_rows),
             policies.decisioning.exploration.posterior_variance_scale,
             policies.decisioning.diversity.max_per_topic_cluster,
             DIVERSITY_SCAN_PER_SLOT,

@@ -236,7 +236,7 @@ def test_plans_are_emptied_with_the_pools_they_hold(node, monkeypatch) -> None:
     index = serving.index
     # The third pool found the memo full: it was emptied, and the plans with it, so no plan keeps a dropped pool.
     assert len(index.pools) == len(index.plans) == 1
-    assert next(iter(index.plans.values())).param_rows is next(iter(index.pools.values())).param_rows
+    assert next(iter(index.plans.values())).param_rows.obj is next(iter(index.pools.values())).param_rows
 
 
 def test_every_decision_draws_a_new_seed_and_a_forked_process_its_own(node) -> None:
