@@ -10,12 +10,12 @@
 Saturation is 64 connections x 2 streams; the fixed rate is 1,000 RPS in total over 16 connections x 8
 streams, each paced on its own and opened one by one so that the requests are evenly spaced
 (tests.bench.loadgen.h2load_command); both follow a warm-up, and both alternate between the bare and the
-real server in six rounds.
+real server in rounds (twelve at saturation, six at the fixed rate).
 Every server's own count of OK responses (the bare server's counters, the node's decision log) must
 equal the load generator's count of 2xx responses, so a gRPC error (HTTP 200 with a grpc-status) cannot
 pass as a success. Exit status 1 when a check fails (with --strict, also when a target is missed).
 
-    .venv/bin/python -m tests.bench.run_bench [--dir var/bench] [--rebuild] [--seconds 10] [--rate-seconds 15]
+    .venv/bin/python -m tests.bench.run_bench [--dir var/bench] [--rebuild] [--seconds 20] [--rate-seconds 15]
 """
 
 from __future__ import annotations
@@ -78,11 +78,15 @@ WORKERS = 2
 SATURATION_CONNECTIONS, SATURATION_STREAMS = 64, 2
 # The kernel spreads connections over the SO_REUSEPORT processes by hash: with 16 connections one process often
 # got 11 or more of them and saturated while the other idled, for the bare server as for the real one.
-ALTERNATING_ROUNDS = 6
+SATURATION_ROUNDS = 12
 """Saturation and the fixed rate alternate between the servers in rounds, so a slow spell of the shared machine
-hits both. A fixed-rate round's latency is largely set when it starts (how the connections and their send times
-fall on the processes), so its p99 swings from round to round: six shorter rounds per server in the same time,
-not three, keep one unlucky round from deciding the ratio."""
+hits both. Each saturation round draws a new split of the 64 connections over the two processes, and a round at
+40/24 runs one process flat out while the other idles a third of the time (about 4,450 RPS for the bare server,
+against 5,400 at 31/33): twelve rounds per server average twice as many draws as six."""
+RATE_ROUNDS = 6
+"""A fixed-rate round's latency is largely set when it starts (how the connections fall on the processes), so its
+p99 swings from round to round: six shorter rounds per server, not three, keep one unlucky round from deciding
+the ratio."""
 FIXED_RPS = 1000.0
 FIXED_CONNECTIONS, FIXED_STREAMS = 16, 8
 GATEWAY_CONNECTIONS = 16
@@ -488,20 +492,28 @@ def grpc_phases(report: Report, servers: list[Server], bodies: list[Path], work:
     requests = {}
     for server in servers:
         warmup = drive(report, server, "warm-up", saturation(WARMUP_REQUESTS), bodies, work)
-        per_round = warmup.result.rps * args.seconds / ALTERNATING_ROUNDS
-        requests[server.name] = max(WARMUP_REQUESTS // ALTERNATING_ROUNDS, int(round(per_round, -3)))
-    alternate(report, servers, "saturation", lambda server: saturation(requests[server.name]), bodies, work)
-    rate_round = fixed_rate(args.rate_seconds / ALTERNATING_ROUNDS)
-    alternate(report, servers, "1000rps", lambda _server: rate_round, bodies, work)
+        per_round = warmup.result.rps * args.seconds / SATURATION_ROUNDS
+        requests[server.name] = max(WARMUP_REQUESTS // SATURATION_ROUNDS, int(round(per_round, -3)))
+    alternate(
+        report, servers, "saturation", SATURATION_ROUNDS, lambda server: saturation(requests[server.name]), bodies, work
+    )
+    rate_round = fixed_rate(args.rate_seconds / RATE_ROUNDS)
+    alternate(report, servers, "1000rps", RATE_ROUNDS, lambda _server: rate_round, bodies, work)
 
 
 def alternate(
-    report: Report, servers: list[Server], name: str, load: Callable[[Server], Load], bodies: list[Path], work: Path
+    report: Report,
+    servers: list[Server],
+    name: str,
+    count: int,
+    load: Callable[[Server], Load],
+    bodies: list[Path],
+    work: Path,
 ) -> None:
-    """Drive the servers in ALTERNATING_ROUNDS alternating rounds (`name`-1, -2, ...), then add the `name` phase
-    that combines each server's rounds."""
+    """Drive the servers in `count` alternating rounds (`name`-1, -2, ...), then add the `name` phase that combines
+    each server's rounds."""
     rounds: dict[str, list[Phase]] = {server.name: [] for server in servers}
-    for number in range(1, ALTERNATING_ROUNDS + 1):
+    for number in range(1, count + 1):
         for server in servers:
             rounds[server.name].append(drive(report, server, f"{name}-{number}", load(server), bodies, work))
     for server in servers:
@@ -847,7 +859,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rebuild", action="store_true", help="build a new bench bundle instead of the cached one")
     parser.add_argument(
-        "--seconds", type=float, default=10.0, help="saturation time per server, over its rounds (default 10)"
+        "--seconds", type=float, default=20.0, help="saturation time per server, over its rounds (default 20)"
     )
     parser.add_argument(
         "--rate-seconds",
