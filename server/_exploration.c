@@ -50,6 +50,17 @@ static Py_ssize_t slot_of(ExplorationLedger *self, PyObject *anon_id) {
     return slot ? PyLong_AsSsize_t(slot) : NO_SLOT;
 }
 
+/* The visitor's explored / total decisions into *share (0 for one not seen); 0, or -1 with an exception set. */
+static int visitor_share(ExplorationLedger *self, PyObject *anon_id, double *share) {
+    Py_ssize_t slot = slot_of(self, anon_id);
+    if (slot == NO_SLOT) {
+        *share = 0.0;
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    *share = (double)self->explored[slot] / (double)self->decisions[slot];
+    return 0;
+}
+
 static void unlink_slot(ExplorationLedger *self, Py_ssize_t slot) {
     Py_ssize_t newer = self->newer[slot], older = self->older[slot];
     if (newer != NO_SLOT) self->older[newer] = older;
@@ -119,9 +130,7 @@ double ledger_budget(PyObject *ledger, PyObject *anon_id, double now) {
     }
     self->count++;
     double share = 0.0;
-    Py_ssize_t slot = PyUnicode_GET_LENGTH(anon_id) ? slot_of(self, anon_id) : NO_SLOT;
-    if (slot != NO_SLOT) share = (double)self->explored[slot] / (double)self->decisions[slot];
-    else if (PyErr_Occurred()) return -1.0;
+    if (PyUnicode_GET_LENGTH(anon_id) && visitor_share(self, anon_id, &share) < 0) return -1.0;
     return rule(self->global_budget, self->per_user_cap, self->throttle_rps, share, self->rate);
 }
 
@@ -190,10 +199,9 @@ static int check_visitor(PyObject *anon_id) {
 PyDoc_STRVAR(share_doc, "share(anon_id)\n--\n\nThe visitor's explored / total decisions so far (0 for one not seen).");
 
 static PyObject *ExplorationLedger_share(ExplorationLedger *self, PyObject *anon_id) {
-    if (check_visitor(anon_id) < 0) return NULL;
-    Py_ssize_t slot = slot_of(self, anon_id);
-    if (slot == NO_SLOT) return PyErr_Occurred() ? NULL : PyFloat_FromDouble(0.0);
-    return PyFloat_FromDouble((double)self->explored[slot] / (double)self->decisions[slot]);
+    double share;
+    if (check_visitor(anon_id) < 0 || visitor_share(self, anon_id, &share) < 0) return NULL;
+    return PyFloat_FromDouble(share);
 }
 
 PyDoc_STRVAR(record_doc, "record(anon_id, explored)\n--\n\n"
